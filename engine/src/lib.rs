@@ -1,1 +1,34 @@
-//! x
+//! Tessera's session engine: unguessable ids, hash-tagged Redis keys under a `keySchema`,
+//! MessagePack records in one hash per session, skip-unchanged writes, sliding and absolute expiry,
+//! and the concurrency rules (field-level merge, no resurrection after destroy, create-only-new).
+//!
+//! It knows nothing about HTTP; `tessera-middleware` wraps it for tower and hyper.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> tessera_engine::Result<()> {
+//! use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
+//!
+//! let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+//! let session = engine.session(None);
+//! session.insert("user", "ada").await?;
+//! session.commit().await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod id;
+mod key;
+pub mod metrics;
+pub mod record;
+mod session;
+pub mod store;
+
+pub use crate::{
+    config::SessionConfig,
+    error::{Error, ErrorKind, Result},
+    id::{SessionId, ENCODED_LEN as SESSION_ID_LEN},
+    key::{KeyDeriver, KeySchema},
+    session::{Committed, CookieAction, Session, SessionEngine},
+    store::{MemoryStore, RedisStore, RedisStoreBuilder, SessionStore},
+};

@@ -1,0 +1,106 @@
+//! The stored layout: one Redis hash per session, one field per top-level session key holding
+//! MessagePack, plus a reserved meta field. Only encoding lives here; no I/O.
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The hash field that holds the session's [`Meta`]. User fields may not use this name.
+pub const META_FIELD: &str = "__tessera";
+
+/// Current stored-format version.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Bookkeeping stored beside the data, read in the same `HGETALL` so expiry decisions cost no
+/// extra round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Format version.
+    pub version: u8,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// Absolute deadline (ms since the epoch), if the session has a maximum lifetime.
+    pub deadline_ms: Option<u64>,
+    /// The expiry last written to the store (ms since the epoch).
+    pub expires_ms: u64,
+}
+
+impl Meta {
+    /// Encodes the meta record.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(rmp_serde::to_vec(self).expect("meta always encodes"))
+    }
+
+    /// Decodes a meta record; foreign or corrupt bytes give a [`ErrorKind::Decode`] error.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let meta: Meta = rmp_serde::from_slice(bytes).map_err(|err| {
+            Error::new(
+                ErrorKind::Decode,
+                format!(
+                    "the session's meta field is corrupt or was written by something else \
+                     ({err}); check that no other application writes under this keySchema"
+                ),
+            )
+        })?;
+        if meta.version != FORMAT_VERSION {
+            return Err(Error::new(
+                ErrorKind::Decode,
+                format!(
+                    "stored session format {} is not supported by this version (expects {})",
+                    meta.version, FORMAT_VERSION
+                ),
+            ));
+        }
+        Ok(meta)
+    }
+}
+
+/// Encodes one session value.
+pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
+    Ok(Bytes::from(rmp_serde::to_vec_named(value)?))
+}
+
+/// Decodes one session value.
+pub fn decode_value<T: DeserializeOwned>(field: &str, bytes: &[u8]) -> Result<T> {
+    rmp_serde::from_slice(bytes).map_err(|err| {
+        Error::new(
+            ErrorKind::Decode,
+            format!("session field {field:?} does not decode as the requested type ({err})"),
+        )
+        .with_source(err)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trips() {
+        let meta = Meta {
+            version: FORMAT_VERSION,
+            created_ms: 1,
+            deadline_ms: Some(3),
+            expires_ms: 2,
+        };
+        assert_eq!(Meta::decode(&meta.encode()).unwrap(), meta);
+    }
+
+    #[test]
+    fn corrupt_meta_is_a_decode_error() {
+        for bad in [&b""[..], b"\xc1", b"{\"json\":1}", b"\x94\x02\x01\xc0\x02"] {
+            assert!(Meta::decode(bad).unwrap_err().is_decode(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn values_round_trip_and_mismatch_is_decode() {
+        let bytes = encode_value(&vec![1u32, 2, 3]).unwrap();
+        assert_eq!(
+            decode_value::<Vec<u32>>("v", &bytes).unwrap(),
+            vec![1, 2, 3]
+        );
+        assert!(decode_value::<String>("v", &bytes).unwrap_err().is_decode());
+    }
+}

@@ -1,0 +1,197 @@
+//! In-process store with the same semantics as Redis (atomic create/update, TTL expiry). The
+//! embedded default for development and single-instance deployments; not shared across processes.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::{Fields, SessionStore};
+use crate::error::Result;
+
+/// Sweep expired entries every this many writes, so memory stays bounded without a background
+/// task (which would tie the store to a runtime).
+const SWEEP_EVERY: u64 = 1024;
+
+#[derive(Debug)]
+struct Entry {
+    fields: Fields,
+    expires_at: Instant,
+}
+
+/// An in-memory [`SessionStore`].
+///
+/// ```
+/// use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
+///
+/// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+/// # let _ = engine;
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    map: Mutex<HashMap<String, Entry>>,
+    writes: AtomicU64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of live (unexpired) sessions.
+    pub fn len(&self) -> usize {
+        let now = Instant::now();
+        self.inner
+            .map
+            .lock()
+            .values()
+            .filter(|e| e.expires_at > now)
+            .count()
+    }
+
+    /// Whether no live session is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Remaining lifetime of `key`, like Redis `PTTL` (for tests and tools).
+    pub fn ttl(&self, key: &str) -> Option<Duration> {
+        let now = Instant::now();
+        self.inner
+            .map
+            .lock()
+            .get(key)
+            .and_then(|e| e.expires_at.checked_duration_since(now))
+    }
+
+    fn after_write(&self, map: &mut HashMap<String, Entry>) {
+        if self.inner.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            let now = Instant::now();
+            map.retain(|_, e| e.expires_at > now);
+        }
+    }
+}
+
+fn live<'a>(map: &'a mut HashMap<String, Entry>, key: &str, now: Instant) -> Option<&'a mut Entry> {
+    if map.get(key).is_some_and(|e| e.expires_at <= now) {
+        map.remove(key);
+    }
+    map.get_mut(key)
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn load(&self, key: &str) -> Result<Option<Fields>> {
+        let mut map = self.inner.map.lock();
+        Ok(live(&mut map, key, Instant::now()).map(|e| e.fields.clone()))
+    }
+
+    async fn create(&self, key: &str, fields: &[(String, Bytes)], ttl: Duration) -> Result<bool> {
+        let now = Instant::now();
+        let mut map = self.inner.map.lock();
+        if live(&mut map, key, now).is_some() {
+            return Ok(false);
+        }
+        map.insert(
+            key.to_owned(),
+            Entry {
+                fields: fields.iter().cloned().collect(),
+                expires_at: now + ttl,
+            },
+        );
+        self.after_write(&mut map);
+        Ok(true)
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        set: &[(String, Bytes)],
+        delete: &[String],
+        ttl: Duration,
+    ) -> Result<bool> {
+        let now = Instant::now();
+        let mut map = self.inner.map.lock();
+        let Some(entry) = live(&mut map, key, now) else {
+            return Ok(false);
+        };
+        for (k, v) in set {
+            entry.fields.insert(k.clone(), v.clone());
+        }
+        for k in delete {
+            entry.fields.remove(k);
+        }
+        entry.expires_at = now + ttl;
+        self.after_write(&mut map);
+        Ok(true)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.inner.map.lock().remove(key);
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(k: &str, v: &str) -> (String, Bytes) {
+        (k.to_owned(), Bytes::copy_from_slice(v.as_bytes()))
+    }
+
+    #[tokio::test]
+    async fn create_is_nx_and_update_needs_existence() {
+        let s = MemoryStore::new();
+        let ttl = Duration::from_secs(60);
+        assert!(!s.update("k", &[f("a", "1")], &[], ttl).await.unwrap());
+        assert!(
+            s.load("k").await.unwrap().is_none(),
+            "update must not create"
+        );
+        assert!(s.create("k", &[f("a", "1")], ttl).await.unwrap());
+        assert!(!s.create("k", &[f("a", "2")], ttl).await.unwrap());
+        assert!(s
+            .update("k", &[f("b", "2")], &["a".into()], ttl)
+            .await
+            .unwrap());
+        let got = s.load("k").await.unwrap().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got["b"], Bytes::from_static(b"2"));
+    }
+
+    #[tokio::test]
+    async fn entries_expire() {
+        let s = MemoryStore::new();
+        assert!(s
+            .create("k", &[f("a", "1")], Duration::from_millis(30))
+            .await
+            .unwrap());
+        assert!(s.ttl("k").unwrap() <= Duration::from_millis(30));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(s.load("k").await.unwrap().is_none());
+        assert!(!s
+            .update("k", &[], &[], Duration::from_secs(1))
+            .await
+            .unwrap());
+        assert!(s.is_empty());
+    }
+}

@@ -1,0 +1,51 @@
+//! The storage seam. A store persists one hash of fields per key with a TTL and offers the few
+//! atomic operations the session rules need; it knows nothing about ids, meta or expiry policy.
+
+use std::{collections::HashMap, fmt::Debug, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+
+mod memory;
+mod redis;
+
+pub use self::{
+    memory::MemoryStore,
+    redis::{RedisStore, RedisStoreBuilder},
+};
+
+/// A stored session: field name to encoded value, the meta field included.
+pub type Fields = HashMap<String, Bytes>;
+
+/// Persistence for session hashes.
+///
+/// Every method acts on one key, so in a cluster every call stays in one slot. Implementations
+/// must make `create` and `update` atomic check-and-write steps: they are what keeps a create
+/// from overwriting another session and a late save from resurrecting a destroyed one.
+#[async_trait]
+pub trait SessionStore: Debug + Send + Sync + 'static {
+    /// All fields of `key`, or `None` when it does not exist (or has expired).
+    async fn load(&self, key: &str) -> Result<Option<Fields>>;
+
+    /// Writes `fields` under `key` with `ttl` only if `key` does not exist. Returns whether it was
+    /// written.
+    async fn create(&self, key: &str, fields: &[(String, Bytes)], ttl: Duration) -> Result<bool>;
+
+    /// Only if `key` exists: sets `set`, deletes `delete`, and resets the TTL to `ttl`, atomically.
+    /// Returns `false` (and writes nothing) when the key is gone.
+    async fn update(
+        &self,
+        key: &str,
+        set: &[(String, Bytes)],
+        delete: &[String],
+        ttl: Duration,
+    ) -> Result<bool>;
+
+    /// Deletes `key`; deleting a missing key is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<()>;
+}

@@ -1,0 +1,466 @@
+//! The Redis store on fred: standalone, cluster and sentinel from one URL, with a reconnect policy
+//! and a per-command timeout always set, and atomic Lua scripts for the check-and-write steps.
+//! It never issues a command that spans two keys, so no call can cross cluster slots.
+
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::{
+    clients::{Pool, SubscriberClient},
+    interfaces::{
+        ClientLike, EventInterface, HashesInterface, KeysInterface, LuaInterface, PubsubInterface,
+    },
+    prelude::{Builder, Config, ReconnectPolicy, ServerConfig},
+    types::{
+        config::{ReconnectError, Server},
+        Value,
+    },
+};
+use tokio::task::JoinHandle;
+
+use super::{Fields, SessionStore};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Creates the session only if its key is absent (NX), then sets its TTL, in one atomic step.
+/// ARGV: ttl_ms, then field/value pairs.
+const CREATE_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+";
+
+/// Changes only a session that still exists: a save that races a destroy must not recreate it.
+/// ARGV: ttl_ms, n (number of pairs to set), n field/value pairs, then fields to delete.
+const UPDATE_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local n = tonumber(ARGV[2])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 3, 2 + 2 * n)) end
+if #ARGV > 2 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 3 + 2 * n)) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+";
+
+/// URL schemes the store accepts.
+const SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis-cluster",
+    "rediss-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+];
+
+#[derive(Debug)]
+struct LuaScript {
+    source: &'static str,
+    sha1: String,
+}
+
+impl LuaScript {
+    fn new(source: &'static str) -> Self {
+        LuaScript {
+            source,
+            sha1: fred::util::sha1_hash(source),
+        }
+    }
+}
+
+/// Configures and connects a [`RedisStore`].
+///
+/// Accepted URLs: `redis://host:port[/db]`, `rediss://…` (TLS through rustls),
+/// `redis-cluster://host:port?node=host:port&node=…`, and
+/// `redis-sentinel://host:port?node=host:port&sentinelServiceName=NAME`.
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    url: String,
+    pool_size: usize,
+    command_timeout: Duration,
+    connect_timeout: Duration,
+    reconnect_max_delay: Duration,
+    watch_sentinel: bool,
+}
+
+impl RedisStoreBuilder {
+    /// Number of multiplexed connections (per node) to spread commands over (default 2).
+    pub fn with_pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+
+    /// Upper bound on every store command, retries and redirections included (default 1 s). A
+    /// stalled Redis makes requests fail after this long instead of hanging.
+    pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
+        self.command_timeout = timeout;
+        self
+    }
+
+    /// Upper bound on establishing a connection (default 2 s).
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Longest pause between reconnection attempts; attempts never stop (default 1 s).
+    pub fn with_reconnect_max_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_max_delay = delay;
+        self
+    }
+
+    /// With a sentinel URL, subscribe to `+switch-master` on every sentinel and reconnect at once
+    /// on a failover (default on). Without it the client only notices when the old master fails.
+    pub fn with_sentinel_watch(mut self, on: bool) -> Self {
+        self.watch_sentinel = on;
+        self
+    }
+
+    fn fred_builder(&self, config: Config) -> Builder {
+        let mut builder = Builder::from_config(config);
+        let command_timeout = self.command_timeout;
+        let connect_timeout = self.connect_timeout;
+        let max_delay = u32::try_from(self.reconnect_max_delay.as_millis()).unwrap_or(u32::MAX);
+        builder
+            .with_performance_config(|perf| {
+                perf.default_command_timeout = command_timeout;
+            })
+            .with_connection_config(|conn| {
+                conn.connection_timeout = connect_timeout;
+                conn.internal_command_timeout = connect_timeout;
+                conn.max_command_attempts = 3;
+                conn.max_redirections = 10;
+                // A demoted master answers READONLY without dropping the connection; treat that
+                // and the other "wrong node right now" answers as a reason to reconnect.
+                conn.reconnect_errors = vec![
+                    ReconnectError::ReadOnly,
+                    ReconnectError::MasterDown,
+                    ReconnectError::ClusterDown,
+                    ReconnectError::Loading,
+                ];
+            })
+            // max_attempts 0 = retry forever; fred's default is no reconnection at all.
+            .set_policy(ReconnectPolicy::new_exponential(
+                0,
+                20,
+                max_delay.max(20),
+                2,
+            ));
+        builder
+    }
+
+    /// Connects, failing with a clear error if the URL is invalid or no connection can be made
+    /// within the connect timeout.
+    pub async fn connect(self) -> Result<RedisStore> {
+        let scheme = self.url.split("://").next().unwrap_or_default();
+        if !self.url.contains("://") || !SCHEMES.contains(&scheme) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "unsupported Redis URL scheme in {:?}; use one of {}",
+                    redact(&self.url),
+                    SCHEMES.join(", ")
+                ),
+            ));
+        }
+        let config = Config::from_url(&self.url).map_err(|err| {
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "invalid Redis URL {:?}: {err}; expected redis://, rediss://, \
+                     redis-cluster://host:port?node=host:port or \
+                     redis-sentinel://host:port?sentinelServiceName=NAME",
+                    redact(&self.url)
+                ),
+            )
+        })?;
+        let sentinel = match &config.server {
+            ServerConfig::Sentinel {
+                hosts,
+                service_name,
+                ..
+            } if self.watch_sentinel => Some((hosts.clone(), service_name.clone())),
+            _ => None,
+        };
+        let pool = self
+            .fred_builder(config.clone())
+            .build_pool(self.pool_size)
+            .map_err(Error::from)?;
+        pool.connect_pool();
+        tokio::time::timeout(self.connect_timeout, pool.wait_for_connect())
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "could not connect to Redis at {} within {:?}; check that it runs and \
+                         the URL is right",
+                        redact(&self.url),
+                        self.connect_timeout
+                    ),
+                )
+            })?
+            .map_err(Error::from)?;
+
+        let watchers = match sentinel {
+            Some((hosts, service)) => {
+                self.watch_sentinels(&config, hosts, service, pool.clone())
+                    .await
+            }
+            None => Vec::new(),
+        };
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                pool,
+                create: LuaScript::new(CREATE_LUA),
+                update: LuaScript::new(UPDATE_LUA),
+                _watchers: watchers,
+            }),
+        })
+    }
+
+    /// One subscriber per sentinel, so losing a sentinel does not lose the notification. fred's
+    /// sentinel client otherwise keeps sending to a demoted master until that connection breaks.
+    async fn watch_sentinels(
+        &self,
+        config: &Config,
+        hosts: Vec<Server>,
+        service: String,
+        pool: Pool,
+    ) -> Vec<Watcher> {
+        let last_switch = Arc::new(parking_lot::Mutex::new(String::new()));
+        let mut watchers = Vec::new();
+        for host in hosts {
+            let mut sub_config = config.clone();
+            sub_config.server = ServerConfig::Centralized { server: host };
+            let Ok(subscriber) = self.fred_builder(sub_config).build_subscriber_client() else {
+                continue;
+            };
+            subscriber.connect();
+            let mut rx = subscriber.message_rx();
+            let resubscribe = subscriber.manage_subscriptions();
+            let sub = subscriber.clone();
+            let pool = pool.clone();
+            let service = service.clone();
+            let last_switch = last_switch.clone();
+            let listener = tokio::spawn(async move {
+                // Subscribing can wait for the sentinel to come up; the manager resubscribes later.
+                let _ = sub.wait_for_connect().await;
+                let _: std::result::Result<(), _> = sub.subscribe("+switch-master").await;
+                while let Ok(message) = rx.recv().await {
+                    let Some(text) = message.value.as_str().map(|s| s.to_string()) else {
+                        continue;
+                    };
+                    // "<name> <old-ip> <old-port> <new-ip> <new-port>"
+                    if text.split(' ').next() != Some(service.as_str()) {
+                        continue;
+                    }
+                    {
+                        let mut last = last_switch.lock();
+                        if *last == text {
+                            continue; // another sentinel already reported this switch
+                        }
+                        last.clone_from(&text);
+                    }
+                    tracing::info!(switch = %text, "sentinel reported a master switch; reconnecting");
+                    if let Err(err) = pool.force_reconnection().await {
+                        tracing::warn!(%err, "reconnecting after a master switch failed");
+                    }
+                }
+            });
+            watchers.push(Watcher {
+                subscriber,
+                tasks: [listener, resubscribe],
+            });
+        }
+        watchers
+    }
+}
+
+struct Watcher {
+    subscriber: SubscriberClient,
+    tasks: [JoinHandle<()>; 2],
+}
+
+impl fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watcher").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        let sub = self.subscriber.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = sub.quit().await;
+            });
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Pool,
+    create: LuaScript,
+    update: LuaScript,
+    _watchers: Vec<Watcher>,
+}
+
+/// A [`SessionStore`] on Redis (standalone, cluster or sentinel) through fred.
+///
+/// ```no_run
+/// # async fn run() -> tessera_engine::Result<()> {
+/// use std::time::Duration;
+/// use tessera_engine::RedisStore;
+///
+/// let store = RedisStore::builder("redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001")
+///     .with_command_timeout(Duration::from_millis(500))
+///     .connect()
+///     .await?;
+/// # let _ = store; Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl RedisStore {
+    /// A builder with the defaults for `url`.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.into(),
+            pool_size: 2,
+            command_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+            reconnect_max_delay: Duration::from_secs(1),
+            watch_sentinel: true,
+        }
+    }
+
+    /// Connects to `url` with the default options.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::builder(url).connect().await
+    }
+
+    /// The underlying fred pool, for operations this store does not wrap.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// Closes all connections.
+    pub async fn quit(&self) -> Result<()> {
+        self.inner.pool.quit().await.map_err(Error::from)
+    }
+
+    /// `EVALSHA`, falling back to `EVAL` (which also caches the script) on a node that has not
+    /// seen it yet, e.g. after a restart or failover.
+    async fn run(&self, script: &LuaScript, key: &str, args: Vec<Value>) -> Result<bool> {
+        let client = self.inner.pool.next();
+        let result: std::result::Result<i64, _> = client
+            .evalsha(script.sha1.as_str(), key, args.clone())
+            .await;
+        let n = match result {
+            Err(err) if err.details().starts_with("NOSCRIPT") => {
+                client
+                    .eval::<i64, _, _, _>(script.source, key, args)
+                    .await?
+            }
+            other => other?,
+        };
+        Ok(n == 1)
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> Value {
+    Value::Integer(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1))
+}
+
+fn push_pairs(args: &mut Vec<Value>, pairs: &[(String, Bytes)]) {
+    for (field, value) in pairs {
+        args.push(Value::String(field.as_str().into()));
+        args.push(Value::Bytes(value.clone()));
+    }
+}
+
+/// Hides a password in a URL before it goes into an error message.
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn load(&self, key: &str) -> Result<Option<Fields>> {
+        let fields: HashMap<String, Bytes> = self.inner.pool.next().hgetall(key).await?;
+        Ok((!fields.is_empty()).then_some(fields))
+    }
+
+    async fn create(&self, key: &str, fields: &[(String, Bytes)], ttl: Duration) -> Result<bool> {
+        let mut args = Vec::with_capacity(1 + 2 * fields.len());
+        args.push(ttl_ms(ttl));
+        push_pairs(&mut args, fields);
+        self.run(&self.inner.create, key, args).await
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        set: &[(String, Bytes)],
+        delete: &[String],
+        ttl: Duration,
+    ) -> Result<bool> {
+        let mut args = Vec::with_capacity(2 + 2 * set.len() + delete.len());
+        args.push(ttl_ms(ttl));
+        args.push(Value::Integer(set.len() as i64));
+        push_pairs(&mut args, set);
+        args.extend(delete.iter().map(|f| Value::String(f.as_str().into())));
+        self.run(&self.inner.update, key, args).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let _: i64 = self.inner.pool.next().del(key).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        // Every client of the pool must answer: one dead connection is enough to fail requests.
+        for client in self.inner.pool.clients() {
+            let _: String = client.ping(None).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("redis://user:secret@localhost:6379"),
+            "redis://user:***@localhost:6379"
+        );
+        assert_eq!(redact("redis://localhost"), "redis://localhost");
+    }
+
+    #[tokio::test]
+    async fn bad_urls_are_config_errors() {
+        for url in [
+            "http://localhost",
+            "redis-sentinel://localhost:26379",
+            "nonsense",
+        ] {
+            let err = RedisStore::connect(url).await.unwrap_err();
+            assert!(err.is_config(), "{url}: {err}");
+        }
+    }
+}
