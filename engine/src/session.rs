@@ -85,6 +85,18 @@ impl SessionEngine {
         }
     }
 
+    /// Like [`SessionEngine::session`], but if the load fails the handle behaves as an empty new
+    /// session instead of returning errors. Its commit still writes nothing and reports the load
+    /// failure, so a wrongly empty session never overwrites the real one.
+    pub fn session_fail_open(&self, id: Option<SessionId>) -> Session {
+        let mut state = State::new(id);
+        state.fail_open = true;
+        Session {
+            engine: self.clone(),
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &SessionConfig {
         &self.inner.config
@@ -170,6 +182,8 @@ struct State {
     destroyed: bool,
     regenerated: bool,
     was_new: bool,
+    /// Serve an empty session (never saved) when the load fails.
+    fail_open: bool,
 }
 
 impl State {
@@ -187,6 +201,7 @@ impl State {
             destroyed: false,
             regenerated: false,
             was_new: true,
+            fail_open: false,
         }
     }
 }
@@ -227,6 +242,7 @@ impl Session {
         let mut st = self.state.lock().await;
         match &st.phase {
             Phase::Loaded => return Ok(st),
+            Phase::Failed(_) if st.fail_open => return Ok(st),
             Phase::Failed(err) => {
                 return Err(Error::new(
                     ErrorKind::LoadFailed,
@@ -250,7 +266,11 @@ impl Session {
                 metrics::load("error");
                 tracing::warn!(error = %err, "session load failed");
                 st.phase = Phase::Failed(err.shallow_clone());
-                Err(err)
+                if st.fail_open {
+                    Ok(st)
+                } else {
+                    Err(err)
+                }
             }
             Ok(Some((meta, fields)))
                 if meta.deadline_ms.is_none_or(|d| d > now_ms()) && meta.expires_ms > now_ms() =>
@@ -345,8 +365,12 @@ impl Session {
             Phase::Loaded => st.delete_old,
             _ => st.requested,
         };
-        let requested = st.requested;
+        // After a failed load the requested id is deleted blindly: logging out must still work.
+        let (requested, fail_open) = (st.requested, st.fail_open);
         *st = State::new(requested);
+        st.fail_open = fail_open;
+        // Whatever happens next, a cookie the client holds must not outlive this destroy.
+        st.stale_cookie = requested.is_some();
         st.phase = Phase::Loaded;
         st.delete_old = old;
         st.destroyed = old.is_some();

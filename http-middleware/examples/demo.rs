@@ -1,0 +1,18 @@
+//! The demo service: `cargo run --release -p tessera-middleware --example demo -- --help`.
+
+use clap::Parser;
+use tessera_middleware::demo::{run, DemoArgs};
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(err) = run(DemoArgs::parse()).await {
+        eprintln!("error: {err}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,356 @@
+//! The demo service: the seed's example (a view counter) plus routes that exercise every session
+//! operation, served on hyper with the session layer. `examples/demo.rs` is its command line; the
+//! integration tests and the load benchmark serve the same app in-process.
+
+use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, time::Duration};
+
+use bytes::Bytes;
+use clap::{ArgAction, Parser};
+use http::{header, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tessera_engine::{KeySchema, MemoryStore, RedisStore, Session, SessionConfig, SessionEngine};
+use tokio::net::TcpListener;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{error_status, SessionLayer, SessionService, SigningKeys};
+
+/// Largest accepted `PUT /session/{field}` body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// The demo's command line; every flag can also come from its environment variable.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "demo",
+    about = "Tessera demo: the koa-session-redis3 example on hyper"
+)]
+#[non_exhaustive]
+pub struct DemoArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TESSERA_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+    /// Redis URL (redis://, rediss://, redis-cluster://, redis-sentinel://); absent means the
+    /// in-process memory store.
+    #[arg(long = "redis", env = "TESSERA_REDIS_URL")]
+    pub redis: Option<String>,
+    /// Redis key prefix (the seed's keySchema).
+    #[arg(long, env = "TESSERA_KEY_SCHEMA", default_value = "tessera:sess:")]
+    pub key_schema: String,
+    /// Idle session lifetime in seconds.
+    #[arg(long, env = "TESSERA_TTL", default_value_t = 3600)]
+    pub ttl: u64,
+    /// Cookie signing secret; repeat for rotation (the first signs). Absent means a random
+    /// secret for this process only.
+    #[arg(long = "secret", env = "TESSERA_SECRETS", value_delimiter = ',')]
+    pub secrets: Vec<String>,
+    /// Send the Secure cookie attribute (the demo serves plain http, so default false).
+    #[arg(long, env = "TESSERA_COOKIE_SECURE", default_value_t = false, action = ArgAction::Set)]
+    pub cookie_secure: bool,
+    /// Per-command Redis timeout in milliseconds.
+    #[arg(long, env = "TESSERA_REDIS_TIMEOUT_MS", default_value_t = 1000)]
+    pub redis_timeout_ms: u64,
+}
+
+impl DemoArgs {
+    /// Arguments for tests: memory store, ephemeral port, a fixed secret.
+    pub fn for_tests() -> Self {
+        DemoArgs {
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            redis: None,
+            key_schema: "tessera:sess:".into(),
+            ttl: 3600,
+            secrets: vec!["a test secret that is long enough to sign with".into()],
+            cookie_secure: false,
+            redis_timeout_ms: 1000,
+        }
+    }
+
+    /// Uses the Redis at `url`.
+    pub fn with_redis(mut self, url: impl Into<String>) -> Self {
+        self.redis = Some(url.into());
+        self
+    }
+
+    /// Replaces the signing secrets.
+    pub fn with_secrets(mut self, secrets: Vec<String>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    /// Sets the idle TTL in seconds.
+    pub fn with_ttl(mut self, secs: u64) -> Self {
+        self.ttl = secs;
+        self
+    }
+}
+
+/// A configuration or start-up failure of the demo.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Builds the engine the arguments describe (connecting to Redis if a URL is given).
+pub async fn build_engine(args: &DemoArgs) -> Result<SessionEngine, BoxError> {
+    let config = SessionConfig::default()
+        .with_key_schema(KeySchema::new(&args.key_schema)?)
+        .with_idle_ttl(Duration::from_secs(args.ttl.max(1)));
+    Ok(match &args.redis {
+        None => SessionEngine::new(MemoryStore::new(), config),
+        Some(url) => {
+            let store = RedisStore::builder(url.clone())
+                .with_command_timeout(Duration::from_millis(args.redis_timeout_ms.max(1)))
+                .connect()
+                .await?;
+            SessionEngine::new(store, config)
+        }
+    })
+}
+
+/// Builds the full service: the demo routes behind the session layer.
+pub fn build_app(
+    engine: SessionEngine,
+    args: &DemoArgs,
+    metrics: Option<PrometheusHandle>,
+) -> Result<SessionService<DemoApp>, BoxError> {
+    let keys = if args.secrets.is_empty() {
+        tracing::warn!(
+            "no --secret given: signing cookies with a random secret; they stop working when \
+             this process exits"
+        );
+        SigningKeys::random()
+    } else {
+        SigningKeys::new(&args.secrets)?
+    };
+    let layer = SessionLayer::new(engine.clone(), keys).with_secure(args.cookie_secure);
+    Ok(layer.layer(DemoApp { engine, metrics }))
+}
+
+/// Serves `service` on `listener` with HTTP/1.1 keep-alive until the task is dropped.
+pub async fn serve<S>(listener: TcpListener, service: S)
+where
+    S: Service<
+            Request<hyper::body::Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(err) => {
+                // Out of file descriptors and the like: back off instead of spinning or exiting.
+                tracing::warn!(%err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(err) = conn.await {
+                tracing::debug!(%err, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Runs the demo as the example binary does: prints `listening on http://ADDR` once it accepts
+/// connections.
+pub async fn run(args: DemoArgs) -> Result<(), BoxError> {
+    let metrics = crate::install_prometheus_recorder()?;
+    let engine = build_engine(&args).await?;
+    let app = build_app(engine, &args, Some(metrics))?;
+    let listener = TcpListener::bind(args.listen).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    let _ = TokioExecutor::new();
+    tokio::select! {
+        () = serve(listener, app) => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+/// The demo's routes (see the README for the list).
+#[derive(Debug, Clone)]
+pub struct DemoApp {
+    engine: SessionEngine,
+    metrics: Option<PrometheusHandle>,
+}
+
+impl DemoApp {
+    /// The routes over `engine`; `/metrics` renders `metrics` when given.
+    pub fn new(engine: SessionEngine, metrics: Option<PrometheusHandle>) -> Self {
+        DemoApp { engine, metrics }
+    }
+}
+
+impl<B> Service<Request<B>> for DemoApp
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let app = self.clone();
+        Box::pin(async move {
+            Ok(app.route(req).await.unwrap_or_else(|err| {
+                text(
+                    error_status(&err),
+                    format!("session error: {}\n", err.message()),
+                )
+            }))
+        })
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = status;
+    response
+}
+
+type Routed = tessera_engine::Result<Response<Full<Bytes>>>;
+
+impl DemoApp {
+    async fn route<B>(&self, req: Request<B>) -> Routed
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let session = req
+            .extensions()
+            .get::<Session>()
+            .cloned()
+            .expect("the demo app runs behind SessionLayer");
+        let path = req.uri().path().to_owned();
+        let field = path
+            .strip_prefix("/session/")
+            .filter(|f| !f.is_empty() && !f.contains('/'))
+            .map(|f| {
+                percent_encoding::percent_decode_str(f)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            });
+        match (req.method().clone(), path.as_str(), field) {
+            (Method::GET, "/", _) => {
+                let views = session.get::<u64>("views").await?.unwrap_or(0) + 1;
+                session.insert("views", &views).await?;
+                Ok(text(StatusCode::OK, format!("{views} views")))
+            }
+            (Method::GET, "/views", _) => {
+                let views = session.get::<u64>("views").await?.unwrap_or(0);
+                Ok(text(StatusCode::OK, format!("{views} views")))
+            }
+            (Method::GET, "/session", _) => {
+                let mut object = serde_json::Map::new();
+                for key in session.keys().await? {
+                    if let Some(value) = session.get::<serde_json::Value>(&key).await? {
+                        object.insert(key, value);
+                    }
+                }
+                let mut response = text(
+                    StatusCode::OK,
+                    serde_json::Value::Object(object).to_string(),
+                );
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                );
+                Ok(response)
+            }
+            (Method::PUT, _, Some(field)) => {
+                let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                    Ok(body) => body.to_bytes(),
+                    Err(err) => {
+                        return Ok(text(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            format!("body rejected: {err} (limit {MAX_BODY} bytes)\n"),
+                        ))
+                    }
+                };
+                let value: serde_json::Value = match serde_json::from_slice(&body) {
+                    Ok(value) => value,
+                    Err(err) => {
+                        return Ok(text(
+                            StatusCode::BAD_REQUEST,
+                            format!("body is not JSON: {err}\n"),
+                        ))
+                    }
+                };
+                session.insert(field, &value).await?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            (Method::DELETE, _, Some(field)) => {
+                session.remove(&field).await?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            (Method::POST, "/login", _) => {
+                let user = req.uri().query().and_then(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .find(|(k, _)| k == "user")
+                        .map(|(_, v)| v.into_owned())
+                });
+                let Some(user) = user.filter(|u| !u.is_empty()) else {
+                    return Ok(text(StatusCode::BAD_REQUEST, "missing ?user=NAME\n"));
+                };
+                session.insert("user", &user).await?;
+                session.regenerate().await?;
+                Ok(text(StatusCode::OK, format!("logged in as {user}\n")))
+            }
+            (Method::POST, "/logout", _) => {
+                session.destroy().await?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            (Method::GET, "/metrics", _) => Ok(match &self.metrics {
+                Some(handle) => {
+                    let mut response = text(StatusCode::OK, handle.render());
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                    );
+                    response
+                }
+                None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
+            }),
+            (Method::GET, "/healthz", _) => Ok(match self.engine.ping().await {
+                Ok(()) => text(StatusCode::OK, "ok\n"),
+                Err(err) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("store unavailable: {}\n", err.message()),
+                ),
+            }),
+            _ => Ok(text(StatusCode::NOT_FOUND, "not found\n")),
+        }
+    }
+}

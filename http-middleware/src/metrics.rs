@@ -1,0 +1,93 @@
+//! The middleware's metrics and the Prometheus helper. Labels take fixed values only.
+
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::{
+    error::{Error, ErrorKind},
+    signing::Rejection,
+};
+
+/// Counter: requests through the middleware, label `outcome` = `ok` | `store_error` (503 sent) |
+/// `fail_open` (served without a saved session) | `too_large` (413 sent).
+pub const REQUESTS_TOTAL: &str = "tessera_http_requests_total";
+/// Histogram: time the middleware itself spent on a request (cookie handling and commit,
+/// excluding the inner handler), in seconds.
+pub const MIDDLEWARE_DURATION_SECONDS: &str = "tessera_http_middleware_duration_seconds";
+/// Counter: ignored session cookies, label `reason` = `oversized` | `malformed` |
+/// `bad_signature` | `not_utf8`.
+pub const REJECTED_COOKIES_TOTAL: &str = "tessera_http_rejected_cookies_total";
+
+/// Latency buckets in seconds, from 50 µs to 5 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
+];
+/// Size buckets in bytes, from 64 B to 64 KiB.
+const BYTES_BUCKETS: &[f64] = &[
+    64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0,
+];
+
+/// Registers descriptions of the middleware's and the engine's metrics.
+pub fn describe() {
+    metrics::describe_counter!(
+        REQUESTS_TOTAL,
+        "Requests through the session middleware by outcome."
+    );
+    metrics::describe_histogram!(
+        MIDDLEWARE_DURATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time spent in the session middleware itself, handler excluded."
+    );
+    metrics::describe_counter!(REJECTED_COOKIES_TOTAL, "Ignored session cookies by reason.");
+    tessera_engine::metrics::describe();
+}
+
+static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+
+/// Installs a Prometheus recorder as the global `metrics` recorder, with histogram buckets for
+/// every `_seconds` and `_bytes` metric, and returns the handle whose
+/// [`render`](PrometheusHandle::render) produces the `/metrics` text.
+///
+/// Calling it again returns the same handle; it fails if another recorder was installed first.
+pub fn install_prometheus_recorder() -> Result<PrometheusHandle, Error> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS))
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|err| {
+            Error::new(
+                ErrorKind::Metrics,
+                format!("could not install the Prometheus recorder: {err}"),
+            )
+        })?;
+    describe();
+    let upkeep = handle.clone();
+    // Upkeep drains histogram buffers; without it memory grows between scrapes.
+    std::thread::Builder::new()
+        .name("tessera-metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(5));
+            upkeep.run_upkeep();
+        })
+        .map_err(|err| Error::new(ErrorKind::Metrics, format!("upkeep thread: {err}")))?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+pub(crate) fn request(outcome: &'static str) {
+    metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn middleware_duration(elapsed: Duration) {
+    metrics::histogram!(MIDDLEWARE_DURATION_SECONDS).record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn rejected_cookie(reason: Rejection) {
+    metrics::counter!(REJECTED_COOKIES_TOTAL, "reason" => reason.as_str()).increment(1);
+}

@@ -1,0 +1,280 @@
+//! Cookie values: `<id>.<signature>`, the signature an HMAC-SHA256 over the cookie name and the id.
+//! The first key signs, every key verifies (rotation), comparison is constant time. Parsing never
+//! allocates for input over the fixed length and never touches the store.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tessera_engine::{SessionId, SESSION_ID_LEN};
+
+use crate::error::{Error, ErrorKind};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Secrets shorter than this many bytes are accepted with a warning.
+pub(crate) const MIN_SECRET_LEN: usize = 32;
+/// Length of the encoded signature (32 bytes of base64url).
+const SIG_LEN: usize = 43;
+/// Length of a signed cookie value.
+pub(crate) const SIGNED_LEN: usize = SESSION_ID_LEN + 1 + SIG_LEN;
+
+/// Why a cookie value was rejected; also the `reason` label of the rejected-cookie metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// Longer than any valid value.
+    Oversized,
+    /// Not of the expected shape (length, separator, alphabet).
+    Malformed,
+    /// Well-formed, but no key produced its signature.
+    BadSignature,
+    /// The Cookie header was not valid UTF-8.
+    NotUtf8,
+}
+
+impl Rejection {
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Oversized => "oversized",
+            Rejection::Malformed => "malformed",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::NotUtf8 => "not_utf8",
+        }
+    }
+}
+
+/// A verified cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// The session id it names.
+    pub id: SessionId,
+    /// It was signed by an older key and should be re-issued under the current one.
+    pub stale_key: bool,
+}
+
+/// The signing keys, newest first. Construct with [`SigningKeys::new`].
+///
+/// ```
+/// use tessera_engine::SessionId;
+/// use tessera_middleware::SigningKeys;
+///
+/// let old = SigningKeys::new(["an old secret that is long enough to use!"]).unwrap();
+/// let new = SigningKeys::new([
+///     "the new secret, also at least 32 bytes long",
+///     "an old secret that is long enough to use!",
+/// ])
+/// .unwrap();
+/// let id = SessionId::generate();
+/// let value = old.sign("koa:sess", &id);
+/// let verified = new.verify("koa:sess", &value).unwrap();
+/// assert_eq!(verified.id, id);
+/// assert!(verified.stale_key, "signed by the older key: re-issue");
+/// ```
+#[derive(Clone)]
+pub struct SigningKeys {
+    keys: Vec<HmacSha256>,
+    unsigned: bool,
+}
+
+impl std::fmt::Debug for SigningKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKeys")
+            .field("keys", &self.keys.len())
+            .field("unsigned", &self.unsigned)
+            .finish()
+    }
+}
+
+impl SigningKeys {
+    /// Keys from secrets, the first of which signs. An empty secret is an error; one shorter than
+    /// 32 bytes is accepted (the seed accepted any key) but logged as a warning.
+    pub fn new<I, K>(secrets: I) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<[u8]>,
+    {
+        let mut keys = Vec::new();
+        for (i, secret) in secrets.into_iter().enumerate() {
+            let secret = secret.as_ref();
+            if secret.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("cookie secret #{} is empty; give it random bytes", i + 1),
+                ));
+            }
+            if secret.len() < MIN_SECRET_LEN {
+                tracing::warn!(
+                    secret = i + 1,
+                    len = secret.len(),
+                    "short cookie secret: use at least {MIN_SECRET_LEN} random bytes \
+                     (e.g. `openssl rand -base64 48`)"
+                );
+            }
+            keys.push(HmacSha256::new_from_slice(secret).expect("HMAC takes any key length"));
+        }
+        if keys.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "at least one cookie secret is required (or opt out with SigningKeys::unsigned())",
+            ));
+        }
+        Ok(SigningKeys {
+            keys,
+            unsigned: false,
+        })
+    }
+
+    /// One random key for this process only: cookies stop verifying when it restarts.
+    pub fn random() -> Self {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).expect("the OS random source failed");
+        Self::new([secret]).expect("32 bytes is long enough")
+    }
+
+    /// No signature: the cookie carries the bare id. The id is still 128 random bits, but any
+    /// leaked id is accepted as is. Only for setups that sign or encrypt cookies elsewhere.
+    pub fn unsigned() -> Self {
+        SigningKeys {
+            keys: Vec::new(),
+            unsigned: true,
+        }
+    }
+
+    /// Whether cookies are left unsigned.
+    pub fn is_unsigned(&self) -> bool {
+        self.unsigned
+    }
+
+    fn mac(key: &HmacSha256, name: &str, id: &str) -> HmacSha256 {
+        let mut mac = key.clone();
+        // Binding the cookie name stops a value from being replayed under another cookie.
+        mac.update(name.as_bytes());
+        mac.update(b"=");
+        mac.update(id.as_bytes());
+        mac
+    }
+
+    /// The cookie value for `id`.
+    pub fn sign(&self, name: &str, id: &SessionId) -> String {
+        let id = id.to_string();
+        let Some(key) = self.keys.first() else {
+            return id;
+        };
+        let tag = Self::mac(key, name, &id).finalize().into_bytes();
+        let mut out = String::with_capacity(SIGNED_LEN);
+        out.push_str(&id);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(tag, &mut out);
+        out
+    }
+
+    /// Verifies a cookie value.
+    pub fn verify(&self, name: &str, value: &str) -> Result<Verified, Rejection> {
+        if self.unsigned {
+            if value.len() > SESSION_ID_LEN {
+                return Err(Rejection::Oversized);
+            }
+            let id = value.parse().map_err(|_| Rejection::Malformed)?;
+            return Ok(Verified {
+                id,
+                stale_key: false,
+            });
+        }
+        if value.len() > SIGNED_LEN {
+            return Err(Rejection::Oversized);
+        }
+        if value.len() != SIGNED_LEN || value.as_bytes()[SESSION_ID_LEN] != b'.' {
+            return Err(Rejection::Malformed);
+        }
+        let (id_text, sig_text) = (&value[..SESSION_ID_LEN], &value[SESSION_ID_LEN + 1..]);
+        let id: SessionId = id_text.parse().map_err(|_| Rejection::Malformed)?;
+        let mut sig = [0u8; 32];
+        match URL_SAFE_NO_PAD.decode_slice(sig_text, &mut sig) {
+            Ok(32) => {}
+            _ => return Err(Rejection::Malformed),
+        }
+        for (i, key) in self.keys.iter().enumerate() {
+            // verify_slice compares in constant time.
+            if Self::mac(key, name, id_text).verify_slice(&sig).is_ok() {
+                return Ok(Verified {
+                    id,
+                    stale_key: i > 0,
+                });
+            }
+        }
+        Err(Rejection::BadSignature)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "secret-a-secret-a-secret-a-secret-a";
+    const B: &str = "secret-b-secret-b-secret-b-secret-b";
+
+    #[test]
+    fn sign_and_verify() {
+        let keys = SigningKeys::new([A]).unwrap();
+        let id = SessionId::generate();
+        let value = keys.sign("koa:sess", &id);
+        assert_eq!(value.len(), SIGNED_LEN);
+        assert_eq!(
+            keys.verify("koa:sess", &value),
+            Ok(Verified {
+                id,
+                stale_key: false
+            })
+        );
+        // Bound to the cookie name.
+        assert_eq!(keys.verify("other", &value), Err(Rejection::BadSignature));
+    }
+
+    #[test]
+    fn rotation() {
+        let id = SessionId::generate();
+        let value = SigningKeys::new([B]).unwrap().sign("n", &id);
+        let rotated = SigningKeys::new([A, B]).unwrap();
+        assert!(rotated.verify("n", &value).unwrap().stale_key);
+        let dropped = SigningKeys::new([A]).unwrap();
+        assert_eq!(dropped.verify("n", &value), Err(Rejection::BadSignature));
+    }
+
+    #[test]
+    fn tampering_is_rejected() {
+        let keys = SigningKeys::new([A]).unwrap();
+        let value = keys.sign("n", &SessionId::generate());
+        let other = SessionId::generate().to_string();
+        let swapped = format!("{other}{}", &value[SESSION_ID_LEN..]);
+        assert_eq!(keys.verify("n", &swapped), Err(Rejection::BadSignature));
+        assert_eq!(keys.verify("n", &value[..40]), Err(Rejection::Malformed));
+        assert_eq!(
+            keys.verify("n", &format!("{value}x")),
+            Err(Rejection::Oversized)
+        );
+        assert_eq!(
+            keys.verify("n", &value.replace('.', "!")),
+            Err(Rejection::Malformed)
+        );
+        assert_eq!(keys.verify("n", &"é".repeat(33)), Err(Rejection::Malformed));
+    }
+
+    #[test]
+    fn secrets_are_validated() {
+        assert!(SigningKeys::new([""]).unwrap_err().is_config());
+        assert!(SigningKeys::new(["short but accepted"]).is_ok());
+        assert!(SigningKeys::new(Vec::<&str>::new())
+            .unwrap_err()
+            .is_config());
+    }
+
+    #[test]
+    fn unsigned_mode() {
+        let keys = SigningKeys::unsigned();
+        let id = SessionId::generate();
+        let value = keys.sign("n", &id);
+        assert_eq!(value, id.to_string());
+        assert_eq!(keys.verify("n", &value).unwrap().id, id);
+    }
+}
