@@ -1,1 +1,5 @@
-//! x
+//! Integration support for Tessera: real `redis-server` topologies started per test
+//! ([`support`]) and the behavioural suite that every store must pass ([`suite`]).
+
+pub mod suite;
+pub mod support;

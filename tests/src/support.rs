@@ -170,8 +170,12 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
     })
 }
 
-/// Like [`redis_cli`], but returns the failure (stderr and exit status) instead of panicking;
-/// meant for probing servers that may be down.
+/// Like [`redis_cli`], but returns the failure instead of panicking; meant for probing servers
+/// that may be down.
+///
+/// # Errors
+///
+/// redis-cli's stderr and exit status if it cannot connect or the server replies with an error.
 pub fn try_redis_cli(port: u16, args: &[&str]) -> Result<String, String> {
     let output = Command::new(REDIS_CLI)
         .args(["-h", LOOPBACK, "-p", &port.to_string(), "-e"])
@@ -361,7 +365,7 @@ impl RedisServer {
                 LaunchFailure::other(format!("cannot open {}: {e}", log_path.display()))
             })?;
         // The log is shared across restarts; only this launch's part decides "port in use".
-        let log_start = log.metadata().map(|meta| meta.len()).unwrap_or(0);
+        let log_start = log.metadata().map_or(0, |meta| meta.len());
         let log_for_stderr = log
             .try_clone()
             .map_err(|e| LaunchFailure::other(format!("cannot duplicate log handle: {e}")))?;
@@ -725,15 +729,14 @@ impl RedisCluster {
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {REDIS_CLI} --cluster create: {e}"));
-        if !output.status.success() {
-            panic!(
-                "redis-cli --cluster create failed ({}):\n{}\n{}\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr),
-                cluster.logs_report()
-            );
-        }
+        assert!(
+            output.status.success(),
+            "redis-cli --cluster create failed ({}):\n{}\n{}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            cluster.logs_report()
+        );
         cluster.wait_healthy(TOPOLOGY_TIMEOUT);
         cluster
     }
@@ -798,8 +801,10 @@ impl RedisCluster {
         self.live_view()
             .iter()
             .find(|node| node.is_master() && !node.is_unhealthy() && node.serves(slot))
-            .map(|node| node.port)
-            .unwrap_or_else(|| panic!("no healthy master serves slot {slot} (key {key:?})"))
+            .map_or_else(
+                || panic!("no healthy master serves slot {slot} (key {key:?})"),
+                |node| node.port,
+            )
     }
 
     /// SIGKILLs the node listening on `port`.
@@ -1111,10 +1116,12 @@ impl RedisSentinelSet {
             .sentinels
             .split_first()
             .expect("a sentinel set has sentinels");
-        let extra: String = rest
-            .iter()
-            .map(|sentinel| format!("node={}&", sentinel.addr()))
-            .collect();
+        let extra: String = rest.iter().fold(String::new(), |mut extra, sentinel| {
+            extra.push_str("node=");
+            extra.push_str(&sentinel.addr());
+            extra.push('&');
+            extra
+        });
         format!(
             "redis-sentinel://{}?{extra}sentinelServiceName={SENTINEL_SERVICE}",
             first.addr()

@@ -201,6 +201,13 @@ impl RedisStoreBuilder {
             })?
             .map_err(Error::from)?;
 
+        // Load the scripts on every primary up front so the first write on each node is one
+        // EVALSHA rather than a NOSCRIPT round trip; the fallback in `run` covers later restarts.
+        for source in [CREATE_LUA, UPDATE_LUA] {
+            if let Err(err) = pool.next().script_load_cluster::<(), _>(source).await {
+                tracing::warn!(%err, "could not preload session scripts; they load on first use");
+            }
+        }
         let watchers = match sentinel {
             Some((hosts, service)) => {
                 self.watch_sentinels(&config, hosts, service, pool.clone())

@@ -1,0 +1,682 @@
+//! The engine's behavioural suite: one list of cases, run against every store and topology
+//! (memory, standalone, cluster, sentinel). Each case uses its own key schema, so cases never see
+//! each other's sessions and one topology serves the whole list.
+
+use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tessera_engine::{
+    record::META_FIELD, CookieAction, ErrorKind, KeySchema, MemoryStore, SessionConfig,
+    SessionEngine, SessionId, SessionStore,
+};
+
+use crate::support::{command_stats, redis_cli};
+
+/// Where the suite runs: a store factory plus, for Redis, the ports whose `INFO commandstats`
+/// count the commands the engine sent.
+pub struct Env {
+    name: &'static str,
+    store: Arc<dyn SessionStore>,
+    /// Ports of the nodes that receive client commands (masters), for commandstats.
+    master_ports: Vec<u16>,
+    /// Finds the node holding a key (for PTTL); `None` for the memory store.
+    locate: Option<Box<dyn Fn(&str) -> u16 + Send + Sync>>,
+    memory: Option<MemoryStore>,
+}
+
+impl Env {
+    /// The in-process memory store.
+    pub fn memory() -> Self {
+        let store = MemoryStore::new();
+        Env {
+            name: "memory",
+            store: Arc::new(store.clone()),
+            master_ports: Vec::new(),
+            locate: None,
+            memory: Some(store),
+        }
+    }
+
+    /// A Redis store; `master_ports` receive client commands, `locate` maps a key to its node.
+    pub fn redis(
+        name: &'static str,
+        store: Arc<dyn SessionStore>,
+        master_ports: Vec<u16>,
+        locate: impl Fn(&str) -> u16 + Send + Sync + 'static,
+    ) -> Self {
+        Env {
+            name,
+            store,
+            master_ports,
+            locate: Some(Box::new(locate)),
+            memory: None,
+        }
+    }
+
+    /// The store under test.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    fn engine(&self, config: SessionConfig) -> SessionEngine {
+        SessionEngine::from_arc(self.store.clone(), config)
+    }
+
+    /// Remaining TTL of `key` as the store sees it.
+    fn pttl(&self, key: &str) -> Option<Duration> {
+        match (&self.locate, &self.memory) {
+            (Some(locate), _) => {
+                let ms: i64 = redis_cli(locate(key), &["PTTL", key]).parse().ok()?;
+                (ms >= 0).then(|| Duration::from_millis(ms as u64))
+            }
+            (None, Some(memory)) => memory.ttl(key),
+            _ => None,
+        }
+    }
+
+    /// Engine-issued commands (top-level, summed over the masters) since the last call.
+    fn counts(&self) -> Option<Counts> {
+        if self.master_ports.is_empty() {
+            return None;
+        }
+        let mut total: HashMap<String, u64> = HashMap::new();
+        for port in &self.master_ports {
+            for (k, v) in command_stats(*port) {
+                *total.entry(k).or_default() += v;
+            }
+            redis_cli(*port, &["CONFIG", "RESETSTAT"]);
+        }
+        let get = |k: &str| total.get(k).copied().unwrap_or(0);
+        Some(Counts {
+            reads: get("hgetall"),
+            writes: get("evalsha") + get("eval") + get("del") + get("unlink"),
+        })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+struct Counts {
+    reads: u64,
+    writes: u64,
+}
+
+type Case = for<'a> fn(&'a Env, SessionConfig) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        /// Every case of the suite, by name.
+        pub fn all_cases() -> Vec<(&'static str, Case)> {
+            vec![$((stringify!($name), |env, config| Box::pin($name(env, config)))),*]
+        }
+    };
+}
+
+cases!(
+    round_trip_and_types,
+    lazy_load_and_skip_unchanged,
+    sliding_ttl_and_throttled_renewal,
+    absolute_lifetime_caps_ttl,
+    concurrent_distinct_fields_merge,
+    same_field_last_writer_wins,
+    no_resurrection_after_destroy,
+    destroy_costs_one_command,
+    regenerate_moves_data_to_new_key,
+    create_never_overwrites,
+    limits_leave_stored_session_unchanged,
+    corrupt_data_is_a_decode_error,
+    malformed_ids_never_reach_the_store,
+    hashed_keys_hide_ids,
+);
+
+/// Runs every case against `env`, each with its own key schema; panics name the failing case.
+pub async fn run_suite(env: &Env) {
+    for (i, (name, case)) in all_cases().into_iter().enumerate() {
+        let schema = KeySchema::new(&format!("suite:{}:{i}", env.name)).unwrap();
+        let config = SessionConfig::default().with_key_schema(schema);
+        eprintln!("[{}] {name}", env.name);
+        let _ = env.counts();
+        case(env, config).await;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Profile {
+    name: String,
+    roles: Vec<String>,
+    age: Option<u8>,
+}
+
+async fn new_session(engine: &SessionEngine, field: &str, value: u64) -> SessionId {
+    let session = engine.session(None);
+    session.insert(field, &value).await.unwrap();
+    match session.commit().await.unwrap().cookie {
+        CookieAction::Set { id, .. } => id,
+        other => panic!("a new non-empty session must set a cookie, got {other:?}"),
+    }
+}
+
+async fn round_trip_and_types(env: &Env, config: SessionConfig) {
+    let engine = env.engine(config);
+    let profile = Profile {
+        name: "Ada".into(),
+        roles: vec!["admin".into()],
+        age: None,
+    };
+    let s = engine.session(None);
+    assert!(s.is_new().await.unwrap());
+    assert!(s.is_empty().await.unwrap());
+    s.insert("n", &42u64).await.unwrap();
+    s.insert("text", "héllo").await.unwrap();
+    s.insert("profile", &profile).await.unwrap();
+    s.insert("map", &HashMap::from([("a".to_string(), 1.5f64)]))
+        .await
+        .unwrap();
+    s.insert("gone", &true).await.unwrap();
+    assert!(s.remove("gone").await.unwrap());
+    let CookieAction::Set { id, .. } = s.commit().await.unwrap().cookie else {
+        panic!("expected a cookie")
+    };
+
+    let s = engine.session(Some(id));
+    assert!(!s.is_new().await.unwrap());
+    assert_eq!(s.id().await.unwrap(), id);
+    assert_eq!(s.get::<u64>("n").await.unwrap(), Some(42));
+    assert_eq!(
+        s.get::<String>("text").await.unwrap().as_deref(),
+        Some("héllo")
+    );
+    assert_eq!(s.get::<Profile>("profile").await.unwrap(), Some(profile));
+    assert_eq!(s.get::<bool>("gone").await.unwrap(), None);
+    let mut keys = s.keys().await.unwrap();
+    keys.sort();
+    assert_eq!(keys, ["map", "n", "profile", "text"]);
+    let err = s.get::<String>("n").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+    let err = s.insert(META_FIELD, &1).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidField);
+    // clear() empties the session but keeps it.
+    s.clear().await.unwrap();
+    s.commit().await.unwrap();
+    let s = engine.session(Some(id));
+    assert!(!s.is_new().await.unwrap());
+    assert!(s.is_empty().await.unwrap());
+}
+
+async fn lazy_load_and_skip_unchanged(env: &Env, config: SessionConfig) {
+    let engine = env.engine(config);
+    let id = new_session(&engine, "views", 1).await;
+    let _ = env.counts();
+
+    // Never used: no command at all.
+    let committed = engine.session(Some(id)).commit().await.unwrap();
+    assert_eq!(committed.writes, 0);
+    assert_eq!(committed.cookie, CookieAction::Keep);
+    if let Some(c) = env.counts() {
+        assert_eq!(
+            c,
+            Counts {
+                reads: 0,
+                writes: 0
+            },
+            "unused session"
+        );
+    }
+
+    // Read-only: exactly one read, no write.
+    let s = engine.session(Some(id));
+    assert_eq!(s.get::<u64>("views").await.unwrap(), Some(1));
+    assert_eq!(s.commit().await.unwrap().writes, 0);
+    if let Some(c) = env.counts() {
+        assert_eq!(
+            c,
+            Counts {
+                reads: 1,
+                writes: 0
+            },
+            "read-only request"
+        );
+    }
+
+    // Inserting an equal value is no change.
+    let s = engine.session(Some(id));
+    s.insert("views", &1u64).await.unwrap();
+    let committed = s.commit().await.unwrap();
+    assert_eq!(committed.writes, 0);
+    assert_eq!(committed.cookie, CookieAction::Keep);
+    if let Some(c) = env.counts() {
+        assert_eq!(
+            c,
+            Counts {
+                reads: 1,
+                writes: 0
+            },
+            "equal value"
+        );
+    }
+
+    // A change is one read and one atomic write.
+    let s = engine.session(Some(id));
+    s.insert("views", &2u64).await.unwrap();
+    assert_eq!(s.commit().await.unwrap().writes, 1);
+    if let Some(c) = env.counts() {
+        assert_eq!(
+            c,
+            Counts {
+                reads: 1,
+                writes: 1
+            },
+            "changed session"
+        );
+    }
+
+    // A new session that stays empty costs nothing and gets no cookie.
+    let s = engine.session(None);
+    assert!(s.is_empty().await.unwrap());
+    let committed = s.commit().await.unwrap();
+    assert_eq!(
+        (committed.writes, committed.cookie),
+        (0, CookieAction::Keep)
+    );
+    if let Some(c) = env.counts() {
+        assert_eq!(
+            c,
+            Counts {
+                reads: 0,
+                writes: 0
+            },
+            "empty new session"
+        );
+    }
+}
+
+async fn sliding_ttl_and_throttled_renewal(env: &Env, config: SessionConfig) {
+    let engine = env.engine(config.with_idle_ttl(Duration::from_millis(1600)));
+    let id = new_session(&engine, "v", 1).await;
+    let key = engine.key(&id);
+    let ttl = env.pttl(&key).expect("a TTL is set");
+    assert!(
+        ttl <= Duration::from_millis(1600) && ttl > Duration::from_millis(1000),
+        "{ttl:?}"
+    );
+
+    // Early read: more than half the TTL remains, so no renewal.
+    let s = engine.session(Some(id));
+    s.get::<u64>("v").await.unwrap();
+    assert_eq!(s.commit().await.unwrap().writes, 0, "renewal not due yet");
+
+    // Past half the TTL a read renews it (one write, cookie re-sent).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _ = env.counts();
+    let s = engine.session(Some(id));
+    s.get::<u64>("v").await.unwrap();
+    let committed = s.commit().await.unwrap();
+    assert_eq!(committed.writes, 1, "renewal due");
+    assert!(matches!(committed.cookie, CookieAction::Set { .. }));
+    if let Some(c) = env.counts() {
+        assert_eq!(
+            c,
+            Counts {
+                reads: 1,
+                writes: 1
+            }
+        );
+    }
+    let ttl = env.pttl(&key).unwrap();
+    assert!(ttl > Duration::from_millis(1200), "renewed TTL {ttl:?}");
+
+    // The renewal stamp is in the meta: the next read does not renew again.
+    let s = engine.session(Some(id));
+    s.get::<u64>("v").await.unwrap();
+    assert_eq!(s.commit().await.unwrap().writes, 0, "just renewed");
+
+    // Past the original expiry, the session lives on.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let s = engine.session(Some(id));
+    assert_eq!(
+        s.get::<u64>("v").await.unwrap(),
+        Some(1),
+        "renewed session alive"
+    );
+    s.commit().await.unwrap();
+
+    // Left alone, it expires.
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    let s = engine.session(Some(id));
+    assert!(s.is_new().await.unwrap(), "expired");
+    assert_eq!(
+        s.commit().await.unwrap().cookie,
+        CookieAction::Clear,
+        "stale cookie cleared"
+    );
+}
+
+async fn absolute_lifetime_caps_ttl(env: &Env, config: SessionConfig) {
+    let engine = env.engine(
+        config
+            .with_idle_ttl(Duration::from_millis(2000))
+            .with_absolute_ttl(Some(Duration::from_millis(2500))),
+    );
+    let id = new_session(&engine, "v", 0).await;
+    let key = engine.key(&id);
+    for i in 1..=3u64 {
+        tokio::time::sleep(Duration::from_millis(650)).await;
+        let s = engine.session(Some(id));
+        assert_eq!(s.get::<u64>("v").await.unwrap(), Some(i - 1));
+        s.insert("v", &i).await.unwrap();
+        s.commit().await.unwrap();
+    }
+    // ~1950 ms after creation: a full idle TTL would be 2000 ms, but only ~550 ms remain.
+    let ttl = env.pttl(&key).expect("still alive");
+    assert!(
+        ttl <= Duration::from_millis(600),
+        "TTL {ttl:?} passes the absolute deadline"
+    );
+    tokio::time::sleep(ttl + Duration::from_millis(150)).await;
+    let s = engine.session(Some(id));
+    assert!(s.is_new().await.unwrap(), "past the absolute lifetime");
+}
+
+async fn concurrent_distinct_fields_merge(env: &Env, config: SessionConfig) {
+    let engine = env.engine(config);
+    let id = new_session(&engine, "seed", 0).await;
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let s = engine.session(Some(id));
+                s.insert(format!("f{i}"), &i).await.unwrap();
+                s.commit().await.unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let s = engine.session(Some(id));
+    for i in 0..50u64 {
+        assert_eq!(
+            s.get::<u64>(&format!("f{i}")).await.unwrap(),
+            Some(i),
+            "field f{i}"
+        );
+    }
+    assert_eq!(s.keys().await.unwrap().len(), 51);
+}
+
+async fn same_field_last_writer_wins(env: &Env, config: SessionConfig) {
+    let engine = env.engine(config);
+    let id = new_session(&engine, "x", 0).await;
+    let (a, b) = (engine.session(Some(id)), engine.session(Some(id)));
+    a.get::<u64>("x").await.unwrap();
+    b.get::<u64>("x").await.unwrap();
+    a.insert("x", &1u64).await.unwrap();
+    b.insert("x", &2u64).await.unwrap();
+    a.insert("only_a", &true).await.unwrap();
+    b.commit().await.unwrap();
+    a.commit().await.unwrap();
+    let s = engine.session(Some(id));
+    assert_eq!(
+        s.get::<u64>("x").await.unwrap(),
+        Some(1),
+        "last writer wins"
+    );
+    assert_eq!(s.get::<bool>("only_a").await.unwrap(), Some(true));
+}
+
+async fn no_resurrection_after_destroy(env: &Env, config: SessionConfig) {
+    let engine = env.engine(config);
+    let id = new_session(&engine, "v", 1).await;
+    let slow = engine.session(Some(id));
+    slow.get::<u64>("v").await.unwrap();
+
+    let logout = engine.session(Some(id));
+    logout.destroy().await.unwrap();
+    assert_eq!(logout.commit().await.unwrap().cookie, CookieAction::Clear);
+
+    slow.insert("late", &true).await.unwrap();
+    let committed = slow.commit().await.unwrap();
+    assert_eq!(
+        committed.cookie,
+        CookieAction::Clear,
+        "late save sees the destroy"
+    );
+    assert!(
+        env.store.load(&engine.key(&id)).await.unwrap().is_none(),
+        "resurrected"
+    );
+    // A read-renewal racing the destroy must not recreate it either.
+    let s = engine.session(Some(id));
+    assert!(s.is_new().await.unwrap());
+}
+
+async fn destroy_costs_one_command(env: &Env, config: SessionConfig) {
+    let engine = env.engine(config);
+    let id = new_session(&engine, "v", 1).await;
+    let _ = env.counts();
+    let s = engine.session(Some(id));
+    s.destroy().await.unwrap();
+    assert!(s.is_new().await.unwrap());
+    let committed = s.commit().await.unwrap();
+    assert_eq!(
+        (committed.writes, committed.cookie),
+        (1, CookieAction::Clear)
+    );
+    if let Some(c) = env.counts() {
+        assert_eq!(
+            c,
+            Counts {
+                reads: 0,
+                writes: 1
+            }
+        );
+    }
+    assert!(env.store.load(&engine.key(&id)).await.unwrap().is_none());
+
+    // Fields set after a destroy start a new session under a new id.
+    let id = new_session(&engine, "v", 1).await;
+    let s = engine.session(Some(id));
+    s.destroy().await.unwrap();
+    s.insert("fresh", &1u64).await.unwrap();
+    let CookieAction::Set { id: new_id, .. } = s.commit().await.unwrap().cookie else {
+        panic!("new session after destroy must set a cookie")
+    };
+    assert_ne!(new_id, id);
+    let s = engine.session(Some(new_id));
+    assert_eq!(s.get::<u64>("fresh").await.unwrap(), Some(1));
+    assert_eq!(
+        s.get::<u64>("v").await.unwrap(),
+        None,
+        "old data must not leak"
+    );
+}
+
+async fn regenerate_moves_data_to_new_key(env: &Env, config: SessionConfig) {
+    let engine = env.engine(config);
+    let id = new_session(&engine, "cart", 3).await;
+    let s = engine.session(Some(id));
+    s.insert("user", "ada").await.unwrap();
+    s.regenerate().await.unwrap();
+    let new_id = s.id().await.unwrap();
+    assert_ne!(new_id, id);
+    let CookieAction::Set { id: cookie_id, .. } = s.commit().await.unwrap().cookie else {
+        panic!("regenerate must set a cookie")
+    };
+    assert_eq!(cookie_id, new_id);
+    assert!(
+        env.store.load(&engine.key(&id)).await.unwrap().is_none(),
+        "old key deleted"
+    );
+    let s = engine.session(Some(new_id));
+    assert!(!s.is_new().await.unwrap());
+    assert_eq!(s.get::<u64>("cart").await.unwrap(), Some(3));
+    assert_eq!(
+        s.get::<String>("user").await.unwrap().as_deref(),
+        Some("ada")
+    );
+    let s = engine.session(Some(id));
+    assert!(s.is_new().await.unwrap(), "old id no longer works");
+}
+
+async fn create_never_overwrites(env: &Env, config: SessionConfig) {
+    let engine = env.engine(config);
+    let s = engine.session(None);
+    s.insert("mine", &1u64).await.unwrap();
+    let minted = s.id().await.unwrap();
+    // Someone else's session already sits under the minted id.
+    let key = engine.key(&minted);
+    let theirs = engine.session(None);
+    theirs.insert("theirs", &2u64).await.unwrap();
+    let CookieAction::Set { id: their_id, .. } = theirs.commit().await.unwrap().cookie else {
+        panic!()
+    };
+    let their_fields = env
+        .store
+        .load(&engine.key(&their_id))
+        .await
+        .unwrap()
+        .unwrap();
+    let pairs: Vec<(String, Bytes)> = their_fields.into_iter().collect();
+    assert!(env
+        .store
+        .create(&key, &pairs, Duration::from_secs(60))
+        .await
+        .unwrap());
+    assert!(
+        !env.store
+            .create(&key, &pairs, Duration::from_secs(60))
+            .await
+            .unwrap(),
+        "NX"
+    );
+
+    let CookieAction::Set { id, .. } = s.commit().await.unwrap().cookie else {
+        panic!()
+    };
+    assert_ne!(id, minted, "collision must mint a new id");
+    let occupant = engine.session(Some(minted));
+    assert_eq!(
+        occupant.get::<u64>("theirs").await.unwrap(),
+        Some(2),
+        "overwritten"
+    );
+    assert_eq!(occupant.get::<u64>("mine").await.unwrap(), None);
+    let mine = engine.session(Some(id));
+    assert_eq!(mine.get::<u64>("mine").await.unwrap(), Some(1));
+}
+
+async fn limits_leave_stored_session_unchanged(env: &Env, config: SessionConfig) {
+    let engine = env.engine(config.with_max_size(256).with_max_fields(3));
+    let id = new_session(&engine, "a", 1).await;
+    let before = env.store.load(&engine.key(&id)).await.unwrap();
+    let _ = env.counts();
+
+    let s = engine.session(Some(id));
+    s.insert("big", &"x".repeat(300)).await.unwrap();
+    let err = s.commit().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooLarge, "{err}");
+    assert!(
+        err.to_string().contains("256"),
+        "message names the limit: {err}"
+    );
+
+    let s = engine.session(Some(id));
+    for f in ["b", "c", "d"] {
+        s.insert(f, &0u8).await.unwrap();
+    }
+    assert_eq!(s.commit().await.unwrap_err().kind(), ErrorKind::TooLarge);
+    if let Some(c) = env.counts() {
+        assert_eq!(c.writes, 0, "nothing written over the limit");
+    }
+    assert_eq!(env.store.load(&engine.key(&id)).await.unwrap(), before);
+
+    // A new session over the limit is not created either.
+    let s = engine.session(None);
+    s.insert("big", &"x".repeat(300)).await.unwrap();
+    assert!(s.commit().await.unwrap_err().is_too_large());
+}
+
+async fn corrupt_data_is_a_decode_error(env: &Env, config: SessionConfig) {
+    let engine = env.engine(config);
+    let ttl = Duration::from_secs(60);
+    let pairs = |items: &[(&str, &[u8])]| -> Vec<(String, Bytes)> {
+        items
+            .iter()
+            .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v)))
+            .collect()
+    };
+    // Corrupt meta, and a foreign hash with no meta at all.
+    for (i, fields) in [
+        pairs(&[(META_FIELD, &b"\xc1garbage"[..]), ("v", &b"\x01"[..])]),
+        pairs(&[("name", &b"written by someone else"[..])]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = SessionId::generate();
+        let key = engine.key(&id);
+        assert!(env.store.create(&key, &fields, ttl).await.unwrap());
+        let s = engine.session(Some(id));
+        let err = s.get::<u64>("v").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Decode, "case {i}: {err}");
+        s.insert("v", &5u64).await.unwrap_err();
+        let err = s.commit().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::LoadFailed, "case {i}");
+        let stored = env.store.load(&key).await.unwrap().unwrap();
+        assert_eq!(
+            stored.len(),
+            fields.len(),
+            "case {i}: stored data untouched"
+        );
+    }
+    // Valid meta but a field that is not MessagePack of the asked type.
+    let id = new_session(&engine, "v", 1).await;
+    let key = engine.key(&id);
+    assert!(env
+        .store
+        .update(&key, &pairs(&[("v", &b"\xc1"[..])]), &[], ttl)
+        .await
+        .unwrap());
+    let s = engine.session(Some(id));
+    assert_eq!(
+        s.get::<u64>("v").await.unwrap_err().kind(),
+        ErrorKind::Decode
+    );
+}
+
+async fn malformed_ids_never_reach_the_store(env: &Env, _config: SessionConfig) {
+    let _ = env.counts();
+    for bad in [
+        "",
+        "x",
+        "../../etc/passwd",
+        "AAAAAAAAAAAAAAAAAAAAA=",
+        &"A".repeat(5000),
+    ] {
+        assert_eq!(
+            bad.parse::<SessionId>().unwrap_err().kind(),
+            ErrorKind::InvalidId
+        );
+    }
+    if let Some(c) = env.counts() {
+        assert_eq!(
+            c,
+            Counts {
+                reads: 0,
+                writes: 0
+            }
+        );
+    }
+}
+
+async fn hashed_keys_hide_ids(env: &Env, config: SessionConfig) {
+    let engine = env.engine(config.clone());
+    let id = new_session(&engine, "v", 1).await;
+    let key = engine.key(&id);
+    assert!(!key.contains(&id.to_string()), "{key}");
+    assert!(env.store.load(&key).await.unwrap().is_some());
+    let plain = env.engine(config.with_hash_ids_at_rest(false));
+    let id = new_session(&plain, "v", 1).await;
+    assert!(plain.key(&id).contains(&format!("{{{id}}}")));
+    assert!(env.store.load(&plain.key(&id)).await.unwrap().is_some());
+}

@@ -1,0 +1,115 @@
+//! The engine's behavioural suite on every store and topology, plus topology-specific checks.
+
+use std::{sync::Arc, time::Duration};
+
+use tessera_engine::{CookieAction, RedisStore, SessionConfig, SessionEngine};
+use tessera_tests::{
+    suite::{run_suite, Env},
+    support::{redis_cli, RedisCluster, RedisSentinelSet, RedisServer},
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_on_memory_store() {
+    run_suite(&Env::memory()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_on_standalone_redis() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let port = server.port();
+    run_suite(&Env::redis(
+        "standalone",
+        Arc::new(store),
+        vec![port],
+        move |_| port,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_on_cluster() {
+    let cluster = Arc::new(RedisCluster::start());
+    let store = RedisStore::connect(&cluster.url()).await.unwrap();
+    let masters = cluster.master_ports();
+    let locate = {
+        let cluster = cluster.clone();
+        move |key: &str| cluster.master_of_key(key)
+    };
+    run_suite(&Env::redis("cluster", Arc::new(store), masters, locate)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_on_sentinel() {
+    let set = RedisSentinelSet::start();
+    let store = RedisStore::connect(&set.url()).await.unwrap();
+    let master = set.master_port();
+    run_suite(&Env::redis(
+        "sentinel",
+        Arc::new(store),
+        vec![master],
+        move |_| master,
+    ))
+    .await;
+}
+
+/// 10,000 sessions spread over the three masters, none holding more than 40%, and a regenerate
+/// that crosses slots works without CROSSSLOT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_spreads_sessions_and_regenerates_across_slots() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::connect(&cluster.url()).await.unwrap();
+    let engine = SessionEngine::new(store, SessionConfig::default());
+    let mut tasks = Vec::new();
+    for chunk in 0..20 {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..500u64 {
+                let s = engine.session(None);
+                s.insert("n", &(chunk * 500 + i)).await.unwrap();
+                s.commit().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sizes = cluster.dbsize_by_master();
+    let total: u64 = sizes.iter().map(|(_, n)| n).sum();
+    assert_eq!(total, 10_000, "{sizes:?}");
+    for (port, n) in &sizes {
+        let share = *n as f64 / total as f64;
+        eprintln!("master {port}: {n} sessions ({:.1}%)", share * 100.0);
+        assert!(share <= 0.40, "master {port} holds {:.1}%", share * 100.0);
+    }
+
+    // Regenerate until the new id lands on another master than the old one.
+    let mut crossed = false;
+    for _ in 0..20 {
+        let s = engine.session(None);
+        s.insert("user", "ada").await.unwrap();
+        let CookieAction::Set { id: old, .. } = s.commit().await.unwrap().cookie else {
+            panic!()
+        };
+        let s = engine.session(Some(old));
+        s.regenerate().await.unwrap();
+        let CookieAction::Set { id: new, .. } = s.commit().await.unwrap().cookie else {
+            panic!()
+        };
+        let (old_key, new_key) = (engine.key(&old), engine.key(&new));
+        let slot = |k: &str| redis_cli(cluster.ports()[0], &["CLUSTER", "KEYSLOT", k]);
+        assert_ne!(slot(&old_key), slot(&new_key));
+        let s = engine.session(Some(new));
+        assert_eq!(
+            s.get::<String>("user").await.unwrap().as_deref(),
+            Some("ada")
+        );
+        assert!(engine.session(Some(old)).is_new().await.unwrap());
+        if cluster.master_of_key(&old_key) != cluster.master_of_key(&new_key) {
+            crossed = true;
+            break;
+        }
+    }
+    assert!(crossed, "no regenerate crossed masters in 20 tries");
+    let _ = Duration::ZERO;
+}
