@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The project's test command: installs the servers the integration suites start (redis-server,
+# redis-cli, prometheus) when they are missing and it can, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+if [ "${#need[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "missing: ${need[*]} (install them, e.g. 'sudo apt-get install ${need[*]}')" >&2
+    command -v redis-server >/dev/null 2>&1 || exit 1
+  fi
+fi
+# Servers that a package install may have started are not ours; the tests start their own on
+# free loopback ports and never touch them.
+
+exec cargo test --workspace --locked "$@"
