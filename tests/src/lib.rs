@@ -1,5 +1,6 @@
 //! Integration support for Tessera: real `redis-server` topologies started per test
 //! ([`support`]) and the behavioural suite that every store must pass ([`suite`]).
 
+pub mod http;
 pub mod suite;
 pub mod support;

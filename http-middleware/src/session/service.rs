@@ -183,7 +183,7 @@ fn base_cookie<'a>(settings: &'a Settings, value: String) -> cookie::CookieBuild
     builder
 }
 
-fn to_header(cookie: Cookie<'_>) -> HeaderValue {
+fn to_header(cookie: &Cookie<'_>) -> HeaderValue {
     HeaderValue::try_from(cookie.to_string())
         .expect("cookie names are validated and values are base64url")
 }
@@ -191,18 +191,19 @@ fn to_header(cookie: Cookie<'_>) -> HeaderValue {
 fn build_cookie(settings: &Settings, id: &SessionId, expires_ms: u64) -> HeaderValue {
     let mut builder = base_cookie(settings, settings.keys.sign(&settings.cookie_name, id));
     if settings.persistent {
-        let secs = expires_ms.saturating_sub(now_ms()) / 1000;
+        // Rounded: a few milliseconds spent since the commit must not show as a second less.
+        let secs = (expires_ms.saturating_sub(now_ms()) + 500) / 1000;
         builder = builder.max_age(cookie::time::Duration::seconds(secs as i64));
         if let Ok(at) = OffsetDateTime::from_unix_timestamp((expires_ms / 1000) as i64) {
             builder = builder.expires(at);
         }
     }
-    to_header(builder.build())
+    to_header(&builder.build())
 }
 
 fn clear_cookie(settings: &Settings) -> HeaderValue {
     let builder = base_cookie(settings, String::new())
         .max_age(cookie::time::Duration::ZERO)
         .expires(OffsetDateTime::UNIX_EPOCH);
-    to_header(builder.build())
+    to_header(&builder.build())
 }

@@ -1,0 +1,337 @@
+//! End-to-end: the demo service over real TCP against standalone, cluster and sentinel Redis.
+
+use std::{sync::Arc, time::Duration};
+
+use http::{Method, StatusCode};
+use tessera_engine::{RedisStore, SessionConfig, SessionEngine, SessionId};
+use tessera_middleware::demo::DemoArgs;
+use tessera_tests::{
+    http::{DemoServer, HttpClient},
+    support::{command_stats, redis_cli, RedisCluster, RedisSentinelSet, RedisServer},
+};
+
+const NAME: &str = "koa:sess";
+const SECRET_A: &str = "secret A: long enough to sign session cookies";
+const SECRET_B: &str = "secret B: the newer signing key for rotation!";
+
+/// Where the demo's store lives, and how to count commands that reached it.
+struct Topology {
+    url: String,
+    master_ports: Box<dyn Fn() -> Vec<u16> + Send + Sync>,
+}
+
+impl Topology {
+    /// Top-level engine commands (reads, writes) summed over masters since the last call.
+    fn counts(&self) -> (u64, u64) {
+        let (mut reads, mut writes) = (0, 0);
+        for port in (self.master_ports)() {
+            let s = command_stats(port);
+            let g = |k: &str| s.get(k).copied().unwrap_or(0);
+            reads += g("hgetall");
+            writes += g("evalsha") + g("eval") + g("del");
+            redis_cli(port, &["CONFIG", "RESETSTAT"]);
+        }
+        (reads, writes)
+    }
+}
+
+async fn engine(url: &str, schema: &str) -> SessionEngine {
+    let store = RedisStore::connect(url).await.unwrap();
+    let config =
+        SessionConfig::default().with_key_schema(tessera_engine::KeySchema::new(schema).unwrap());
+    SessionEngine::new(store, config)
+}
+
+fn args(secrets: &[&str]) -> DemoArgs {
+    DemoArgs::for_tests().with_secrets(secrets.iter().map(|s| s.to_string()).collect())
+}
+
+fn cookie_header(value: &str) -> String {
+    format!("{NAME}={value}")
+}
+
+fn id_of(value: &str) -> SessionId {
+    value[..22].parse().unwrap()
+}
+
+async fn e2e(topology: &Topology, tag: &str) {
+    let client = HttpClient::new();
+    let server = DemoServer::start(engine(&topology.url, tag).await, &args(&[SECRET_A])).await;
+    let addr = server.addr();
+
+    // Cookie round trip.
+    let a = client.get(addr, "/", None).await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "1 views"));
+    let raw = a
+        .raw_cookie(NAME)
+        .expect("a new session sets the cookie")
+        .to_owned();
+    for attr in [
+        "Path=/",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Max-Age=3600",
+        "Expires=",
+    ] {
+        assert!(raw.contains(attr), "{attr} missing in {raw}");
+    }
+    assert!(
+        !raw.contains("Secure"),
+        "the demo defaults to --cookie-secure false"
+    );
+    let (_, value) = a.cookie(NAME).unwrap();
+    let jar = cookie_header(&value);
+    let a = client.get(addr, "/", Some(&jar)).await;
+    assert_eq!(a.body, "2 views");
+
+    // A read-only request: one read, zero writes, no Set-Cookie.
+    topology.counts();
+    let a = client.get(addr, "/views", Some(&jar)).await;
+    assert_eq!(a.body, "2 views");
+    assert!(a.set_cookies.is_empty(), "{:?}", a.set_cookies);
+    assert_eq!(
+        topology.counts(),
+        (1, 0),
+        "read-only request costs one read"
+    );
+
+    // Tampered cookie: fresh session, no store call.
+    let mut forged = value.clone().into_bytes();
+    let last = forged.len() - 1;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    topology.counts();
+    let a = client
+        .get(addr, "/views", Some(&cookie_header(&forged)))
+        .await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "0 views"));
+    assert_eq!(
+        topology.counts(),
+        (0, 0),
+        "a forged cookie never reaches Redis"
+    );
+
+    // 50 parallel PUTs of distinct fields on one session all land.
+    let puts: Vec<_> = (0..50)
+        .map(|i| {
+            let (client, jar) = (client.clone(), jar.clone());
+            tokio::spawn(async move {
+                client
+                    .send(
+                        addr,
+                        Method::PUT,
+                        &format!("/session/f{i}"),
+                        Some(&jar),
+                        &i.to_string(),
+                    )
+                    .await
+                    .unwrap()
+                    .status
+            })
+        })
+        .collect();
+    for p in puts {
+        assert_eq!(p.await.unwrap(), StatusCode::NO_CONTENT);
+    }
+    let a = client.get(addr, "/session", Some(&jar)).await;
+    let data: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    for i in 0..50 {
+        assert_eq!(data[format!("f{i}")], i, "field f{i} lost: {}", a.body);
+    }
+    assert_eq!(data["views"], 2);
+
+    // Regenerate: new cookie, data carried, old cookie stops working.
+    let a = client
+        .send(addr, Method::POST, "/login?user=ada", Some(&jar), "")
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::OK);
+    let (_, new_value) = a.cookie(NAME).expect("login re-issues the cookie");
+    assert_ne!(id_of(&new_value), id_of(&value));
+    let new_jar = cookie_header(&new_value);
+    let a = client.get(addr, "/session", Some(&new_jar)).await;
+    let data: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(
+        (data["user"].as_str(), data["views"].as_u64()),
+        (Some("ada"), Some(2))
+    );
+    let a = client.get(addr, "/views", Some(&jar)).await;
+    assert_eq!(a.body, "0 views", "the pre-login id must be dead");
+    let old_key = server.engine().key(&id_of(&value));
+    assert!(server
+        .engine()
+        .store()
+        .load(&old_key)
+        .await
+        .unwrap()
+        .is_none());
+
+    // Key rotation: a server signing with B and still accepting A re-issues the cookie under B.
+    let rotated = DemoServer::start(
+        engine(&topology.url, tag).await,
+        &args(&[SECRET_B, SECRET_A]),
+    )
+    .await;
+    let a = client.get(rotated.addr(), "/views", Some(&new_jar)).await;
+    assert_eq!(a.body, "2 views");
+    let (_, reissued) = a
+        .cookie(NAME)
+        .expect("a cookie signed by an old key is re-issued");
+    assert_eq!(id_of(&reissued), id_of(&new_value));
+    assert_ne!(reissued, new_value);
+    let only_b = DemoServer::start(engine(&topology.url, tag).await, &args(&[SECRET_B])).await;
+    assert_eq!(
+        client
+            .get(only_b.addr(), "/views", Some(&cookie_header(&reissued)))
+            .await
+            .body,
+        "2 views"
+    );
+    assert_eq!(
+        client
+            .get(only_b.addr(), "/views", Some(&new_jar))
+            .await
+            .body,
+        "0 views"
+    );
+
+    // Destroy: the key is deleted and the cookie cleared.
+    let new_key = server.engine().key(&id_of(&new_value));
+    assert!(server
+        .engine()
+        .store()
+        .load(&new_key)
+        .await
+        .unwrap()
+        .is_some());
+    let a = client
+        .send(addr, Method::POST, "/logout", Some(&new_jar), "")
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    let raw = a.raw_cookie(NAME).expect("logout clears the cookie");
+    assert!(raw.contains("Max-Age=0") && raw.contains("1970"), "{raw}");
+    assert!(server
+        .engine()
+        .store()
+        .load(&new_key)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        client.get(addr, "/views", Some(&new_jar)).await.body,
+        "0 views"
+    );
+
+    // Health.
+    let a = client.get(addr, "/healthz", None).await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_on_standalone() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let topology = Topology {
+        url: server.url(),
+        master_ports: Box::new(move || vec![port]),
+    };
+    e2e(&topology, "e2e-standalone").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_on_cluster() {
+    let cluster = Arc::new(RedisCluster::start());
+    let c = cluster.clone();
+    let topology = Topology {
+        url: cluster.url(),
+        master_ports: Box::new(move || c.master_ports()),
+    };
+    e2e(&topology, "e2e-cluster").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_on_sentinel() {
+    let set = Arc::new(RedisSentinelSet::start());
+    let s = set.clone();
+    let topology = Topology {
+        url: set.url(),
+        master_ports: Box::new(move || vec![s.master_port()]),
+    };
+    e2e(&topology, "e2e-sentinel").await;
+}
+
+/// The demo binary itself, driven by its documented flags and environment variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_binary_contract() {
+    use std::io::{BufRead, BufReader};
+    let server = RedisServer::start();
+    let exe = std::env::current_exe().unwrap();
+    let demo = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join("demo"))
+        .filter(|p| p.exists())
+        .expect("the demo example is built by `cargo test --workspace` (target/*/examples/demo)");
+    let mut child = std::process::Command::new(&demo)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--secret",
+            SECRET_A,
+            "--ttl",
+            "120",
+        ])
+        .env("TESSERA_REDIS_URL", server.url())
+        .env("TESSERA_KEY_SCHEMA", "bin")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let child = Kill(child);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    });
+    let line = tokio::time::timeout(Duration::from_secs(20), line)
+        .await
+        .unwrap()
+        .unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    let client = HttpClient::new();
+    let a = client.get(addr, "/", None).await;
+    assert_eq!(a.body, "1 views");
+    let raw = a.raw_cookie(NAME).unwrap().to_owned();
+    assert!(raw.contains("Max-Age=120"), "{raw}");
+    let keys = redis_cli(server.port(), &["KEYS", "bin:{*"]);
+    assert_eq!(
+        keys.lines().count(),
+        1,
+        "one session under the key schema: {keys}"
+    );
+    let metrics = client.get(addr, "/metrics", None).await;
+    assert!(
+        metrics.body.contains("tessera_http_requests_total"),
+        "{}",
+        metrics.body
+    );
+    assert_eq!(
+        client.get(addr, "/healthz", None).await.status,
+        StatusCode::OK
+    );
+    drop(child);
+}
