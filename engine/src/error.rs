@@ -28,6 +28,9 @@ pub enum ErrorKind {
     InvalidField,
     /// The session could not be loaded earlier in this request, so it can be neither used nor saved.
     LoadFailed,
+    /// A write reached the primary but fewer replicas than required confirmed it in time; it may
+    /// be lost if the primary fails now.
+    NotDurable,
     /// Creating a session kept colliding with existing ids (practically impossible with a working
     /// random source).
     IdCollision,
@@ -47,6 +50,7 @@ impl ErrorKind {
             ErrorKind::InvalidField => "invalid_field",
             ErrorKind::LoadFailed => "load_failed",
             ErrorKind::IdCollision => "id_collision",
+            ErrorKind::NotDurable => "not_durable",
         }
     }
 }
@@ -97,7 +101,7 @@ impl Error {
     pub fn is_store(&self) -> bool {
         matches!(
             self.kind,
-            ErrorKind::Redis | ErrorKind::Timeout | ErrorKind::LoadFailed
+            ErrorKind::Redis | ErrorKind::Timeout | ErrorKind::LoadFailed | ErrorKind::NotDurable
         )
     }
 

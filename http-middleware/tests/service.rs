@@ -84,7 +84,11 @@ impl Reply {
 
     #[track_caller]
     fn assert_no_cookie(&self) {
-        assert_eq!(self.raw_set_cookie(), None, "unexpected Set-Cookie: {self:?}");
+        assert_eq!(
+            self.raw_set_cookie(),
+            None,
+            "unexpected Set-Cookie: {self:?}"
+        );
     }
 }
 
@@ -146,14 +150,14 @@ fn engine_on(store: impl SessionStore, config: SessionConfig) -> SessionEngine {
 }
 
 /// The demo routes behind `layer`.
-fn app_with(layer: SessionLayer) -> App {
+fn app_with(layer: &SessionLayer) -> App {
     let engine = layer.engine().clone();
     layer.layer(DemoApp::new(engine, None))
 }
 
 /// The demo routes behind a plain-http layer signing with `SECRET_A`.
 fn app(engine: &SessionEngine) -> App {
-    app_with(SessionLayer::new(engine.clone(), keys(&[SECRET_A])).with_secure(false))
+    app_with(&SessionLayer::new(engine.clone(), keys(&[SECRET_A])).with_secure(false))
 }
 
 /// The session id a cookie names (verified with `secrets`).
@@ -181,8 +185,13 @@ fn assert_clearing(cookie: &Cookie<'_>) {
     assert_eq!(cookie.name(), COOKIE);
     assert_eq!(cookie.value(), "");
     assert_eq!(cookie.max_age(), Some(cookie::time::Duration::ZERO));
-    let expires = cookie.expires_datetime().expect("a clearing cookie has Expires");
-    assert!(expires < OffsetDateTime::now_utc(), "Expires must be in the past: {expires}");
+    let expires = cookie
+        .expires_datetime()
+        .expect("a clearing cookie has Expires");
+    assert!(
+        expires < OffsetDateTime::now_utc(),
+        "Expires must be in the past: {expires}"
+    );
     assert_eq!(cookie.path(), Some("/"));
 }
 
@@ -375,7 +384,7 @@ async fn cookie_round_trip_with_default_attributes() {
     let store = MemoryStore::new();
     let engine = engine_on(store.clone(), SessionConfig::default());
     // The layer's defaults: Secure included.
-    let svc = app_with(SessionLayer::new(engine.clone(), keys(&[SECRET_A])));
+    let svc = app_with(&SessionLayer::new(engine.clone(), keys(&[SECRET_A])));
 
     let first = call(&svc, get("/", None)).await;
     first.assert_ok("1 views");
@@ -387,8 +396,14 @@ async fn cookie_round_trip_with_default_attributes() {
     assert_eq!(c.same_site(), Some(SameSite::Lax), "{raw}");
     assert_eq!(c.secure(), Some(true), "Secure is on by default: {raw}");
     assert_eq!(c.domain(), None, "host-only by default: {raw}");
-    let max_age = c.max_age().expect("persistent cookie has Max-Age").whole_seconds();
-    assert!((TTL_SECS - 5..=TTL_SECS).contains(&max_age), "Max-Age {max_age}");
+    let max_age = c
+        .max_age()
+        .expect("persistent cookie has Max-Age")
+        .whole_seconds();
+    assert!(
+        (TTL_SECS - 5..=TTL_SECS).contains(&max_age),
+        "Max-Age {max_age}"
+    );
     let expires = c.expires_datetime().expect("persistent cookie has Expires");
     let expected = OffsetDateTime::now_utc() + cookie::time::Duration::seconds(TTL_SECS);
     assert!(
@@ -414,7 +429,7 @@ async fn cookie_round_trip_with_default_attributes() {
 #[tokio::test]
 async fn secure_can_be_turned_off() {
     let engine = engine_on(MemoryStore::new(), SessionConfig::default());
-    let svc = app_with(SessionLayer::new(engine, keys(&[SECRET_A])).with_secure(false));
+    let svc = app_with(&SessionLayer::new(engine, keys(&[SECRET_A])).with_secure(false));
     let r = call(&svc, get("/", None)).await;
     r.assert_ok("1 views");
     let raw = r.raw_set_cookie().expect("Set-Cookie");
@@ -446,7 +461,7 @@ async fn demo_build_app_round_trip() {
 async fn browser_session_cookie_has_no_max_age_or_expires() {
     let engine = engine_on(MemoryStore::new(), SessionConfig::default());
     let svc = app_with(
-        SessionLayer::new(engine, keys(&[SECRET_A]))
+        &SessionLayer::new(engine, keys(&[SECRET_A]))
             .with_secure(false)
             .with_persistent_cookie(false),
     );
@@ -454,6 +469,75 @@ async fn browser_session_cookie_has_no_max_age_or_expires() {
     assert_eq!(c.max_age(), None);
     assert_eq!(c.expires(), None);
     call(&svc, get("/", Some(&c))).await.assert_ok("2 views");
+}
+
+#[tokio::test]
+async fn custom_cookie_options_are_applied() {
+    let engine = engine_on(
+        MemoryStore::new(),
+        SessionConfig::default().with_idle_ttl(Duration::from_secs(120)),
+    );
+    let layer = SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+        .with_cookie_name("sid")
+        .expect("valid name")
+        .with_path("/app")
+        .with_domain(Some("example.test".into()))
+        .with_same_site(SameSite::Strict)
+        .with_http_only(false);
+    let svc = app_with(&layer);
+    let r = call(&svc, get("/", None)).await;
+    r.assert_ok("1 views");
+    let c = r.cookie();
+    assert_eq!(c.name(), "sid");
+    assert_eq!(c.path(), Some("/app"));
+    assert_eq!(c.domain(), Some("example.test"));
+    assert_eq!(c.same_site(), Some(SameSite::Strict));
+    assert_ne!(c.http_only(), Some(true));
+    assert_eq!(c.secure(), Some(true));
+    let max_age = c.max_age().expect("Max-Age").whole_seconds();
+    assert!(
+        (115..=120).contains(&max_age),
+        "Max-Age follows the idle TTL: {max_age}"
+    );
+    call(&svc, get("/", Some(&c))).await.assert_ok("2 views");
+
+    // The signature binds the cookie name: the same value under the default name is rejected
+    // by a default-named layer signing with the same key.
+    let renamed = Cookie::new(COOKIE, c.value().to_owned());
+    call(&app(&engine), get("/views", Some(&renamed)))
+        .await
+        .assert_ok("0 views");
+
+    for bad in ["", "a b", "a=b", "a;b", "a,b", "sess\u{e9}"] {
+        let err = SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+            .with_cookie_name(bad)
+            .expect_err(bad);
+        assert!(err.is_config(), "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn due_renewal_resends_the_cookie() {
+    // With renew_below = 1.0 every read renews the expiry (one touch write, cookie re-sent).
+    let probe = Probe::new(MemoryStore::new(), Mode::PassThrough);
+    let engine = engine_on(
+        probe.clone(),
+        SessionConfig::default().with_renew_below(1.0).unwrap(),
+    );
+    let svc = app(&engine);
+    let c = establish(&svc).await;
+    let id = id_of(&c, &[SECRET_A]);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let r = call(&svc, get("/views", Some(&c))).await;
+    r.assert_ok("1 views");
+    let renewed = r.cookie();
+    assert_eq!(id_of(&renewed, &[SECRET_A]), id);
+    let max_age = renewed.max_age().expect("Max-Age").whole_seconds();
+    assert!(
+        (TTL_SECS - 5..=TTL_SECS).contains(&max_age),
+        "Max-Age {max_age}"
+    );
+    assert_eq!(probe.updates(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -496,7 +580,11 @@ async fn empty_new_session_is_not_saved_by_default() {
     r.assert_ok("0 views");
     r.assert_no_cookie();
     assert_eq!(store.len(), 0);
-    assert_eq!(probe.total(), 0, "no cookie and nothing to save: no store call");
+    assert_eq!(
+        probe.total(),
+        0,
+        "no cookie and nothing to save: no store call"
+    );
 }
 
 #[tokio::test]
@@ -547,7 +635,10 @@ async fn tampered_cookies_get_a_fresh_session_without_store_calls() {
         ("signature char changed", flip(&value, sig_start + 10)),
         ("last signature char changed", flip(&value, value.len() - 1)),
         ("id char changed", flip(&value, 3)),
-        ("id swapped", format!("{other_id}{}", &value[SESSION_ID_LEN..])),
+        (
+            "id swapped",
+            format!("{other_id}{}", &value[SESSION_ID_LEN..]),
+        ),
         ("bare id", value[..SESSION_ID_LEN].to_owned()),
         ("signature only", value[sig_start..].to_owned()),
         ("garbage", "garbage".to_owned()),
@@ -615,7 +706,11 @@ async fn tampered_cookies_get_a_fresh_session_without_store_calls() {
     r.assert_ok("1 views");
     let non_utf8 = HeaderValue::from_bytes(b"junk=\xff").unwrap();
     let good_header = HeaderValue::from_str(&format!("{COOKIE}={value}")).unwrap();
-    let r = call(&svc, get_with_headers("/views", vec![non_utf8, good_header])).await;
+    let r = call(
+        &svc,
+        get_with_headers("/views", vec![non_utf8, good_header]),
+    )
+    .await;
     r.assert_ok("1 views");
     assert_eq!(probe.loads(), loads + 2);
 }
@@ -643,12 +738,12 @@ async fn signed_cookie_for_unknown_session_is_replaced_not_adopted() {
 async fn key_rotation_accepts_old_key_and_reissues_under_new_one() {
     let store = MemoryStore::new();
     let engine = engine_on(store.clone(), SessionConfig::default());
-    let old = app_with(SessionLayer::new(engine.clone(), keys(&[SECRET_A])).with_secure(false));
+    let old = app_with(&SessionLayer::new(engine.clone(), keys(&[SECRET_A])).with_secure(false));
     let rotated = app_with(
-        SessionLayer::new(engine.clone(), keys(&[SECRET_B, SECRET_A])).with_secure(false),
+        &SessionLayer::new(engine.clone(), keys(&[SECRET_B, SECRET_A])).with_secure(false),
     );
     let only_new =
-        app_with(SessionLayer::new(engine.clone(), keys(&[SECRET_B])).with_secure(false));
+        app_with(&SessionLayer::new(engine.clone(), keys(&[SECRET_B])).with_secure(false));
 
     let cookie_a = establish(&old).await;
     let id = id_of(&cookie_a, &[SECRET_A]);
@@ -803,7 +898,11 @@ async fn fail_closed_answers_503_with_retry_after() {
     r.assert_no_cookie();
     assert!(!r.body.contains("views"), "{r:?}");
     assert_eq!(probe.loads(), 1);
-    assert_eq!(probe.writes(), 0, "a failed load is never followed by a write");
+    assert_eq!(
+        probe.writes(),
+        0,
+        "a failed load is never followed by a write"
+    );
 
     // Without a cookie: the handler succeeds, the create fails, and the success is replaced.
     let r = call(&svc, get("/", None)).await;
@@ -815,7 +914,7 @@ async fn fail_closed_answers_503_with_retry_after() {
 
     // Retry-After is configurable.
     let svc = app_with(
-        SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+        &SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
             .with_secure(false)
             .with_retry_after(Duration::from_secs(7)),
     );
@@ -830,7 +929,7 @@ async fn fail_open_serves_handler_answer_without_cookie_or_writes() {
     let probe = Probe::new(MemoryStore::new(), Mode::FailAll);
     let engine = engine_on(probe.clone(), SessionConfig::default());
     let svc = app_with(
-        SessionLayer::new(engine, keys(&[SECRET_A]))
+        &SessionLayer::new(engine, keys(&[SECRET_A]))
             .with_secure(false)
             .with_failure_policy(FailurePolicy::FailOpen),
     );
@@ -840,7 +939,11 @@ async fn fail_open_serves_handler_answer_without_cookie_or_writes() {
     r.assert_ok("1 views");
     r.assert_no_cookie();
     assert_eq!(probe.loads(), 1);
-    assert_eq!(probe.writes(), 0, "fail-open must not write the empty session back");
+    assert_eq!(
+        probe.writes(),
+        0,
+        "fail-open must not write the empty session back"
+    );
 
     // Without a cookie nothing is loaded; the failed create still yields the handler's answer.
     let r = call(&svc, get("/", None)).await;
@@ -861,7 +964,7 @@ async fn fail_open_never_overwrites_the_real_session() {
 
     let probe = Probe::new(store.clone(), Mode::FailLoad);
     let svc = app_with(
-        SessionLayer::new(
+        &SessionLayer::new(
             engine_on(probe.clone(), SessionConfig::default()),
             keys(&[SECRET_A]),
         )
@@ -978,7 +1081,11 @@ async fn concurrent_puts_of_distinct_fields_all_land() {
             let svc = svc.clone();
             let c = c.clone();
             tokio::spawn(async move {
-                let r = call(&svc, put(&format!("/session/f{i}"), Some(&c), &i.to_string())).await;
+                let r = call(
+                    &svc,
+                    put(&format!("/session/f{i}"), Some(&c), &i.to_string()),
+                )
+                .await;
                 (i, r.status)
             })
         })
@@ -1026,10 +1133,7 @@ async fn metrics_count_requests_and_rejected_cookies() {
     let before = handle.render();
     let store = MemoryStore::new();
     let engine = engine_on(store.clone(), SessionConfig::default().with_max_size(100));
-    let svc = app_with(
-        SessionLayer::new(engine.clone(), keys(&[SECRET_A])).with_secure(false),
-    )
-    .clone();
+    let svc = app(&engine);
     let c = establish(&svc).await;
     let sig_start = SESSION_ID_LEN + 1;
     let tampered = Cookie::new(COOKIE, flip(c.value(), sig_start + 10));
@@ -1044,7 +1148,15 @@ async fn metrics_count_requests_and_rejected_cookies() {
     call(&svc, get_with_headers("/views", vec![raw]))
         .await
         .assert_ok("0 views");
-    let r = call(&svc, put("/session/big", Some(&c), &format!("\"{}\"", "x".repeat(500)))).await;
+    let r = call(
+        &svc,
+        put(
+            "/session/big",
+            Some(&c),
+            &format!("\"{}\"", "x".repeat(500)),
+        ),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
 
     let failing = app(&engine_on(
@@ -1054,8 +1166,11 @@ async fn metrics_count_requests_and_rejected_cookies() {
     let r = call(&failing, get("/", None)).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     let fail_open = app_with(
-        SessionLayer::new(
-            engine_on(Probe::new(MemoryStore::new(), Mode::FailAll), SessionConfig::default()),
+        &SessionLayer::new(
+            engine_on(
+                Probe::new(MemoryStore::new(), Mode::FailAll),
+                SessionConfig::default(),
+            ),
             keys(&[SECRET_A]),
         )
         .with_failure_policy(FailurePolicy::FailOpen),
@@ -1075,7 +1190,10 @@ async fn metrics_count_requests_and_rejected_cookies() {
         let (b, a) = (series(&before, series_name), series(&after, series_name));
         assert!(a >= b + at_least, "{series_name}: {b} -> {a}\n{after}");
     }
-    assert!(after.contains("tessera_http_middleware_duration_seconds_bucket"), "{after}");
+    assert!(
+        after.contains("tessera_http_middleware_duration_seconds_bucket"),
+        "{after}"
+    );
 
     // The demo's /metrics route renders the same registry.
     let with_metrics = SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
@@ -1102,7 +1220,12 @@ mod axum_extractor {
         SessionExtractor(session): SessionExtractor,
     ) -> Result<String, (StatusCode, String)> {
         let internal = |e: EngineError| (tessera_middleware::error_status(&e), e.to_string());
-        let views = session.get::<u64>("views").await.map_err(internal)?.unwrap_or(0) + 1;
+        let views = session
+            .get::<u64>("views")
+            .await
+            .map_err(internal)?
+            .unwrap_or(0)
+            + 1;
         session.insert("views", &views).await.map_err(internal)?;
         Ok(format!("{views} views"))
     }
@@ -1126,7 +1249,10 @@ mod axum_extractor {
         // The failure policy applies under axum too.
         let failing = Router::new().route("/", get_route(count)).layer(
             SessionLayer::new(
-                engine_on(Probe::new(MemoryStore::new(), Mode::FailAll), SessionConfig::default()),
+                engine_on(
+                    Probe::new(MemoryStore::new(), Mode::FailAll),
+                    SessionConfig::default(),
+                ),
                 keys(&[SECRET_A]),
             )
             .with_secure(false),

@@ -2,5 +2,6 @@
 //! ([`support`]) and the behavioural suite that every store must pass ([`suite`]).
 
 pub mod http;
+pub mod load;
 pub mod suite;
 pub mod support;

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use crate::error::Result;
 
+mod cluster;
 mod memory;
 mod redis;
 

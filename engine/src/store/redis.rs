@@ -2,7 +2,7 @@
 //! and a per-command timeout always set, and atomic Lua scripts for the check-and-write steps.
 //! It never issues a command that spans two keys, so no call can cross cluster slots.
 
-use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
+use std::{collections::HashMap, fmt, future::Future, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -10,8 +10,9 @@ use fred::{
     clients::{Pool, SubscriberClient},
     interfaces::{
         ClientLike, EventInterface, HashesInterface, KeysInterface, LuaInterface, PubsubInterface,
+        ServerInterface,
     },
-    prelude::{Builder, Config, ReconnectPolicy, ServerConfig},
+    prelude::{Builder, Client, Config, ReconnectPolicy, ServerConfig},
     types::{
         config::{ReconnectError, Server},
         Value,
@@ -19,7 +20,7 @@ use fred::{
 };
 use tokio::task::JoinHandle;
 
-use super::{Fields, SessionStore};
+use super::{cluster::ClusterRouter, Fields, SessionStore};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Creates the session only if its key is absent (NX), then sets its TTL, in one atomic step.
@@ -80,6 +81,7 @@ pub struct RedisStoreBuilder {
     connect_timeout: Duration,
     reconnect_max_delay: Duration,
     watch_sentinel: bool,
+    wait_replicas: Option<(u32, Duration)>,
 }
 
 impl RedisStoreBuilder {
@@ -112,6 +114,15 @@ impl RedisStoreBuilder {
     /// on a failover (default on). Without it the client only notices when the old master fails.
     pub fn with_sentinel_watch(mut self, on: bool) -> Self {
         self.watch_sentinel = on;
+        self
+    }
+
+    /// Durability: after each session write (create, update, destroy) wait until `replicas`
+    /// replicas have acknowledged it, at most `timeout` (Redis `WAIT`). A write that fewer
+    /// replicas confirm fails with [`ErrorKind::NotDurable`] instead of being acknowledged. Off by
+    /// default: it adds a replication round trip to every write.
+    pub fn with_wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_replicas = (replicas > 0).then_some((replicas, timeout));
         self
     }
 
@@ -181,43 +192,63 @@ impl RedisStoreBuilder {
             } if self.watch_sentinel => Some((hosts.clone(), service_name.clone())),
             _ => None,
         };
-        let pool = self
-            .fred_builder(config.clone())
-            .build_pool(self.pool_size)
-            .map_err(Error::from)?;
-        pool.connect_pool();
-        tokio::time::timeout(self.connect_timeout, pool.wait_for_connect())
-            .await
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "could not connect to Redis at {} within {:?}; check that it runs and \
-                         the URL is right",
-                        redact(&self.url),
-                        self.connect_timeout
-                    ),
-                )
-            })?
-            .map_err(Error::from)?;
+        let backend = if config.server.is_clustered() {
+            let this = self.clone();
+            let router = ClusterRouter::connect(
+                config.clone(),
+                self.pool_size,
+                self.connect_timeout,
+                move |c| this.fred_builder(c),
+            )
+            .await?;
+            Backend::Cluster(router)
+        } else {
+            let pool = self
+                .fred_builder(config.clone())
+                .build_pool(self.pool_size)
+                .map_err(Error::from)?;
+            pool.connect_pool();
+            tokio::time::timeout(self.connect_timeout, pool.wait_for_connect())
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "could not connect to Redis at {} within {:?}; check that it runs \
+                             and the URL is right",
+                            redact(&self.url),
+                            self.connect_timeout
+                        ),
+                    )
+                })?
+                .map_err(Error::from)?;
+            Backend::Pool(pool)
+        };
 
         // Load the scripts on every primary up front so the first write on each node is one
         // EVALSHA rather than a NOSCRIPT round trip; the fallback in `run` covers later restarts.
-        for source in [CREATE_LUA, UPDATE_LUA] {
-            if let Err(err) = pool.next().script_load_cluster::<(), _>(source).await {
-                tracing::warn!(%err, "could not preload session scripts; they load on first use");
+        let primaries = match &backend {
+            Backend::Pool(pool) => vec![pool.next().clone()],
+            Backend::Cluster(router) => router.primaries(),
+        };
+        for client in primaries {
+            for source in [CREATE_LUA, UPDATE_LUA] {
+                if let Err(err) = client.script_load::<(), _>(source).await {
+                    tracing::warn!(%err, "could not preload session scripts; they load on first use");
+                }
             }
         }
-        let watchers = match sentinel {
-            Some((hosts, service)) => {
+        let watchers = match (sentinel, &backend) {
+            (Some((hosts, service)), Backend::Pool(pool)) => {
                 self.watch_sentinels(&config, hosts, service, pool.clone())
                     .await
             }
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         Ok(RedisStore {
             inner: Arc::new(Inner {
-                pool,
+                backend,
+                wait_replicas: self.wait_replicas,
                 create: LuaScript::new(CREATE_LUA),
                 update: LuaScript::new(UPDATE_LUA),
                 _watchers: watchers,
@@ -308,9 +339,18 @@ impl Drop for Watcher {
     }
 }
 
+/// How commands reach Redis: one fred pool (standalone, sentinel), or per-primary pools behind
+/// the cluster router.
+#[derive(Debug)]
+enum Backend {
+    Pool(Pool),
+    Cluster(Arc<ClusterRouter>),
+}
+
 #[derive(Debug)]
 struct Inner {
-    pool: Pool,
+    backend: Backend,
+    wait_replicas: Option<(u32, Duration)>,
     create: LuaScript,
     update: LuaScript,
     _watchers: Vec<Watcher>,
@@ -344,6 +384,7 @@ impl RedisStore {
             connect_timeout: Duration::from_secs(2),
             reconnect_max_delay: Duration::from_secs(1),
             watch_sentinel: true,
+            wait_replicas: None,
         }
     }
 
@@ -352,32 +393,78 @@ impl RedisStore {
         Self::builder(url).connect().await
     }
 
-    /// The underlying fred pool, for operations this store does not wrap.
-    pub fn pool(&self) -> &Pool {
-        &self.inner.pool
-    }
-
     /// Closes all connections.
     pub async fn quit(&self) -> Result<()> {
-        self.inner.pool.quit().await.map_err(Error::from)
+        match &self.inner.backend {
+            Backend::Pool(pool) => pool.quit().await.map_err(Error::from),
+            Backend::Cluster(router) => {
+                router.quit().await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs `f` on a client that serves `key`.
+    async fn with_client<R, F, Fut>(&self, key: &str, f: F) -> Result<R>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<R, fred::error::Error>>,
+    {
+        match &self.inner.backend {
+            Backend::Pool(pool) => Ok(f(pool.next().clone()).await?),
+            Backend::Cluster(router) => router.call(key, f).await,
+        }
     }
 
     /// `EVALSHA`, falling back to `EVAL` (which also caches the script) on a node that has not
     /// seen it yet, e.g. after a restart or failover.
     async fn run(&self, script: &LuaScript, key: &str, args: Vec<Value>) -> Result<bool> {
-        let client = self.inner.pool.next();
-        let result: std::result::Result<i64, _> = client
-            .evalsha(script.sha1.as_str(), key, args.clone())
-            .await;
-        let n = match result {
-            Err(err) if err.details().starts_with("NOSCRIPT") => {
-                client
-                    .eval::<i64, _, _, _>(script.source, key, args)
-                    .await?
-            }
-            other => other?,
-        };
+        let n: i64 = self
+            .with_client(key, |client| {
+                let args = args.clone();
+                async move {
+                    let result: std::result::Result<i64, _> = client
+                        .evalsha(script.sha1.as_str(), key, args.clone())
+                        .await;
+                    let n = match result {
+                        Err(err) if err.details().starts_with("NOSCRIPT") => {
+                            client.eval(script.source, key, args).await?
+                        }
+                        other => other?,
+                    };
+                    Ok((n, self.wait(&client).await?))
+                }
+            })
+            .await
+            .and_then(|(n, acked)| self.check_durable(acked).map(|()| n))?;
         Ok(n == 1)
+    }
+
+    /// `WAIT` on the connection that carried the write, when durability is on. Returns how many
+    /// replicas acknowledged.
+    async fn wait(&self, client: &Client) -> std::result::Result<Option<i64>, fred::error::Error> {
+        match self.inner.wait_replicas {
+            None => Ok(None),
+            Some((n, timeout)) => {
+                let ms = i64::try_from(timeout.as_millis())
+                    .unwrap_or(i64::MAX)
+                    .max(1);
+                client.wait(i64::from(n), ms).await.map(Some)
+            }
+        }
+    }
+
+    fn check_durable(&self, acked: Option<i64>) -> Result<()> {
+        match (self.inner.wait_replicas, acked) {
+            (Some((n, timeout)), Some(acked)) if acked < i64::from(n) => Err(Error::new(
+                ErrorKind::NotDurable,
+                format!(
+                    "only {acked} of {n} replicas confirmed the session write within {timeout:?}; \
+                     check replication health"
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -406,7 +493,9 @@ fn redact(url: &str) -> String {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn load(&self, key: &str) -> Result<Option<Fields>> {
-        let fields: HashMap<String, Bytes> = self.inner.pool.next().hgetall(key).await?;
+        let fields: HashMap<String, Bytes> = self
+            .with_client(key, |client| async move { client.hgetall(key).await })
+            .await?;
         Ok((!fields.is_empty()).then_some(fields))
     }
 
@@ -433,13 +522,22 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let _: i64 = self.inner.pool.next().del(key).await?;
-        Ok(())
+        let acked = self
+            .with_client(key, |client| async move {
+                let _: i64 = client.del(key).await?;
+                self.wait(&client).await
+            })
+            .await?;
+        self.check_durable(acked)
     }
 
     async fn ping(&self) -> Result<()> {
-        // Every client of the pool must answer: one dead connection is enough to fail requests.
-        for client in self.inner.pool.clients() {
+        // Every connection must answer: one dead primary is enough to fail some requests.
+        let clients = match &self.inner.backend {
+            Backend::Pool(pool) => pool.clients().to_vec(),
+            Backend::Cluster(router) => router.primaries(),
+        };
+        for client in clients {
             let _: String = client.ping(None).await?;
         }
         Ok(())

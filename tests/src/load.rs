@@ -1,0 +1,160 @@
+//! A bounded load driver for fault tests: worker tasks read and write pre-created sessions and
+//! record every outcome with its time and the master that owned the session's slot at the start.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use tessera_engine::{CookieAction, SessionEngine, SessionId};
+
+/// One finished operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// When it finished, relative to the driver's start.
+    pub at: Duration,
+    /// How long it took.
+    pub latency: Duration,
+    /// Which group (e.g. owning master) the session belongs to.
+    pub group: usize,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Whether it was a write, and which value it acknowledged.
+    pub wrote: Option<u64>,
+    /// The session's index.
+    pub session: usize,
+}
+
+/// Creates `n` sessions holding `counter = 0`.
+pub async fn create_sessions(engine: &SessionEngine, n: usize) -> Vec<SessionId> {
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = engine.session(None);
+        s.insert("counter", &0u64).await.unwrap();
+        let CookieAction::Set { id, .. } = s.commit().await.unwrap().cookie else {
+            panic!("new session must be created")
+        };
+        ids.push(id);
+    }
+    ids
+}
+
+/// Runs `workers` tasks over `sessions` (each with its group) until `stop` is set; every op is a
+/// load plus, on every second op, an increment of `counter`. Bounded: stops after `max` anyway.
+pub struct Driver {
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    start: Instant,
+}
+
+impl Driver {
+    /// Starts the workers.
+    pub fn start(
+        engine: SessionEngine,
+        sessions: Arc<Vec<(SessionId, usize)>>,
+        workers: usize,
+        max: Duration,
+    ) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let tasks = (0..workers)
+            .map(|w| {
+                let (engine, sessions, stop, samples) = (
+                    engine.clone(),
+                    sessions.clone(),
+                    stop.clone(),
+                    samples.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut i = w;
+                    let mut op = 0u64;
+                    while !stop.load(Ordering::Relaxed) && start.elapsed() < max {
+                        let index = i % sessions.len();
+                        let (id, group) = sessions[index];
+                        i += workers;
+                        op += 1;
+                        let began = Instant::now();
+                        let s = engine.session(Some(id));
+                        let write = op % 2 == 0;
+                        let result = async {
+                            let n = s.get::<u64>("counter").await?.unwrap_or(0);
+                            if write {
+                                s.insert("counter", &(n + 1)).await?;
+                            }
+                            s.commit().await?;
+                            Ok::<_, tessera_engine::Error>(write.then_some(n + 1))
+                        }
+                        .await;
+                        samples.lock().push(Sample {
+                            at: start.elapsed(),
+                            latency: began.elapsed(),
+                            group,
+                            ok: result.is_ok(),
+                            wrote: result.ok().flatten(),
+                            session: index,
+                        });
+                    }
+                })
+            })
+            .collect();
+        Driver {
+            stop,
+            samples,
+            tasks,
+            start,
+        }
+    }
+
+    /// Time since the driver started.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Stops the workers and returns every sample.
+    pub async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        std::mem::take(&mut *self.samples.lock())
+    }
+}
+
+/// Success ratio of `samples` in `[from, to)` that satisfy `filter`; `None` if there are none.
+pub fn success_ratio(
+    samples: &[Sample],
+    from: Duration,
+    to: Duration,
+    filter: impl Fn(&Sample) -> bool,
+) -> Option<(f64, usize)> {
+    let window: Vec<_> = samples
+        .iter()
+        .filter(|s| s.at >= from && s.at < to && filter(s))
+        .collect();
+    if window.is_empty() {
+        return None;
+    }
+    let ok = window.iter().filter(|s| s.ok).count();
+    Some((ok as f64 / window.len() as f64, window.len()))
+}
+
+/// The time after which every sample matching `filter` succeeded (the last failure's time), or
+/// `from` if none failed after it.
+pub fn recovered_at(
+    samples: &[Sample],
+    from: Duration,
+    filter: impl Fn(&Sample) -> bool,
+) -> Duration {
+    samples
+        .iter()
+        .filter(|s| s.at >= from && !s.ok && filter(s))
+        .map(|s| s.at)
+        .max()
+        .unwrap_or(from)
+}
