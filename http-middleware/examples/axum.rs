@@ -11,7 +11,12 @@ use tessera_middleware::{
 
 async fn count(SessionExtractor(session): SessionExtractor) -> Result<String, StatusCode> {
     let unavailable = |_| StatusCode::SERVICE_UNAVAILABLE;
-    let views = session.get::<u64>("views").await.map_err(unavailable)?.unwrap_or(0) + 1;
+    let views = session
+        .get::<u64>("views")
+        .await
+        .map_err(unavailable)?
+        .unwrap_or(0)
+        + 1;
     session.insert("views", &views).await.map_err(unavailable)?;
     Ok(format!("{views} views"))
 }

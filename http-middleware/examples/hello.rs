@@ -17,7 +17,10 @@ use tokio::net::TcpListener;
 use tower::{service_fn, Layer};
 
 async fn handler(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let session = req.extensions().get::<Session>().expect("SessionLayer is mounted");
+    let session = req
+        .extensions()
+        .get::<Session>()
+        .expect("SessionLayer is mounted");
     // `this.session = null` in the seed is `session.destroy()` here.
     if req.uri().path() == "/logout" {
         return Ok(match session.destroy().await {
