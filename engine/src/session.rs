@@ -154,6 +154,8 @@ pub struct Committed {
     pub cookie: CookieAction,
     /// Number of store writes the commit made (0 for an unchanged session).
     pub writes: u8,
+    /// When the stored session expires (ms since the epoch), if it was loaded and exists.
+    pub expires_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -404,6 +406,7 @@ impl Session {
                 return Ok(Committed {
                     cookie: CookieAction::Keep,
                     writes: 0,
+                    expires_ms: None,
                 })
             }
             Phase::Failed(err) => {
@@ -547,7 +550,12 @@ impl Session {
                 metrics::write(op, "ok");
             }
         }
-        Ok(Committed { cookie, writes })
+        let expires_ms = st.meta.filter(|_| st.stored).map(|m| m.expires_ms);
+        Ok(Committed {
+            cookie,
+            writes,
+            expires_ms,
+        })
     }
 }
 

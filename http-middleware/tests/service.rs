@@ -1270,3 +1270,26 @@ mod axum_extractor {
         assert_eq!(r.body, "SessionLayer is not mounted on this route");
     }
 }
+
+#[tokio::test]
+async fn rotation_reissue_follows_the_stored_expiry() {
+    let engine = engine_on(
+        MemoryStore::new(),
+        SessionConfig::default().with_absolute_ttl(Some(std::time::Duration::from_secs(60))),
+    );
+    let old = app_with(&SessionLayer::new(engine.clone(), keys(&[SECRET_A])).with_secure(false));
+    let rotated = app_with(
+        &SessionLayer::new(engine.clone(), keys(&[SECRET_B, SECRET_A])).with_secure(false),
+    );
+    let cookie_a = establish(&old).await;
+    let r = call(&rotated, get("/healthz", Some(&cookie_a))).await;
+    let max_age = r.cookie().max_age().expect("Max-Age").whole_seconds();
+    assert!(
+        (55..=60).contains(&max_age),
+        "re-issued Max-Age {max_age} must follow the 60 s absolute lifetime"
+    );
+    // A rotated cookie whose session is gone is cleared, not re-issued.
+    let gone = cookie_for(&SessionId::generate(), SECRET_A);
+    let r = call(&rotated, get("/healthz", Some(&gone))).await;
+    assert_clearing(&r.cookie());
+}

@@ -109,6 +109,10 @@ async fn finish<B: Default>(
     verified: Option<Verified>,
     mut response: Response<B>,
 ) -> Response<B> {
+    if verified.is_some_and(|v| v.stale_key) {
+        // Re-issuing under the new key needs the session's real expiry (and whether it exists).
+        let _ = session.is_new().await;
+    }
     match session.commit().await {
         Ok(committed) => {
             let set_cookie = match committed.cookie {
@@ -117,10 +121,10 @@ async fn finish<B: Default>(
                 }
                 CookieAction::Clear => Some(clear_cookie(settings)),
                 // A cookie signed by an older key is re-issued under the current one.
-                CookieAction::Keep => verified.filter(|v| v.stale_key).map(|v| {
-                    let ttl = settings.engine.config().idle_ttl();
-                    build_cookie(settings, &v.id, now_ms() + ttl.as_millis() as u64)
-                }),
+                CookieAction::Keep => verified
+                    .filter(|v| v.stale_key)
+                    .zip(committed.expires_ms)
+                    .map(|(v, expires_ms)| build_cookie(settings, &v.id, expires_ms)),
                 _ => None,
             };
             if let Some(value) = set_cookie {
