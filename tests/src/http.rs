@@ -32,6 +32,23 @@ impl DemoServer {
         DemoServer { addr, engine, task }
     }
 
+    /// Serves the demo routes behind a caller-built `layer` (for other policies and options).
+    pub async fn start_with_layer(
+        engine: SessionEngine,
+        layer: tessera_middleware::SessionLayer,
+    ) -> Self {
+        use tower::Layer as _;
+        let metrics = tessera_middleware::install_prometheus_recorder().ok();
+        let app = layer.layer(tessera_middleware::demo::DemoApp::new(
+            engine.clone(),
+            metrics,
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(serve(listener, app));
+        DemoServer { addr, engine, task }
+    }
+
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

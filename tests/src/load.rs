@@ -44,7 +44,9 @@ pub async fn create_sessions(engine: &SessionEngine, n: usize) -> Vec<SessionId>
 }
 
 /// Runs `workers` tasks over `sessions` (each with its group) until `stop` is set; every op is a
-/// load plus, on every second op, an increment of `counter`. Bounded: stops after `max` anyway.
+/// load plus, on every second op, an increment of `counter`. Each session belongs to exactly one
+/// worker, so its increments are sequential and an acknowledged value must never be lost.
+/// Bounded: stops after `max` anyway.
 pub struct Driver {
     stop: Arc<AtomicBool>,
     samples: Arc<Mutex<Vec<Sample>>>,
@@ -72,16 +74,18 @@ impl Driver {
                     samples.clone(),
                 );
                 tokio::spawn(async move {
-                    let mut i = w;
+                    let mine: Vec<usize> = (w..sessions.len()).step_by(workers).collect();
+                    if mine.is_empty() {
+                        return;
+                    }
                     let mut op = 0u64;
                     while !stop.load(Ordering::Relaxed) && start.elapsed() < max {
-                        let index = i % sessions.len();
+                        let index = mine[op as usize % mine.len()];
                         let (id, group) = sessions[index];
-                        i += workers;
                         op += 1;
                         let began = Instant::now();
                         let s = engine.session(Some(id));
-                        let write = op % 2 == 0;
+                        let write = (op / mine.len() as u64) % 2 == 1;
                         let result = async {
                             let n = s.get::<u64>("counter").await?.unwrap_or(0);
                             if write {
@@ -157,4 +161,35 @@ pub fn recovered_at(
         .map(|s| s.at)
         .max()
         .unwrap_or(from)
+}
+
+/// Sessions whose stored counter is below the highest value a write acknowledged: lost writes.
+pub async fn lost_writes(
+    engine: &SessionEngine,
+    sessions: &[(SessionId, usize)],
+    samples: &[Sample],
+) -> Vec<(usize, u64, Option<u64>)> {
+    let mut acked = vec![0u64; sessions.len()];
+    for s in samples {
+        if let Some(v) = s.wrote {
+            acked[s.session] = acked[s.session].max(v);
+        }
+    }
+    let mut lost = Vec::new();
+    for (i, (id, _)) in sessions.iter().enumerate() {
+        let stored = engine
+            .session(Some(*id))
+            .get::<u64>("counter")
+            .await
+            .unwrap();
+        if stored.unwrap_or(0) < acked[i] {
+            lost.push((i, acked[i], stored));
+        }
+    }
+    lost
+}
+
+/// Counts of (all, failed) samples.
+pub fn failures(samples: &[Sample]) -> (usize, usize) {
+    (samples.len(), samples.iter().filter(|s| !s.ok).count())
 }
