@@ -20,7 +20,7 @@ pub use crate::{
     error::{Error, ErrorKind},
     metrics::install_prometheus_recorder,
     session::{FailurePolicy, SessionLayer, SessionService},
-    signing::{Rejection, SigningKeys, Verified},
+    signing::{find_session_cookie, Rejection, SigningKeys, Verified},
 };
 
 /// The HTTP status a handler should answer for an engine error: 503 for store failures, 413 for

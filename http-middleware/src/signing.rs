@@ -207,6 +207,41 @@ impl SigningKeys {
     }
 }
 
+/// Most session-cookie candidates looked at per request: a flood of duplicates costs no more.
+const MAX_CANDIDATES: usize = 4;
+
+/// Finds the cookie `name` in a request's `Cookie` headers and verifies it, without touching any
+/// store. `Ok(None)`: no such cookie; `Ok(Some(_))`: the first valid one; `Err(_)`: only invalid
+/// candidates, with the last one's reason. At most four candidates are verified per request.
+pub fn find_session_cookie(
+    keys: &SigningKeys,
+    name: &str,
+    headers: &http::HeaderMap,
+) -> Result<Option<Verified>, Rejection> {
+    let mut candidates = 0;
+    let mut rejection = None;
+    for header in headers.get_all(http::header::COOKIE) {
+        let Ok(text) = header.to_str() else {
+            rejection = Some(Rejection::NotUtf8);
+            continue;
+        };
+        for cookie in cookie::Cookie::split_parse(text).flatten() {
+            if cookie.name() != name {
+                continue;
+            }
+            candidates += 1;
+            if candidates > MAX_CANDIDATES {
+                return rejection.map_or(Ok(None), Err);
+            }
+            match keys.verify(name, cookie.value()) {
+                Ok(verified) => return Ok(Some(verified)),
+                Err(r) => rejection = Some(r),
+            }
+        }
+    }
+    rejection.map_or(Ok(None), Err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

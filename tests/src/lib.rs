@@ -1,6 +1,7 @@
 //! Integration support for Tessera: real `redis-server` topologies started per test
 //! ([`support`]) and the behavioural suite that every store must pass ([`suite`]).
 
+pub mod fuzzing;
 pub mod http;
 pub mod load;
 pub mod suite;

@@ -335,3 +335,59 @@ async fn demo_binary_contract() {
     );
     drop(child);
 }
+
+/// Huge, repeated, non-UTF-8 and forged cookies over real TCP: a fresh session, never a 500, and
+/// never a Redis command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_cookies_never_reach_redis() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = RedisServer::start();
+    let port = server.port();
+    let topology = Topology {
+        url: server.url(),
+        master_ports: Box::new(move || vec![port]),
+    };
+    let demo = DemoServer::start(engine(&topology.url, "hostile").await, &args(&[SECRET_A])).await;
+    let client = HttpClient::new();
+    let a = client.get(demo.addr(), "/", None).await;
+    let (_, good) = a.cookie(NAME).unwrap();
+    let forged_id = format!("{}{}", SessionId::generate(), &good[22..]);
+    let cases: Vec<(&str, String)> = vec![
+        ("huge", cookie_header(&"A".repeat(6000))),
+        ("repeated", vec![cookie_header("x"); 200].join("; ")),
+        ("forged", cookie_header(&forged_id)),
+        ("unsigned id", cookie_header(&good[..22])),
+        ("wrong name binding", format!("other={good}; {NAME}=")),
+    ];
+    topology.counts();
+    for (what, header) in &cases {
+        let a = client.get(demo.addr(), "/views", Some(header)).await;
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (StatusCode::OK, "0 views"),
+            "{what}"
+        );
+        assert!(
+            a.set_cookies.is_empty(),
+            "{what}: a fresh empty session sends no cookie"
+        );
+    }
+    // Non-UTF-8 bytes need a raw socket: no client library sends them.
+    let mut raw = tokio::net::TcpStream::connect(demo.addr()).await.unwrap();
+    raw.write_all(b"GET /views HTTP/1.1\r\nHost: x\r\nCookie: koa:sess=\xff\xfe\xfd\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    raw.read_to_end(&mut reply).await.unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.ends_with("0 views"),
+        "{reply}"
+    );
+    assert_eq!(topology.counts(), (0, 0), "hostile cookies reached Redis");
+    // The genuine cookie still works afterwards.
+    let a = client
+        .get(demo.addr(), "/views", Some(&cookie_header(&good)))
+        .await;
+    assert_eq!(a.body, "1 views");
+}

@@ -12,10 +12,10 @@ use tessera_engine::{CookieAction, Session, SessionId};
 use tower_service::Service;
 
 use super::layer::{FailurePolicy, Settings};
-use crate::{metrics, signing::Verified};
-
-/// Most session-cookie candidates looked at per request: a flood of duplicates costs no more.
-const MAX_CANDIDATES: usize = 4;
+use crate::{
+    metrics,
+    signing::{find_session_cookie, Verified},
+};
 
 /// The service built by [`SessionLayer`](super::SessionLayer).
 #[derive(Debug, Clone)]
@@ -74,33 +74,14 @@ where
 /// Finds and verifies the session cookie. Bad values are counted and ignored: the request gets a
 /// fresh session and the store is never asked about them.
 fn read_cookie(settings: &Settings, headers: &HeaderMap) -> Option<Verified> {
-    let name = settings.cookie_name.as_str();
-    let mut candidates = 0;
-    let mut rejection = None;
-    for header in headers.get_all(header::COOKIE) {
-        let Ok(text) = header.to_str() else {
-            rejection = Some(crate::Rejection::NotUtf8);
-            continue;
-        };
-        for cookie in Cookie::split_parse(text).flatten() {
-            if cookie.name() != name {
-                continue;
-            }
-            candidates += 1;
-            if candidates > MAX_CANDIDATES {
-                break;
-            }
-            match settings.keys.verify(name, cookie.value()) {
-                Ok(verified) => return Some(verified),
-                Err(r) => rejection = Some(r),
-            }
+    match find_session_cookie(&settings.keys, &settings.cookie_name, headers) {
+        Ok(found) => found,
+        Err(r) => {
+            metrics::rejected_cookie(r);
+            tracing::debug!(reason = r.as_str(), "ignored an invalid session cookie");
+            None
         }
     }
-    if let Some(r) = rejection {
-        metrics::rejected_cookie(r);
-        tracing::debug!(reason = r.as_str(), "ignored an invalid session cookie");
-    }
-    None
 }
 
 async fn finish<B: Default>(
