@@ -57,8 +57,8 @@ pub struct Driver {
 impl Driver {
     /// Starts the workers.
     pub fn start(
-        engine: SessionEngine,
-        sessions: Arc<Vec<(SessionId, usize)>>,
+        engine: &SessionEngine,
+        sessions: &Arc<Vec<(SessionId, usize)>>,
         workers: usize,
         max: Duration,
     ) -> Self {

@@ -13,6 +13,9 @@ use tessera_engine::{
 
 use crate::support::{command_stats, redis_cli};
 
+/// Maps a key to the port of the node that holds it.
+type Locate = Box<dyn Fn(&str) -> u16 + Send + Sync>;
+
 /// Where the suite runs: a store factory plus, for Redis, the ports whose `INFO commandstats`
 /// count the commands the engine sent.
 pub struct Env {
@@ -21,7 +24,7 @@ pub struct Env {
     /// Ports of the nodes that receive client commands (masters), for commandstats.
     master_ports: Vec<u16>,
     /// Finds the node holding a key (for PTTL); `None` for the memory store.
-    locate: Option<Box<dyn Fn(&str) -> u16 + Send + Sync>>,
+    locate: Option<Locate>,
     memory: Option<MemoryStore>,
 }
 

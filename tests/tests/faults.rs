@@ -70,8 +70,8 @@ async fn cluster_master_loss_stays_local() {
     let healthy = Arc::new(healthy);
     let on_victim = Arc::new(on_victim);
     let limit = Duration::from_secs(40);
-    let driver = Driver::start(engine.clone(), healthy.clone(), 6, limit);
-    let driver_v = Driver::start(engine.clone(), on_victim.clone(), 2, limit);
+    let driver = Driver::start(&engine, &healthy, 6, limit);
+    let driver_v = Driver::start(&engine, &on_victim, 2, limit);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let killed_at = driver.elapsed();
@@ -158,7 +158,7 @@ async fn cluster_graceful_failover() {
     let engine = cluster_engine(&cluster, 1000).await;
     let ids = create_sessions(&engine, 120).await;
     let sessions: Arc<Vec<_>> = Arc::new(ids.iter().map(|id| (*id, 0)).collect());
-    let driver = Driver::start(engine.clone(), sessions.clone(), 6, Duration::from_secs(30));
+    let driver = Driver::start(&engine, &sessions, 6, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let replica = cluster.replica_ports()[0];
     let started = Instant::now();
@@ -198,7 +198,7 @@ async fn sentinel_graceful_failover() {
     let engine = SessionEngine::new(store, SessionConfig::default());
     let ids = create_sessions(&engine, 120).await;
     let sessions: Arc<Vec<_>> = Arc::new(ids.iter().map(|id| (*id, 0)).collect());
-    let driver = Driver::start(engine.clone(), sessions.clone(), 6, Duration::from_secs(30));
+    let driver = Driver::start(&engine, &sessions, 6, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let old = set.master_port();
     let started = Instant::now();
@@ -232,7 +232,7 @@ async fn cluster_resharding_under_load() {
     let id_of = |port: u16| redis_cli(port, &["CLUSTER", "MYID"]);
     let (from, to) = (id_of(masters[0]), id_of(masters[1]));
     let keys_before = cluster.dbsize_by_master();
-    let driver = Driver::start(engine.clone(), sessions.clone(), 6, Duration::from_secs(60));
+    let driver = Driver::start(&engine, &sessions, 6, Duration::from_secs(60));
     tokio::time::sleep(Duration::from_secs(1)).await;
     let started = Instant::now();
     let output = tokio::task::block_in_place(|| {

@@ -435,7 +435,7 @@ fn strip_comparison(expr: &str) -> Option<&str> {
             b')' | b']' | b'}' => depth = depth.saturating_sub(1),
             b'=' | b'!' | b'<' | b'>' if depth == 0 => {
                 let two = bytes.get(i + 1) == Some(&b'=');
-                if b == b'=' && !two || b == b'!' && !two {
+                if matches!(b, b'=' | b'!') && !two {
                     i += 1;
                     continue;
                 }

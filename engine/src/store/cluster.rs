@@ -134,7 +134,8 @@ impl ClusterRouter {
                     ),
                 )
             })??;
-        for pool in router.topology.read().nodes.values() {
+        let pools: Vec<Pool> = router.topology.read().nodes.values().cloned().collect();
+        for pool in pools {
             tokio::time::timeout(connect_timeout, pool.wait_for_connect())
                 .await
                 .map_err(|_| {
@@ -193,7 +194,7 @@ impl ClusterRouter {
                 }
             };
             let slots: std::result::Result<Value, _> = probe.cluster_slots().await;
-            if current.nodes.get(&server).is_none() {
+            if !current.nodes.contains_key(&server) {
                 let _ = probe.quit().await;
             }
             match slots.map(|v| ClusterRouting::from_cluster_slots(v, server.host.clone())) {
