@@ -18,6 +18,9 @@ use tessera_tests::{
 
 const NODE_TIMEOUT_MS: u64 = 2000;
 
+/// These tests measure timing on a 2-core machine: run them one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn timeline(samples: &[Sample]) {
     let mut buckets = BTreeMap::<u64, [usize; 4]>::new();
     for s in samples {
@@ -44,6 +47,7 @@ async fn cluster_engine(cluster: &RedisCluster, timeout_ms: u64) -> SessionEngin
 /// keep being served; the dead master's sessions come back once a replica is promoted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_master_loss_stays_local() {
+    let _serial = SERIAL.lock().await;
     let mut cluster = RedisCluster::start_with_node_timeout(NODE_TIMEOUT_MS);
     // With the default `yes`, every node refuses every slot (CLUSTERDOWN) from the moment a master
     // is marked failed until its replica is promoted; session stores should run with `no`.
@@ -154,6 +158,7 @@ async fn cluster_master_loss_stays_local() {
 /// `CLUSTER FAILOVER` on a replica in the middle of a stream: no failed request, no lost write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_graceful_failover() {
+    let _serial = SERIAL.lock().await;
     let cluster = RedisCluster::start_with_node_timeout(NODE_TIMEOUT_MS);
     let engine = cluster_engine(&cluster, 1000).await;
     let ids = create_sessions(&engine, 120).await;
@@ -189,6 +194,7 @@ async fn cluster_graceful_failover() {
 /// `SENTINEL FAILOVER` in the middle of a stream: no failed request, no lost write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_graceful_failover() {
+    let _serial = SERIAL.lock().await;
     let set = RedisSentinelSet::start();
     let store = RedisStore::builder(set.url())
         .with_command_timeout(Duration::from_millis(1000))
@@ -224,6 +230,7 @@ async fn sentinel_graceful_failover() {
 /// followed and no request fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_resharding_under_load() {
+    let _serial = SERIAL.lock().await;
     let cluster = RedisCluster::start_with_node_timeout(NODE_TIMEOUT_MS);
     let engine = cluster_engine(&cluster, 1000).await;
     let ids = create_sessions(&engine, 600).await;
@@ -304,6 +311,7 @@ fn signal(pid: u32, sig: &str) {
 /// and service resumes within a second once Redis is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_and_back() {
+    let _serial = SERIAL.lock().await;
     let mut server = RedisServer::start();
     let timeout = Duration::from_millis(300);
     let mut args = DemoArgs::for_tests().with_redis(server.url());
@@ -413,6 +421,7 @@ async fn redis_down_and_back() {
 /// is measured against the same writes without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wait_makes_acknowledged_writes_survive_master_loss() {
+    let _serial = SERIAL.lock().await;
     let mut set = RedisSentinelSet::start();
     let url = set.url();
     let connect = |wait: bool| {
