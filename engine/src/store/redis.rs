@@ -82,6 +82,7 @@ pub struct RedisStoreBuilder {
     reconnect_max_delay: Duration,
     watch_sentinel: bool,
     wait_replicas: Option<(u32, Duration)>,
+    tls_roots: Option<Vec<u8>>,
 }
 
 impl RedisStoreBuilder {
@@ -124,6 +125,42 @@ impl RedisStoreBuilder {
     pub fn with_wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
         self.wait_replicas = (replicas > 0).then_some((replicas, timeout));
         self
+    }
+
+    /// For `rediss://` URLs: trust only the CA certificates in `pem` (PEM text, one or more
+    /// certificates) instead of the system's roots, e.g. for a private CA.
+    pub fn with_tls_root_certs_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_roots = Some(pem.into());
+        self
+    }
+
+    fn tls_config(&self, pem: &[u8]) -> Result<fred::types::config::TlsConfig> {
+        use fred::rustls::{
+            pki_types::{pem::PemObject, CertificateDer},
+            ClientConfig, RootCertStore,
+        };
+        let bad = |what: String| {
+            Error::new(
+                ErrorKind::Config,
+                format!("invalid TLS root certificates: {what}"),
+            )
+        };
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| bad(e.to_string()))?;
+            roots.add(cert).map_err(|e| bad(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("no PEM certificate found".into()));
+        }
+        // An explicit provider: the process-wide default is ambiguous when several are linked.
+        let provider = Arc::new(fred::rustls::crypto::ring::default_provider());
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(fred::types::config::TlsConnector::from(client).into())
     }
 
     fn fred_builder(&self, config: Config) -> Builder {
@@ -184,6 +221,16 @@ impl RedisStoreBuilder {
                 ),
             )
         })?;
+        let mut config = config;
+        if let Some(pem) = &self.tls_roots {
+            if config.tls.is_none() {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "TLS root certificates were given but the URL does not use TLS; use rediss://",
+                ));
+            }
+            config.tls = Some(self.tls_config(pem)?);
+        }
         let sentinel = match &config.server {
             ServerConfig::Sentinel {
                 hosts,
@@ -385,6 +432,7 @@ impl RedisStore {
             reconnect_max_delay: Duration::from_secs(1),
             watch_sentinel: true,
             wait_replicas: None,
+            tls_roots: None,
         }
     }
 
