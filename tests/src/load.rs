@@ -23,6 +23,8 @@ pub struct Sample {
     pub group: usize,
     /// Whether it succeeded.
     pub ok: bool,
+    /// The counter value it read, when the read succeeded.
+    pub read: Option<u64>,
     /// Whether it was a write, and which value it acknowledged.
     pub wrote: Option<u64>,
     /// The session's index.
@@ -86,8 +88,10 @@ impl Driver {
                         let began = Instant::now();
                         let s = engine.session(Some(id));
                         let write = (op / mine.len() as u64) % 2 == 1;
+                        let mut read = None;
                         let result = async {
                             let n = s.get::<u64>("counter").await?.unwrap_or(0);
+                            read = Some(n);
                             if write {
                                 s.insert("counter", &(n + 1)).await?;
                             }
@@ -100,6 +104,7 @@ impl Driver {
                             latency: began.elapsed(),
                             group,
                             ok: result.is_ok(),
+                            read,
                             wrote: result.ok().flatten(),
                             session: index,
                         });
@@ -163,19 +168,29 @@ pub fn recovered_at(
         .unwrap_or(from)
 }
 
-/// Sessions whose stored counter is below the highest value a write acknowledged: lost writes.
+/// Acknowledged writes that were lost. Each session is driven by one worker, so its samples are
+/// in order; a read that returns less than an earlier acknowledged value, or a final stored value
+/// below the last acknowledged one, means an acknowledged write vanished. Returns
+/// `(session, acknowledged, seen)` for each loss.
 pub async fn lost_writes(
     engine: &SessionEngine,
     sessions: &[(SessionId, usize)],
     samples: &[Sample],
 ) -> Vec<(usize, u64, Option<u64>)> {
     let mut acked = vec![0u64; sessions.len()];
+    let mut lost = Vec::new();
     for s in samples {
+        if let Some(seen) = s.read {
+            if seen < acked[s.session] {
+                lost.push((s.session, acked[s.session], Some(seen)));
+                // Count each loss once: later reads build on the value that survived.
+                acked[s.session] = seen;
+            }
+        }
         if let Some(v) = s.wrote {
             acked[s.session] = acked[s.session].max(v);
         }
     }
-    let mut lost = Vec::new();
     for (i, (id, _)) in sessions.iter().enumerate() {
         let stored = engine
             .session(Some(*id))

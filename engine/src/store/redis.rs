@@ -285,9 +285,10 @@ impl RedisStoreBuilder {
                 }
             }
         }
+        let gate = WriteGate::new(MAX_PAUSE);
         let watchers = match (sentinel, &backend) {
             (Some((hosts, service)), Backend::Pool(pool)) => {
-                self.watch_sentinels(&config, hosts, service, pool.clone())
+                self.watch_sentinels(&config, hosts, service, pool.clone(), gate.clone())
                     .await
             }
             _ => Vec::new(),
@@ -295,6 +296,7 @@ impl RedisStoreBuilder {
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 backend,
+                gate,
                 wait_replicas: self.wait_replicas,
                 create: LuaScript::new(CREATE_LUA),
                 update: LuaScript::new(UPDATE_LUA),
@@ -311,6 +313,7 @@ impl RedisStoreBuilder {
         hosts: Vec<Server>,
         service: String,
         pool: Pool,
+        gate: WriteGate,
     ) -> Vec<Watcher> {
         let last_switch = Arc::new(parking_lot::Mutex::new(String::new()));
         let mut watchers = Vec::new();
@@ -327,28 +330,38 @@ impl RedisStoreBuilder {
             let pool = pool.clone();
             let service = service.clone();
             let last_switch = last_switch.clone();
+            let gate = gate.clone();
             let listener = tokio::spawn(async move {
                 // Subscribing can wait for the sentinel to come up; the manager resubscribes later.
                 let _ = sub.wait_for_connect().await;
-                let _: std::result::Result<(), _> = sub.subscribe("+switch-master").await;
+                let _: std::result::Result<(), _> = sub.subscribe(SENTINEL_CHANNELS.to_vec()).await;
                 while let Ok(message) = rx.recv().await {
                     let Some(text) = message.value.as_str().map(|s| s.to_string()) else {
                         continue;
                     };
-                    // "<name> <old-ip> <old-port> <new-ip> <new-port>"
-                    if text.split(' ').next() != Some(service.as_str()) {
-                        continue;
-                    }
-                    {
-                        let mut last = last_switch.lock();
-                        if *last == text {
-                            continue; // another sentinel already reported this switch
+                    match sentinel_event(&message.channel, &text, &service) {
+                        SentinelEvent::Promoting => {
+                            // From here the old master may still accept writes that the promoted
+                            // replica will never see: hold writes until the switch is announced.
+                            tracing::info!(event = %message.channel, "sentinel failover started; holding session writes");
+                            gate.pause();
                         }
-                        last.clone_from(&text);
-                    }
-                    tracing::info!(switch = %text, "sentinel reported a master switch; reconnecting");
-                    if let Err(err) = pool.force_reconnection().await {
-                        tracing::warn!(%err, "reconnecting after a master switch failed");
+                        SentinelEvent::Aborted => gate.resume(),
+                        SentinelEvent::Switched => {
+                            {
+                                let mut last = last_switch.lock();
+                                if *last == text {
+                                    continue; // another sentinel already reported this switch
+                                }
+                                last.clone_from(&text);
+                            }
+                            tracing::info!(switch = %text, "sentinel reported a master switch; reconnecting");
+                            if let Err(err) = pool.force_reconnection().await {
+                                tracing::warn!(%err, "reconnecting after a master switch failed");
+                            }
+                            gate.resume();
+                        }
+                        SentinelEvent::Other => {}
                     }
                 }
             });
@@ -358,6 +371,99 @@ impl RedisStoreBuilder {
             });
         }
         watchers
+    }
+}
+
+/// Sentinel channels the store listens to.
+const SENTINEL_CHANNELS: [&str; 5] = [
+    "+switch-master",
+    "+selected-slave",
+    "+failover-state-send-slaveof-noone",
+    "-failover-abort-no-good-slave",
+    "-failover-abort-not-elected",
+];
+
+#[derive(Debug, PartialEq, Eq)]
+enum SentinelEvent {
+    Promoting,
+    Aborted,
+    Switched,
+    Other,
+}
+
+/// Classifies a sentinel event for `service`. `+switch-master` carries
+/// `<name> <old-ip> <old-port> <new-ip> <new-port>`; the others carry instance details ending in
+/// `@ <master-name> <master-ip> <master-port>`.
+fn sentinel_event(channel: &str, text: &str, service: &str) -> SentinelEvent {
+    let master = if channel == "+switch-master" {
+        text.split(' ').next()
+    } else {
+        text.split(" @ ").nth(1).and_then(|m| m.split(' ').next())
+    };
+    if master != Some(service) {
+        return SentinelEvent::Other;
+    }
+    match channel {
+        "+switch-master" => SentinelEvent::Switched,
+        "+selected-slave" | "+failover-state-send-slaveof-noone" => SentinelEvent::Promoting,
+        c if c.starts_with("-failover-abort") => SentinelEvent::Aborted,
+        _ => SentinelEvent::Other,
+    }
+}
+
+/// Holds session writes while a sentinel failover is between "replica chosen" and "switch
+/// announced". Bounded twice: it reopens by itself after `MAX_PAUSE`, and each writer waits at
+/// most its command timeout.
+#[derive(Debug, Clone)]
+struct WriteGate {
+    tx: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Incremented at each pause, so a write can tell that a failover overlapped it.
+    epoch: Arc<std::sync::atomic::AtomicU64>,
+    max_wait: Duration,
+}
+
+/// Longest a failover may hold writes before the gate reopens on its own.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+impl WriteGate {
+    fn new(max_wait: Duration) -> Self {
+        WriteGate {
+            tx: Arc::new(tokio::sync::watch::channel(false).0),
+            epoch: Arc::default(),
+            max_wait,
+        }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn pause(&self) {
+        if !self.tx.send_replace(true) {
+            self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let tx = Arc::downgrade(&self.tx);
+            tokio::spawn(async move {
+                tokio::time::sleep(MAX_PAUSE).await;
+                if let Some(tx) = tx.upgrade() {
+                    if tx.send_replace(false) {
+                        tracing::warn!(
+                            "no master switch within {MAX_PAUSE:?}; releasing held writes"
+                        );
+                    }
+                }
+            });
+        }
+    }
+
+    fn resume(&self) {
+        self.tx.send_replace(false);
+    }
+
+    async fn wait(&self) {
+        let mut rx = self.tx.subscribe();
+        if *rx.borrow() {
+            let _ = tokio::time::timeout(self.max_wait, rx.wait_for(|paused| !paused)).await;
+        }
     }
 }
 
@@ -397,6 +503,7 @@ enum Backend {
 #[derive(Debug)]
 struct Inner {
     backend: Backend,
+    gate: WriteGate,
     wait_replicas: Option<(u32, Duration)>,
     create: LuaScript,
     update: LuaScript,
@@ -467,6 +574,26 @@ impl RedisStore {
     /// `EVALSHA`, falling back to `EVAL` (which also caches the script) on a node that has not
     /// seen it yet, e.g. after a restart or failover.
     async fn run(&self, script: &LuaScript, key: &str, args: Vec<Value>) -> Result<bool> {
+        self.inner.gate.wait().await;
+        let epoch = self.inner.gate.epoch();
+        let done = self.run_once(script, key, args.clone()).await?;
+        if self.inner.gate.epoch() == epoch {
+            return Ok(done);
+        }
+        // A sentinel failover began while this write was in flight: the old master may have
+        // applied it after the replica was promoted. Re-apply it on the new master once the switch
+        // is announced; both scripts are idempotent for the same arguments.
+        self.inner.gate.wait().await;
+        let again = self.run_once(script, key, args).await?;
+        // A create that already reached the new master finds its own key there.
+        Ok(if std::ptr::eq(script, &self.inner.create) {
+            done || again
+        } else {
+            again
+        })
+    }
+
+    async fn run_once(&self, script: &LuaScript, key: &str, args: Vec<Value>) -> Result<bool> {
         let n: i64 = self
             .with_client(key, |client| {
                 let args = args.clone();
@@ -570,13 +697,21 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        let acked = self
-            .with_client(key, |client| async move {
-                let _: i64 = client.del(key).await?;
-                self.wait(&client).await
-            })
-            .await?;
-        self.check_durable(acked)
+        self.inner.gate.wait().await;
+        loop {
+            let epoch = self.inner.gate.epoch();
+            let acked = self
+                .with_client(key, |client| async move {
+                    let _: i64 = client.del(key).await?;
+                    self.wait(&client).await
+                })
+                .await?;
+            if self.inner.gate.epoch() == epoch {
+                return self.check_durable(acked);
+            }
+            // As for scripts: a delete that overlapped a failover is repeated on the new master.
+            self.inner.gate.wait().await;
+        }
     }
 
     async fn ping(&self) -> Result<()> {
@@ -595,6 +730,73 @@ impl SessionStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn classifies_sentinel_events() {
+        use SentinelEvent::*;
+        let s = "mymaster";
+        let details = "slave 127.0.0.1:6381 127.0.0.1 6381 @ mymaster 127.0.0.1 6380";
+        assert_eq!(sentinel_event("+selected-slave", details, s), Promoting);
+        assert_eq!(
+            sentinel_event("+failover-state-send-slaveof-noone", details, s),
+            Promoting
+        );
+        assert_eq!(
+            sentinel_event(
+                "-failover-abort-not-elected",
+                "master mymaster 127.0.0.1 6380 @ mymaster 127.0.0.1 6380",
+                s
+            ),
+            Aborted
+        );
+        assert_eq!(
+            sentinel_event(
+                "+switch-master",
+                "mymaster 127.0.0.1 6380 127.0.0.1 6381",
+                s
+            ),
+            Switched
+        );
+        assert_eq!(
+            sentinel_event("+switch-master", "other 127.0.0.1 6380 127.0.0.1 6381", s),
+            Other
+        );
+        assert_eq!(
+            sentinel_event("+selected-slave", "slave x 1 2 @ other 1 2", s),
+            Other
+        );
+    }
+
+    #[tokio::test]
+    async fn gate_holds_writes_until_resumed_and_is_bounded() {
+        let gate = WriteGate::new(Duration::from_millis(200));
+        let t = std::time::Instant::now();
+        gate.wait().await;
+        assert!(
+            t.elapsed() < Duration::from_millis(50),
+            "open gate must not wait"
+        );
+        gate.pause();
+        let g = gate.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            g.resume();
+        });
+        let t = std::time::Instant::now();
+        gate.wait().await;
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(40) && waited < Duration::from_millis(190),
+            "{waited:?}"
+        );
+        gate.pause();
+        let t = std::time::Instant::now();
+        gate.wait().await;
+        assert!(
+            t.elapsed() >= Duration::from_millis(190),
+            "a writer waits at most its timeout"
+        );
+    }
 
     #[test]
     fn redacts_passwords() {
