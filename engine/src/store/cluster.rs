@@ -25,6 +25,8 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Least time between two CLUSTER SLOTS refreshes.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest wait for one node's CLUSTER SLOTS answer during a refresh.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 /// Refresh even without errors this often, to notice planned topology changes.
 const PERIODIC_REFRESH: Duration = Duration::from_secs(10);
 
@@ -167,7 +169,9 @@ impl ClusterRouter {
     /// Re-reads CLUSTER SLOTS from the first live node and reconciles the per-node pools.
     async fn refresh(&self) -> Result<()> {
         let current = self.topology.read().clone();
+        // Connected primaries first: a dead node would only make this wait for its timeout.
         let mut candidates: Vec<Server> = current.nodes.keys().cloned().collect();
+        candidates.sort_by_key(|server| !current.nodes[server].next().is_connected());
         for seed in &self.seeds {
             if !candidates.contains(seed) {
                 candidates.push(seed.clone());
@@ -185,15 +189,30 @@ impl ClusterRouter {
                     };
                     let client = (self.make_builder)(config).build().map_err(Error::from)?;
                     client.connect();
-                    if let Err(err) = client.wait_for_connect().await {
-                        last_err = Some(Error::from(err));
+                    let connected =
+                        tokio::time::timeout(PROBE_TIMEOUT * 4, client.wait_for_connect()).await;
+                    if !matches!(connected, Ok(Ok(()))) {
+                        last_err = Some(match connected {
+                            Ok(Err(err)) => Error::from(err),
+                            _ => Error::new(
+                                ErrorKind::Timeout,
+                                format!("seed {server} did not connect"),
+                            ),
+                        });
                         let _ = client.quit().await;
                         continue;
                     }
                     client
                 }
             };
-            let slots: std::result::Result<Value, _> = probe.cluster_slots().await;
+            let slots: std::result::Result<Value, _> =
+                match tokio::time::timeout(PROBE_TIMEOUT, probe.cluster_slots()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(fred::error::Error::new(
+                        fred::error::ErrorKind::Timeout,
+                        "CLUSTER SLOTS probe timed out",
+                    )),
+                };
             if !current.nodes.contains_key(&server) {
                 let _ = probe.quit().await;
             }
