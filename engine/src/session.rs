@@ -176,7 +176,9 @@ struct State {
     stored: bool,
     /// Whether the client presented an id that the store did not have.
     stale_cookie: bool,
-    original: HashMap<String, Bytes>,
+    /// The value each field had before its first change since the load (`None`: absent); a
+    /// field that was never changed is not here, so loading costs no copy.
+    original: HashMap<String, Option<Bytes>>,
     data: HashMap<String, Bytes>,
     meta: Option<Meta>,
     /// A stored session to delete at commit (after a destroy or regenerate).
@@ -189,6 +191,14 @@ struct State {
 }
 
 impl State {
+    /// Records a field's value before its first change.
+    fn remember(&mut self, field: &str) {
+        if !self.original.contains_key(field) {
+            let before = self.data.get(field).cloned();
+            self.original.insert(field.to_owned(), before);
+        }
+    }
+
     fn new(requested: Option<SessionId>) -> Self {
         State {
             requested,
@@ -282,7 +292,6 @@ impl Session {
                 st.stored = true;
                 st.was_new = false;
                 st.meta = Some(meta);
-                st.original.clone_from(&fields);
                 st.data = fields;
                 st.phase = Phase::Loaded;
                 Ok(st)
@@ -319,18 +328,27 @@ impl Session {
             ));
         }
         let bytes = encode_value(value)?;
-        self.loaded().await?.data.insert(field, bytes);
+        let mut st = self.loaded().await?;
+        st.remember(&field);
+        st.data.insert(field, bytes);
         Ok(())
     }
 
     /// Removes `field`; returns whether it was present.
     pub async fn remove(&self, field: &str) -> Result<bool> {
-        Ok(self.loaded().await?.data.remove(field).is_some())
+        let mut st = self.loaded().await?;
+        st.remember(field);
+        Ok(st.data.remove(field).is_some())
     }
 
     /// Removes every field; the session itself stays (see [`Session::destroy`]).
     pub async fn clear(&self) -> Result<()> {
-        self.loaded().await?.data.clear();
+        let mut st = self.loaded().await?;
+        let keys: Vec<String> = st.data.keys().cloned().collect();
+        for key in &keys {
+            st.remember(key);
+        }
+        st.data.clear();
         Ok(())
     }
 
@@ -464,7 +482,7 @@ impl Session {
                         metrics::size(size);
                     }
                     st.meta = Some(new_meta);
-                    st.original.clone_from(&st.data);
+                    st.original.clear();
                     cookie = CookieAction::Set {
                         id,
                         expires_ms: new_expiry,
@@ -528,7 +546,7 @@ impl Session {
             st.id = Some(id);
             st.stored = true;
             st.meta = Some(meta);
-            st.original.clone_from(&st.data);
+            st.original.clear();
             cookie = CookieAction::Set { id, expires_ms };
         } else if st.destroyed || st.stale_cookie {
             cookie = CookieAction::Clear;
@@ -577,21 +595,21 @@ fn expiry(config: &SessionConfig, now: u64, deadline: Option<u64>) -> u64 {
     deadline.map_or(sliding, |d| sliding.min(d))
 }
 
-/// Fields whose encoded bytes changed, and fields that disappeared.
+/// Fields whose encoded bytes changed, and fields that disappeared, among those touched.
 fn diff(
-    original: &HashMap<String, Bytes>,
+    original: &HashMap<String, Option<Bytes>>,
     data: &HashMap<String, Bytes>,
 ) -> (Vec<(String, Bytes)>, Vec<String>) {
-    let set = data
-        .iter()
-        .filter(|(k, v)| original.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let delete = original
-        .keys()
-        .filter(|k| !data.contains_key(*k))
-        .cloned()
-        .collect();
+    let mut set = Vec::new();
+    let mut delete = Vec::new();
+    for (field, before) in original {
+        match (data.get(field), before) {
+            (Some(now), Some(before)) if now == before => {}
+            (Some(now), _) => set.push((field.clone(), now.clone())),
+            (None, Some(_)) => delete.push(field.clone()),
+            (None, None) => {}
+        }
+    }
     (set, delete)
 }
 
