@@ -200,7 +200,8 @@ pub fn command_stats(port: u16) -> HashMap<String, u64> {
     parse_command_stats(&redis_cli(port, &["INFO", "commandstats"]))
 }
 
-fn parse_command_stats(info: &str) -> HashMap<String, u64> {
+/// Parses the text of `INFO commandstats` (`cmdstat_<name>:calls=<n>,…` lines) into call counts.
+pub fn parse_command_stats(info: &str) -> HashMap<String, u64> {
     info.lines()
         .filter_map(|line| {
             let (name, fields) = line.trim().strip_prefix("cmdstat_")?.split_once(':')?;

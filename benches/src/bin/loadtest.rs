@@ -1,0 +1,50 @@
+//! `cargo run --release -p tessera-benches --bin loadtest -- [--quick] [--scenarios …] [--systems …]`
+//!
+//! Runs the load benchmark (see `tessera_benches::loadtest`) and prints its tables.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tessera_benches::loadtest::{run, Args, Config};
+
+fn main() -> ExitCode {
+    let config = Config::from_args(Args::parse());
+    eprintln!(
+        "loadtest: {} x {} …",
+        config
+            .systems
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        config
+            .scenarios
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    match run(&config) {
+        Ok(report) => {
+            println!("{}\n", report.setting);
+            print!("{}", report.table());
+            let ratios = report.ratios_table();
+            if !ratios.is_empty() {
+                println!("\nreq/s ratios");
+                print!("{ratios}");
+            }
+            if let Some(svg) = &config.svg {
+                println!("\nchart: {}", svg.display());
+            }
+            if report.errors() > 0 {
+                eprintln!("loadtest: {} requests failed", report.errors());
+                return ExitCode::from(2);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("loadtest: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,594 @@
+//! The load benchmark: Tessera's demo service on a real `redis-server`, measured over keep-alive
+//! HTTP/1.1 next to two baselines in the same process and with the same client.
+//!
+//! * `tessera`: [`tessera_middleware::demo::build_app`] served by
+//!   [`tessera_middleware::demo::serve`], on a Redis engine built by
+//!   [`tessera_middleware::demo::build_engine`].
+//! * `rawget`: the same hyper server with a handler that does exactly one Redis command per
+//!   request (`GET` for `read`, `SET` for `write` and `new`): the one-round-trip limit.
+//! * `tower-sessions`: `tower-sessions` 0.14 with `tower-sessions-redis-store` 0.16 (signed
+//!   cookies, inactivity expiry) on the same server; its `read` never renews the expiry.
+//!
+//! Scenarios: `new` (no cookie, `GET /` creates a session), `read` (an established cookie,
+//! `GET /views`) and `write` (an established cookie, `GET /` increments a counter). `read` and
+//! `write` rotate over a pool of sessions created through the system's own `GET /` beforehand;
+//! every connection owns a disjoint share of the pool, so no two requests race on one session.
+//!
+//! Redis commands per request come from `INFO commandstats` deltas taken at the start and the end
+//! of the measured window; the harness's own commands are left out (see [`HARNESS_COMMANDS`]).
+//!
+//! ```no_run
+//! use tessera_benches::loadtest::{run, Config};
+//!
+//! let report = run(&Config::quick()).unwrap();
+//! print!("{}", report.table());
+//! ```
+
+mod client;
+mod redis;
+mod report;
+mod systems;
+
+use std::{
+    fmt,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub use self::{
+    redis::{HARNESS_COMMANDS, SCRIPT_BODY_COMMANDS},
+    report::{Measurement, Report},
+};
+
+/// A request pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]
+pub enum Scenario {
+    /// No cookie: `GET /` makes the handler populate a new session.
+    New,
+    /// An established cookie: `GET /views` reads the counter.
+    Read,
+    /// An established cookie: `GET /` increments the counter.
+    Write,
+}
+
+impl Scenario {
+    /// Every scenario, in report order.
+    pub const ALL: [Scenario; 3] = [Scenario::New, Scenario::Read, Scenario::Write];
+
+    /// The name used on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::New => "new",
+            Scenario::Read => "read",
+            Scenario::Write => "write",
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Scenario::New | Scenario::Write => "/",
+            Scenario::Read => "/views",
+        }
+    }
+
+    fn uses_cookies(self) -> bool {
+        !matches!(self, Scenario::New)
+    }
+}
+
+impl fmt::Display for Scenario {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A system under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum)]
+pub enum System {
+    /// The Tessera demo service.
+    Tessera,
+    /// One raw Redis command per request.
+    Rawget,
+    /// `tower-sessions` with `tower-sessions-redis-store`.
+    #[value(name = "tower-sessions")]
+    TowerSessions,
+}
+
+impl System {
+    /// Every system, in report order.
+    pub const ALL: [System; 3] = [System::Tessera, System::Rawget, System::TowerSessions];
+
+    /// The name used on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Tessera => "tessera",
+            System::Rawget => "rawget",
+            System::TowerSessions => "tower-sessions",
+        }
+    }
+}
+
+impl fmt::Display for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The command line of the `loadtest` binary.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "loadtest",
+    about = "Load benchmark: Tessera's demo vs one raw Redis command per request vs tower-sessions"
+)]
+pub struct Args {
+    /// Use the standalone Redis at this URL instead of starting a redis-server (it is not
+    /// flushed; INFO commandstats is read from it).
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Concurrent keep-alive connections (one client task each).
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Measured seconds per scenario and system.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Unmeasured warm-up seconds before each measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Scenarios to run, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "new,read,write"
+    )]
+    pub scenarios: Vec<Scenario>,
+    /// Systems to measure, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "tessera,rawget,tower-sessions"
+    )]
+    pub systems: Vec<System>,
+    /// Sessions created beforehand for `read` and `write` to rotate over.
+    #[arg(long, default_value_t = 10_000)]
+    pub sessions: usize,
+    /// Measure every scenario and system this many times (the systems in a rotating order) and
+    /// report the median req/s.
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Short smoke run: 1 s per scenario after 0.5 s of warm-up, 8 connections, 500 sessions,
+    /// one round.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where to write the SVG chart of req/s.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/out/loadtest.svg"))]
+    pub svg: PathBuf,
+    /// Worker threads of the servers' tokio runtime.
+    #[arg(long, default_value_t = 2)]
+    pub server_threads: usize,
+    /// Worker threads of the load client's tokio runtime.
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
+    /// Do not install the Prometheus recorder that the demo binary installs.
+    #[arg(long)]
+    pub no_metrics: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// What to run; see [`Args`] for the meaning of each field.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Use this Redis instead of starting one.
+    pub redis: Option<String>,
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Measured time per scenario and system.
+    pub duration: Duration,
+    /// Warm-up before each measurement.
+    pub warmup: Duration,
+    /// Scenarios, in order.
+    pub scenarios: Vec<Scenario>,
+    /// Systems, in order.
+    pub systems: Vec<System>,
+    /// Pre-created sessions for `read` and `write`.
+    pub sessions: usize,
+    /// Repetitions of the whole matrix.
+    pub rounds: usize,
+    /// Server runtime worker threads.
+    pub server_threads: usize,
+    /// Client runtime worker threads.
+    pub client_threads: usize,
+    /// Install the Prometheus recorder (as the demo binary does).
+    pub metrics: bool,
+    /// Show a progress bar (hidden anyway when stderr is not a terminal).
+    pub progress: bool,
+    /// Where to write the SVG chart, if anywhere.
+    pub svg: Option<PathBuf>,
+}
+
+impl Default for Config {
+    /// The defaults of the command line.
+    fn default() -> Self {
+        Config::from_args(Args::parse_from(["loadtest"]))
+    }
+}
+
+impl Config {
+    /// The `--quick` configuration: every scenario and system, 1 s each, 8 connections, no SVG.
+    pub fn quick() -> Self {
+        let mut config = Config::from_args(Args::parse_from(["loadtest", "--quick"]));
+        config.svg = None;
+        config
+    }
+
+    /// The configuration a command line describes.
+    pub fn from_args(args: Args) -> Self {
+        let mut config = Config {
+            redis: args.redis,
+            connections: args.connections,
+            duration: secs(args.duration),
+            warmup: secs(args.warmup),
+            scenarios: dedup(args.scenarios),
+            systems: dedup(args.systems),
+            sessions: args.sessions,
+            rounds: args.rounds,
+            server_threads: args.server_threads,
+            client_threads: args.client_threads,
+            metrics: !args.no_metrics,
+            progress: !args.no_progress,
+            svg: Some(args.svg),
+        };
+        if args.quick {
+            config.duration = Duration::from_secs(1);
+            config.warmup = Duration::from_millis(500);
+            config.connections = 8;
+            config.sessions = config.sessions.min(500);
+            config.rounds = 1;
+        }
+        config
+    }
+
+    /// Only these scenarios.
+    pub fn with_scenarios(mut self, scenarios: &[Scenario]) -> Self {
+        self.scenarios = dedup(scenarios.to_vec());
+        self
+    }
+
+    /// Only these systems.
+    pub fn with_systems(mut self, systems: &[System]) -> Self {
+        self.systems = dedup(systems.to_vec());
+        self
+    }
+
+    /// Measured time and warm-up per scenario.
+    pub fn with_timing(mut self, duration: Duration, warmup: Duration) -> Self {
+        self.duration = duration;
+        self.warmup = warmup;
+        self
+    }
+
+    /// Connection count and pre-created session count.
+    pub fn with_load(mut self, connections: usize, sessions: usize) -> Self {
+        self.connections = connections;
+        self.sessions = sessions;
+        self
+    }
+
+    /// Progress bar on or off.
+    pub fn with_progress(mut self, on: bool) -> Self {
+        self.progress = on;
+        self
+    }
+
+    /// Where the SVG goes (`None`: no SVG).
+    pub fn with_svg(mut self, path: Option<PathBuf>) -> Self {
+        self.svg = path;
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let problem = if self.connections == 0 {
+            "--connections must be at least 1"
+        } else if self.duration.is_zero() {
+            "--duration must be positive"
+        } else if self.scenarios.is_empty() {
+            "--scenarios names no scenario"
+        } else if self.systems.is_empty() {
+            "--systems names no system"
+        } else if self.sessions == 0 && self.scenarios.iter().any(|s| s.uses_cookies()) {
+            "--sessions must be at least 1 for the read and write scenarios"
+        } else if self.rounds == 0 {
+            "--rounds must be at least 1"
+        } else if self.server_threads == 0 || self.client_threads == 0 {
+            "--server-threads and --client-threads must be at least 1"
+        } else {
+            return Ok(());
+        };
+        Err(Error::new(problem))
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::ZERO)
+}
+
+fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// A set-up or run failure, with a message meant for the person running the benchmark.
+#[derive(Debug, Clone)]
+pub struct Error(String);
+
+impl Error {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Error(message.into())
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Runs every configured system through every configured scenario and returns the measurements.
+/// Starts (and always stops again) its own `redis-server` unless `config.redis` is set. Writes
+/// the SVG chart when `config.svg` is set.
+pub fn run(config: &Config) -> Result<Report, Error> {
+    config.validate()?;
+    // Declared first so it is dropped (the server killed) last, after the runtimes that talk to it.
+    let redis = redis::Target::start(config.redis.as_deref())?;
+    let server_rt = runtime("lt-server", config.server_threads)?;
+    let client_rt = runtime("lt-client", config.client_threads)?;
+    let result = run_on(config, &redis, &server_rt, &client_rt);
+    client_rt.shutdown_timeout(Duration::from_secs(2));
+    server_rt.shutdown_timeout(Duration::from_secs(2));
+    let report = result?;
+    if let Some(path) = &config.svg {
+        report.write_svg(path)?;
+    }
+    drop(redis);
+    Ok(report)
+}
+
+fn runtime(name: &str, threads: usize) -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|err| Error::new(format!("cannot start a tokio runtime: {err}")))
+}
+
+fn run_on(
+    config: &Config,
+    redis: &redis::Target,
+    server_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+) -> Result<Report, Error> {
+    let url = redis.url();
+    let stats = server_rt.block_on(redis::Stats::connect(&url))?;
+    if redis.is_owned() {
+        // Start from an empty keyspace on our own server (a given server is never flushed).
+        server_rt.block_on(stats.flushall())?;
+    }
+    // Every system serves at once (idle ones cost nothing), so each scenario measures the systems
+    // back to back and slow drifts of the machine hit them alike.
+    let mut servers = Vec::new();
+    for &system in &config.systems {
+        let server = server_rt.block_on(systems::start(system, &url, config.metrics))?;
+        let cookies = if config.scenarios.iter().any(|s| s.uses_cookies()) {
+            client_rt
+                .block_on(client::prime(
+                    server.addr,
+                    config.sessions,
+                    config.connections,
+                ))
+                .map_err(|err| {
+                    Error::new(format!(
+                        "{system}: creating {} sessions before the run failed: {err}",
+                        config.sessions
+                    ))
+                })?
+        } else {
+            Vec::new()
+        };
+        servers.push((system, server, cookies));
+    }
+    let mut measurements = Vec::new();
+    for round in 0..config.rounds {
+        for &scenario in &config.scenarios {
+            // Later rounds rotate the order, so no system always goes first.
+            for i in 0..servers.len() {
+                let (system, server, cookies) = &servers[(i + round) % servers.len()];
+                let mut measurement = measure(
+                    config,
+                    *system,
+                    scenario,
+                    server.addr,
+                    cookies,
+                    &stats,
+                    server_rt,
+                    client_rt,
+                )?;
+                measurement.round = round;
+                measurements.push(measurement);
+            }
+        }
+    }
+    for (_, server, _) in servers {
+        server.stop();
+    }
+    server_rt.block_on(stats.quit());
+    Ok(Report::new(measurements, describe(config, redis)))
+}
+
+fn describe(config: &Config, redis: &redis::Target) -> String {
+    format!(
+        "{} connections, {:.1} s measured after {:.1} s warm-up per scenario, {} round(s), {} \
+         pre-created sessions, server runtime {} threads, client runtime {} threads, {} cores, {}, \
+         Prometheus recorder {}",
+        config.connections,
+        config.duration.as_secs_f64(),
+        config.warmup.as_secs_f64(),
+        config.rounds,
+        config.sessions,
+        config.server_threads,
+        config.client_threads,
+        std::thread::available_parallelism().map_or(0, usize::from),
+        redis.describe(),
+        if config.metrics { "on" } else { "off" },
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    config: &Config,
+    system: System,
+    scenario: Scenario,
+    addr: std::net::SocketAddr,
+    cookies: &[String],
+    stats: &redis::Stats,
+    server_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+) -> Result<Measurement, Error> {
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(if scenario.uses_cookies() {
+        cookies
+            .iter()
+            .map(|cookie| client::request(addr, scenario.path(), Some(cookie)))
+            .collect()
+    } else {
+        vec![client::request(addr, scenario.path(), None)]
+    });
+    let completed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let warm_end = start + config.warmup;
+    let end = warm_end + config.duration;
+    let workers: Vec<_> = (0..config.connections)
+        .map(|worker| {
+            client_rt.spawn(client::worker(client::Plan {
+                addr,
+                requests: requests.clone(),
+                worker,
+                workers: config.connections,
+                warm_end,
+                end,
+                completed: completed.clone(),
+            }))
+        })
+        .collect();
+
+    let bar = progress_bar(config, system, scenario);
+    let total_ms = (end - start).as_millis() as u64;
+    let mut before = None;
+    loop {
+        let now = Instant::now();
+        if before.is_none() && now >= warm_end {
+            before = Some(server_rt.block_on(stats.snapshot())?);
+        }
+        if now >= end {
+            break;
+        }
+        bar.set_position((now - start).as_millis() as u64);
+        if now < warm_end {
+            bar.set_message("warm-up");
+        } else {
+            let rate =
+                completed.load(Ordering::Relaxed) as f64 / (now - warm_end).as_secs_f64().max(1e-3);
+            bar.set_message(format!("{rate:>8.0} req/s"));
+        }
+        let next = if before.is_none() { warm_end } else { end };
+        std::thread::sleep((next - now).min(Duration::from_millis(100)));
+    }
+    let after = server_rt.block_on(stats.snapshot())?;
+    bar.set_position(total_ms);
+    bar.finish_and_clear();
+
+    let mut merged = client::WorkerResult::new();
+    for handle in workers {
+        let result = client_rt
+            .block_on(handle)
+            .map_err(|err| Error::new(format!("a load client task failed: {err}")))?;
+        merged.merge(result);
+    }
+    let before = before.expect("the snapshot is taken once the warm-up ends");
+    Ok(Measurement::new(
+        system,
+        scenario,
+        config.duration,
+        &merged,
+        redis::delta(&before, &after),
+    ))
+}
+
+fn progress_bar(config: &Config, system: System, scenario: Scenario) -> ProgressBar {
+    if !config.progress {
+        return ProgressBar::hidden();
+    }
+    let total = (config.warmup + config.duration).as_millis() as u64;
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>22} [{bar:40.cyan/blue}] {elapsed:>3} {msg}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{system} {scenario}"));
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line() {
+        let args = Args::try_parse_from([
+            "loadtest",
+            "--scenarios",
+            "read,write,read",
+            "--systems",
+            "tower-sessions,rawget",
+            "--connections",
+            "16",
+        ])
+        .unwrap();
+        let config = Config::from_args(args);
+        assert_eq!(config.scenarios, [Scenario::Read, Scenario::Write]);
+        assert_eq!(config.systems, [System::TowerSessions, System::Rawget]);
+        assert_eq!(config.connections, 16);
+        assert_eq!(config.duration, Duration::from_secs(10));
+        assert!(Args::try_parse_from(["loadtest", "--systems", "redis"]).is_err());
+
+        let quick = Config::quick();
+        assert_eq!(quick.connections, 8);
+        assert_eq!(quick.duration, Duration::from_secs(1));
+        assert_eq!(quick.systems.len(), 3);
+        assert!(quick.svg.is_none());
+        assert!(Config::quick().with_load(0, 1).validate().is_err());
+    }
+}
