@@ -547,7 +547,7 @@ async fn visit(client: &HttpClient, addr: SocketAddr, n: usize) -> Result<(), St
     )
     .await?;
     expect(client, addr, M::GET, "/session", c, "", S::OK).await?;
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         expect(
             client,
             addr,
@@ -572,14 +572,14 @@ async fn visit(client: &HttpClient, addr: SocketAddr, n: usize) -> Result<(), St
     let cookie = cookie_of(&login).ok_or("login re-issues the cookie")?;
     let c = Some(cookie.as_str());
     expect(client, addr, M::GET, "/views", c, "", S::OK).await?;
-    if n % 4 == 0 {
+    if n.is_multiple_of(4) {
         expect(client, addr, M::POST, "/logout", c, "", S::NO_CONTENT).await?;
         // The cookie still verifies, but the session is gone: a miss.
         expect(client, addr, M::GET, "/views", c, "", S::OK).await?;
     }
     let bad = forged(&cookie);
     expect(client, addr, M::GET, "/views", Some(&bad), "", S::OK).await?;
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         let malformed = format!("{COOKIE}=not-a-session-id");
         expect(client, addr, M::GET, "/views", Some(&malformed), "", S::OK).await?;
     } else {
