@@ -99,6 +99,14 @@ impl Driver {
                             Ok::<_, tessera_engine::Error>(write.then_some(n + 1))
                         }
                         .await;
+                        if let Err(err) = &result {
+                            // A few errors in the output say what failed, without flooding it.
+                            static PRINTED: std::sync::atomic::AtomicUsize =
+                                std::sync::atomic::AtomicUsize::new(0);
+                            if PRINTED.fetch_add(1, Ordering::Relaxed) < 5 {
+                                eprintln!("load driver: operation failed: {err}");
+                            }
+                        }
                         samples.lock().push(Sample {
                             at: start.elapsed(),
                             latency: began.elapsed(),

@@ -25,6 +25,8 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Least time between two CLUSTER SLOTS refreshes.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+/// Redirections (MOVED, ASK) one command may follow.
+const MAX_REDIRECTIONS: usize = 5;
 /// Longest wait for one node's CLUSTER SLOTS answer during a refresh.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 /// Refresh even without errors this often, to notice planned topology changes.
@@ -59,6 +61,9 @@ impl std::fmt::Debug for ClusterRouter {
 enum Redirect {
     Moved(Server),
     Ask,
+    /// fred gave up following redirections for us (a slot moved again while it followed ASK):
+    /// route afresh from our own slot map.
+    Reroute,
     /// The node may be gone or demoted: refresh the topology in the background.
     Refresh,
     None,
@@ -78,6 +83,9 @@ fn classify(err: &fred::error::Error) -> Redirect {
     }
     if details.starts_with("ASK ") {
         return Redirect::Ask;
+    }
+    if details.contains("Too many failed write attempts") {
+        return Redirect::Reroute;
     }
     use fred::error::ErrorKind as F;
     match err.kind() {
@@ -286,22 +294,37 @@ impl ClusterRouter {
                 format!("no cluster primary currently serves slot {slot}; retry shortly"),
             ));
         };
-        let err = match f(pool.next().clone()).await {
-            Ok(v) => return Ok(v),
-            Err(err) => err,
-        };
-        match classify(&err) {
-            Redirect::Moved(server) => {
-                self.refresh_soon();
-                let pool = self.pool_at(&server);
-                Ok(f(pool.next().clone()).await?)
-            }
-            Redirect::Ask => Ok(f(self.fallback.next().clone()).await?),
-            Redirect::Refresh => {
-                self.refresh_soon();
-                Err(err.into())
-            }
-            Redirect::None => Err(err.into()),
+        // During a slot migration one command may meet MOVED and then ASK (or the reverse):
+        // follow a few redirections before giving up.
+        let mut client = pool.next().clone();
+        let mut attempts = 0;
+        loop {
+            let err = match f(client).await {
+                Ok(v) => return Ok(v),
+                Err(err) => err,
+            };
+            attempts += 1;
+            client = match classify(&err) {
+                _ if attempts > MAX_REDIRECTIONS => return Err(err.into()),
+                Redirect::Moved(server) => {
+                    self.refresh_soon();
+                    self.pool_at(&server).next().clone()
+                }
+                Redirect::Ask => self.fallback.next().clone(),
+                Redirect::Reroute => {
+                    self.refresh_soon();
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    match self.pool_for(slot) {
+                        Some(pool) => pool.next().clone(),
+                        None => return Err(err.into()),
+                    }
+                }
+                Redirect::Refresh => {
+                    self.refresh_soon();
+                    return Err(err.into());
+                }
+                Redirect::None => return Err(err.into()),
+            };
         }
     }
 
