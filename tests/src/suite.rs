@@ -11,7 +11,7 @@ use tessera_engine::{
     SessionEngine, SessionId, SessionStore,
 };
 
-use crate::support::{command_stats, redis_cli};
+use crate::support::{engine_command_counts, redis_cli};
 
 /// Maps a key to the port of the node that holds it.
 type Locate = Box<dyn Fn(&str) -> u16 + Send + Sync>;
@@ -83,18 +83,8 @@ impl Env {
         if self.master_ports.is_empty() {
             return None;
         }
-        let mut total: HashMap<String, u64> = HashMap::new();
-        for port in &self.master_ports {
-            for (k, v) in command_stats(*port) {
-                *total.entry(k).or_default() += v;
-            }
-            redis_cli(*port, &["CONFIG", "RESETSTAT"]);
-        }
-        let get = |k: &str| total.get(k).copied().unwrap_or(0);
-        Some(Counts {
-            reads: get("hgetall"),
-            writes: get("evalsha") + get("eval") + get("del") + get("unlink"),
-        })
+        let (reads, writes) = engine_command_counts(&self.master_ports);
+        Some(Counts { reads, writes })
     }
 }
 

@@ -213,6 +213,21 @@ pub fn parse_command_stats(info: &str) -> HashMap<String, u64> {
         .collect()
 }
 
+/// Top-level commands the session engine sent to `ports` (the masters) since the last call, as
+/// `(reads, writes)`: reads are `HGETALL`; writes are script calls (`EVALSHA`, `EVAL`) and `DEL`.
+/// Commands run inside scripts are not counted. Resets the statistics of every port.
+pub fn engine_command_counts(ports: &[u16]) -> (u64, u64) {
+    let (mut reads, mut writes) = (0, 0);
+    for &port in ports {
+        let stats = command_stats(port);
+        let calls = |name: &str| stats.get(name).copied().unwrap_or(0);
+        reads += calls("hgetall");
+        writes += calls("evalsha") + calls("eval") + calls("del") + calls("unlink");
+        reset_stats(port);
+    }
+    (reads, writes)
+}
+
 /// Resets the server's statistics (`CONFIG RESETSTAT`), including the command stats.
 pub fn reset_stats(port: u16) {
     redis_cli(port, &["CONFIG", "RESETSTAT"]);

@@ -7,7 +7,7 @@ use tessera_engine::{RedisStore, SessionConfig, SessionEngine, SessionId};
 use tessera_middleware::demo::DemoArgs;
 use tessera_tests::{
     http::{DemoServer, HttpClient},
-    support::{command_stats, redis_cli, RedisCluster, RedisSentinelSet, RedisServer},
+    support::{engine_command_counts, redis_cli, RedisCluster, RedisSentinelSet, RedisServer},
 };
 
 const NAME: &str = "koa:sess";
@@ -23,15 +23,7 @@ struct Topology {
 impl Topology {
     /// Top-level engine commands (reads, writes) summed over masters since the last call.
     fn counts(&self) -> (u64, u64) {
-        let (mut reads, mut writes) = (0, 0);
-        for port in (self.master_ports)() {
-            let s = command_stats(port);
-            let g = |k: &str| s.get(k).copied().unwrap_or(0);
-            reads += g("hgetall");
-            writes += g("evalsha") + g("eval") + g("del");
-            redis_cli(port, &["CONFIG", "RESETSTAT"]);
-        }
-        (reads, writes)
+        engine_command_counts(&(self.master_ports)())
     }
 }
 
