@@ -3,6 +3,10 @@
 use clap::Parser;
 use tessera_middleware::demo::{run, DemoArgs};
 
+/// glibc's allocator serialises tokio workers on its arena locks under load; mimalloc does not.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()

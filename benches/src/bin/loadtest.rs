@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use tessera_benches::loadtest::{run, Args, Config};
 
+/// Every system runs in this process on the same allocator; mimalloc, because glibc's arena locks
+/// turn allocations freed on another tokio worker into futex calls.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let config = Config::from_args(Args::parse());
     eprintln!(
