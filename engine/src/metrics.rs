@@ -2,7 +2,9 @@
 //! exporter; the application (or the middleware's helper) does. Labels take only the fixed values
 //! listed here, never ids or keys.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
+
+use metrics::{Counter, Histogram};
 
 /// Counter: session loads, label `outcome` = `hit` | `miss` | `error`.
 pub const LOADS_TOTAL: &str = "tessera_session_loads_total";
@@ -38,24 +40,86 @@ pub fn describe() {
     );
 }
 
-pub(crate) fn store_op(op: &'static str, ok: bool, elapsed: Duration) {
-    let outcome = if ok { "ok" } else { "error" };
-    metrics::histogram!(STORE_DURATION_SECONDS, "op" => op, "outcome" => outcome)
-        .record(elapsed.as_secs_f64());
+/// Values of the `outcome` label of [`LOADS_TOTAL`].
+const LOAD_OUTCOMES: [&str; 3] = ["hit", "miss", "error"];
+/// Values of the `op` label of [`WRITES_TOTAL`].
+const WRITE_OPS: [&str; 5] = ["create", "update", "touch", "destroy", "regenerate"];
+/// Values of the `outcome` label of [`WRITES_TOTAL`].
+const WRITE_OUTCOMES: [&str; 4] = ["ok", "error", "gone", "too_large"];
+/// Values of the `op` label of [`STORE_DURATION_SECONDS`].
+const STORE_OPS: [&str; 5] = ["load", "create", "update", "delete", "ping"];
+
+/// The index of `value` among a label's fixed values (a caller passing another value is a bug).
+fn index(values: &[&str], value: &str) -> usize {
+    let i = values.iter().position(|v| *v == value);
+    debug_assert!(i.is_some(), "{value:?} is not one of {values:?}");
+    i.unwrap_or(0)
 }
 
-pub(crate) fn load(outcome: &'static str) {
-    metrics::counter!(LOADS_TOTAL, "outcome" => outcome).increment(1);
+/// One engine's metric handles, each registered with the global recorder on its first use and
+/// kept: the hot path then costs an atomic add instead of a registry look-up with its key
+/// allocation and hashing. Install the recorder before the first request (the usual order);
+/// series first used earlier stay with the recorder that was current then.
+#[derive(Debug, Default)]
+pub(crate) struct Handles {
+    loads: [OnceLock<Counter>; 3],
+    writes: [[OnceLock<Counter>; 4]; 5],
+    skipped: OnceLock<Counter>,
+    store: [[OnceLock<Histogram>; 2]; 5],
+    size: OnceLock<Histogram>,
 }
 
-pub(crate) fn write(op: &'static str, outcome: &'static str) {
-    metrics::counter!(WRITES_TOTAL, "op" => op, "outcome" => outcome).increment(1);
+impl Handles {
+    pub(crate) fn store_op(&self, op: &'static str, ok: bool, elapsed: Duration) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.store[index(&STORE_OPS, op)][usize::from(!ok)]
+            .get_or_init(
+                || metrics::histogram!(STORE_DURATION_SECONDS, "op" => op, "outcome" => outcome),
+            )
+            .record(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn load(&self, outcome: &'static str) {
+        self.loads[index(&LOAD_OUTCOMES, outcome)]
+            .get_or_init(|| metrics::counter!(LOADS_TOTAL, "outcome" => outcome))
+            .increment(1);
+    }
+
+    pub(crate) fn write(&self, op: &'static str, outcome: &'static str) {
+        self.writes[index(&WRITE_OPS, op)][index(&WRITE_OUTCOMES, outcome)]
+            .get_or_init(|| metrics::counter!(WRITES_TOTAL, "op" => op, "outcome" => outcome))
+            .increment(1);
+    }
+
+    pub(crate) fn skipped(&self) {
+        self.skipped
+            .get_or_init(|| metrics::counter!(WRITES_SKIPPED_TOTAL))
+            .increment(1);
+    }
+
+    pub(crate) fn size(&self, bytes: usize) {
+        self.size
+            .get_or_init(|| metrics::histogram!(SESSION_SIZE_BYTES))
+            .record(bytes as f64);
+    }
 }
 
-pub(crate) fn skipped() {
-    metrics::counter!(WRITES_SKIPPED_TOTAL).increment(1);
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub(crate) fn size(bytes: usize) {
-    metrics::histogram!(SESSION_SIZE_BYTES).record(bytes as f64);
+    #[test]
+    fn every_label_value_has_a_slot() {
+        for (values, len) in [
+            (&LOAD_OUTCOMES[..], 3),
+            (&WRITE_OPS[..], 5),
+            (&WRITE_OUTCOMES[..], 4),
+            (&STORE_OPS[..], 5),
+        ] {
+            assert_eq!(values.len(), len);
+            for (i, v) in values.iter().enumerate() {
+                assert_eq!(index(values, v), i);
+            }
+        }
+    }
 }

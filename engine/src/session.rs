@@ -55,6 +55,7 @@ struct EngineInner {
     store: Arc<dyn SessionStore>,
     config: SessionConfig,
     keys: KeyDeriver,
+    metrics: metrics::Handles,
 }
 
 impl SessionEngine {
@@ -72,6 +73,7 @@ impl SessionEngine {
                 store,
                 config,
                 keys,
+                metrics: metrics::Handles::default(),
             }),
         }
     }
@@ -124,7 +126,9 @@ impl SessionEngine {
     ) -> Result<T> {
         let start = Instant::now();
         let result = fut.await;
-        metrics::store_op(op, result.is_ok(), start.elapsed());
+        self.inner
+            .metrics
+            .store_op(op, result.is_ok(), start.elapsed());
         result
     }
 }
@@ -275,7 +279,7 @@ impl Session {
             .and_then(|fields| fields.map(split_meta).transpose());
         match result {
             Err(err) => {
-                metrics::load("error");
+                self.engine.inner.metrics.load("error");
                 tracing::warn!(error = %err, "session load failed");
                 st.phase = Phase::Failed(err.shallow_clone());
                 if st.fail_open {
@@ -287,7 +291,7 @@ impl Session {
             Ok(Some((meta, fields)))
                 if meta.deadline_ms.is_none_or(|d| d > now_ms()) && meta.expires_ms > now_ms() =>
             {
-                metrics::load("hit");
+                self.engine.inner.metrics.load("hit");
                 st.id = Some(id);
                 st.stored = true;
                 st.was_new = false;
@@ -297,7 +301,7 @@ impl Session {
                 Ok(st)
             }
             Ok(_) => {
-                metrics::load("miss");
+                self.engine.inner.metrics.load("miss");
                 st.stale_cookie = true;
                 st.phase = Phase::Loaded;
                 Ok(st)
@@ -451,14 +455,14 @@ impl Session {
                 && (meta.expires_ms.saturating_sub(now) as f64)
                     < config.renew_below * ms(config.idle_ttl) as f64;
             if set.is_empty() && delete.is_empty() && !renew_due {
-                metrics::skipped();
+                self.engine.inner.metrics.skipped();
             } else {
                 let op = if set.is_empty() && delete.is_empty() {
                     "touch"
                 } else {
                     "update"
                 };
-                let size = check_limits(config, &st.data, op)?;
+                let size = check_limits(config, &self.engine.inner.metrics, &st.data, op)?;
                 let new_meta = Meta {
                     expires_ms: new_expiry,
                     ..meta
@@ -474,12 +478,12 @@ impl Session {
                         self.engine.inner.store.update(&key, &set, &delete, ttl),
                     )
                     .await
-                    .inspect_err(|_| metrics::write(op, "error"))?;
+                    .inspect_err(|_| self.engine.inner.metrics.write(op, "error"))?;
                 writes += 1;
                 if updated {
-                    metrics::write(op, "ok");
+                    self.engine.inner.metrics.write(op, "ok");
                     if op == "update" {
-                        metrics::size(size);
+                        self.engine.inner.metrics.size(size);
                     }
                     st.meta = Some(new_meta);
                     st.original.clear();
@@ -489,7 +493,7 @@ impl Session {
                     };
                 } else {
                     // Destroyed (or expired) by someone else since we loaded it: stay destroyed.
-                    metrics::write(op, "gone");
+                    self.engine.inner.metrics.write(op, "gone");
                     st.stored = false;
                     cookie = CookieAction::Clear;
                 }
@@ -501,7 +505,7 @@ impl Session {
             } else {
                 "create"
             };
-            let size = check_limits(config, &st.data, op)?;
+            let size = check_limits(config, &self.engine.inner.metrics, &st.data, op)?;
             let meta = st.meta.unwrap_or_else(|| Meta {
                 version: FORMAT_VERSION,
                 created_ms: now,
@@ -526,13 +530,13 @@ impl Session {
                     .engine
                     .timed("create", self.engine.inner.store.create(&key, &fields, ttl))
                     .await
-                    .inspect_err(|_| metrics::write(op, "error"))?;
+                    .inspect_err(|_| self.engine.inner.metrics.write(op, "error"))?;
                 writes += 1;
                 if created {
                     break;
                 }
                 if attempts == CREATE_ATTEMPTS {
-                    metrics::write(op, "error");
+                    self.engine.inner.metrics.write(op, "error");
                     return Err(Error::new(
                         ErrorKind::IdCollision,
                         format!("{CREATE_ATTEMPTS} fresh session ids all collided; check the OS random source"),
@@ -541,8 +545,8 @@ impl Session {
                 tracing::warn!("new session id collided with an existing session; minting another");
                 id = SessionId::generate();
             }
-            metrics::write(op, "ok");
-            metrics::size(size);
+            self.engine.inner.metrics.write(op, "ok");
+            self.engine.inner.metrics.size(size);
             st.id = Some(id);
             st.stored = true;
             st.meta = Some(meta);
@@ -562,10 +566,10 @@ impl Session {
             self.engine
                 .timed("delete", self.engine.inner.store.delete(&key))
                 .await
-                .inspect_err(|_| metrics::write(op, "error"))?;
+                .inspect_err(|_| self.engine.inner.metrics.write(op, "error"))?;
             writes += 1;
             if st.destroyed {
-                metrics::write(op, "ok");
+                self.engine.inner.metrics.write(op, "ok");
             }
         }
         let expires_ms = st.meta.filter(|_| st.stored).map(|m| m.expires_ms);
@@ -616,12 +620,13 @@ fn diff(
 /// Checks the size and field-count limits; returns the encoded size.
 fn check_limits(
     config: &SessionConfig,
+    metrics: &metrics::Handles,
     data: &HashMap<String, Bytes>,
     op: &'static str,
 ) -> Result<usize> {
     let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
     if data.len() > config.max_fields {
-        metrics::write(op, "too_large");
+        metrics.write(op, "too_large");
         return Err(Error::new(
             ErrorKind::TooLarge,
             format!(
@@ -632,7 +637,7 @@ fn check_limits(
         ));
     }
     if size > config.max_size {
-        metrics::write(op, "too_large");
+        metrics.write(op, "too_large");
         return Err(Error::new(
             ErrorKind::TooLarge,
             format!(

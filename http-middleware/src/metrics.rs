@@ -1,6 +1,8 @@
 //! The middleware's metrics and the Prometheus helper. Labels take fixed values only.
 
-use std::time::Duration;
+use std::{sync::OnceLock, time::Duration};
+
+use metrics::{Counter, Histogram};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -80,14 +82,44 @@ pub fn install_prometheus_recorder() -> Result<PrometheusHandle, Error> {
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
-pub(crate) fn request(outcome: &'static str) {
-    metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome).increment(1);
+/// Values of the `outcome` label of [`REQUESTS_TOTAL`].
+const REQUEST_OUTCOMES: [&str; 4] = ["ok", "store_error", "fail_open", "too_large"];
+/// Values of the `reason` label of [`REJECTED_COOKIES_TOTAL`].
+const REJECTIONS: [Rejection; 4] = [
+    Rejection::Oversized,
+    Rejection::Malformed,
+    Rejection::BadSignature,
+    Rejection::NotUtf8,
+];
+
+/// One layer's metric handles, registered on first use and kept (see the engine's handles: the
+/// same trade, the same rule of installing the recorder before serving).
+#[derive(Debug, Default)]
+pub(crate) struct Handles {
+    requests: [OnceLock<Counter>; 4],
+    duration: OnceLock<Histogram>,
+    rejected: [OnceLock<Counter>; 4],
 }
 
-pub(crate) fn middleware_duration(elapsed: Duration) {
-    metrics::histogram!(MIDDLEWARE_DURATION_SECONDS).record(elapsed.as_secs_f64());
-}
+impl Handles {
+    pub(crate) fn request(&self, outcome: &'static str) {
+        let i = REQUEST_OUTCOMES.iter().position(|o| *o == outcome);
+        debug_assert!(i.is_some(), "unknown request outcome {outcome:?}");
+        self.requests[i.unwrap_or(0)]
+            .get_or_init(|| metrics::counter!(REQUESTS_TOTAL, "outcome" => outcome))
+            .increment(1);
+    }
 
-pub(crate) fn rejected_cookie(reason: Rejection) {
-    metrics::counter!(REJECTED_COOKIES_TOTAL, "reason" => reason.as_str()).increment(1);
+    pub(crate) fn middleware_duration(&self, elapsed: Duration) {
+        self.duration
+            .get_or_init(|| metrics::histogram!(MIDDLEWARE_DURATION_SECONDS))
+            .record(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn rejected_cookie(&self, reason: Rejection) {
+        let i = REJECTIONS.iter().position(|r| *r == reason).unwrap_or(0);
+        self.rejected[i]
+            .get_or_init(|| metrics::counter!(REJECTED_COOKIES_TOTAL, "reason" => reason.as_str()))
+            .increment(1);
+    }
 }

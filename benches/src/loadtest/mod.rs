@@ -42,6 +42,7 @@ use std::{
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use self::report::Cpu;
 pub use self::{
     redis::{HARNESS_COMMANDS, SCRIPT_BODY_COMMANDS},
     report::{Measurement, Report},
@@ -363,7 +364,7 @@ pub fn run(config: &Config) -> Result<Report, Error> {
     config.validate()?;
     // Declared first so it is dropped (the server killed) last, after the runtimes that talk to it.
     let redis = redis::Target::start(config.redis.as_deref())?;
-    let server_rt = runtime("lt-server", config.server_threads)?;
+    let server_rt = runtime(SERVER_THREADS, config.server_threads)?;
     let client_rt = runtime("lt-client", config.client_threads)?;
     let result = run_on(config, &redis, &server_rt, &client_rt);
     client_rt.shutdown_timeout(Duration::from_secs(2));
@@ -509,7 +510,10 @@ fn measure(
     loop {
         let now = Instant::now();
         if before.is_none() && now >= warm_end {
-            before = Some(server_rt.block_on(stats.snapshot())?);
+            before = Some((
+                server_rt.block_on(stats.snapshot())?,
+                threads_cpu(SERVER_THREADS),
+            ));
         }
         if now >= end {
             break;
@@ -526,6 +530,7 @@ fn measure(
         std::thread::sleep((next - now).min(Duration::from_millis(100)));
     }
     let after = server_rt.block_on(stats.snapshot())?;
+    let server_cpu_after = threads_cpu(SERVER_THREADS);
     bar.set_position(total_ms);
     bar.finish_and_clear();
 
@@ -536,14 +541,44 @@ fn measure(
             .map_err(|err| Error::new(format!("a load client task failed: {err}")))?;
         merged.merge(result);
     }
-    let before = before.expect("the snapshot is taken once the warm-up ends");
+    let (before, server_cpu_before) = before.expect("the snapshot is taken once the warm-up ends");
+    let cpu = Cpu {
+        server: server_cpu_after
+            .zip(server_cpu_before)
+            .map(|(a, b)| a.saturating_sub(b)),
+        redis: after.cpu.saturating_sub(before.cpu),
+    };
     Ok(Measurement::new(
         system,
         scenario,
         config.duration,
         &merged,
-        redis::delta(&before, &after),
+        redis::delta(&before.commands, &after.commands),
+        cpu,
     ))
+}
+
+/// The name of the servers' runtime threads, by which their CPU time is found.
+const SERVER_THREADS: &str = "lt-server";
+
+/// CPU time (user plus system) used so far by this process's threads named `name`, from
+/// `/proc/self/task/*/stat` in clock ticks of 10 ms; `None` where that is not readable.
+fn threads_cpu(name: &str) -> Option<Duration> {
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(stat) = std::fs::read_to_string(task.ok()?.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        // `pid (comm) state ppid …`: comm may hold spaces, so split at the last parenthesis.
+        let (head, rest) = stat.rsplit_once(')')?;
+        if head.split_once('(')?.1 != name {
+            continue;
+        }
+        // After the comm: state is field 3, utime field 14 and stime field 15.
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_millis(ticks * 10))
 }
 
 fn progress_bar(config: &Config, system: System, scenario: Scenario) -> ProgressBar {
@@ -564,6 +599,24 @@ fn progress_bar(config: &Config, system: System, scenario: Scenario) -> Progress
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_the_cpu_time_of_named_threads() {
+        let spin = std::thread::Builder::new()
+            .name("lt-test-spin".into())
+            .spawn(|| {
+                let start = std::time::Instant::now();
+                let mut x = 0u64;
+                while start.elapsed() < Duration::from_millis(300) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                threads_cpu("lt-test-spin")
+            })
+            .unwrap();
+        let used = spin.join().unwrap().expect("/proc is readable on Linux");
+        assert!(used >= Duration::from_millis(100), "{used:?}");
+        assert_eq!(threads_cpu("no-such-thread"), Some(Duration::ZERO));
+    }
 
     #[test]
     fn command_line() {

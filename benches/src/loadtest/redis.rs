@@ -109,6 +109,26 @@ impl Target {
     }
 }
 
+/// Redis's counters at one moment.
+pub(crate) struct Snapshot {
+    /// Calls per command since the server started.
+    pub(crate) commands: HashMap<String, u64>,
+    /// CPU time the server has used (user plus system; its main thread and helpers).
+    pub(crate) cpu: Duration,
+}
+
+/// `used_cpu_sys` plus `used_cpu_user` from `INFO cpu`.
+fn parse_cpu(info: &str) -> Duration {
+    let secs: f64 = info
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.trim().split_once(':')?;
+            matches!(name, "used_cpu_sys" | "used_cpu_user").then(|| value.parse::<f64>().ok())?
+        })
+        .sum();
+    Duration::from_secs_f64(secs.max(0.0))
+}
+
 /// A connection for reading counters.
 pub(crate) struct Stats {
     client: Client,
@@ -130,13 +150,21 @@ impl Stats {
     }
 
     /// Calls per command since the server started (or its last `CONFIG RESETSTAT`).
-    pub(crate) async fn snapshot(&self) -> Result<HashMap<String, u64>, Error> {
+    pub(crate) async fn snapshot(&self) -> Result<Snapshot, Error> {
         let text: String = self
             .client
             .info(Some(InfoKind::CommandStats))
             .await
             .map_err(|err| Error::new(format!("INFO commandstats failed: {err}")))?;
-        Ok(parse_command_stats(&text))
+        let cpu: String = self
+            .client
+            .info(Some(InfoKind::Cpu))
+            .await
+            .map_err(|err| Error::new(format!("INFO cpu failed: {err}")))?;
+        Ok(Snapshot {
+            commands: parse_command_stats(&text),
+            cpu: parse_cpu(&cpu),
+        })
     }
 
     pub(crate) async fn flushall(&self) -> Result<(), Error> {

@@ -31,12 +31,26 @@ pub struct Measurement {
     pub p50: Duration,
     /// 99th-percentile latency.
     pub p99: Duration,
+    /// CPU time of the server runtime's threads per request, in µs (`None` without `/proc`).
+    /// Unlike req/s, it barely moves when the machine is busy with something else.
+    pub server_cpu_us: Option<f64>,
+    /// Redis's CPU time per request, in µs.
+    pub redis_cpu_us: f64,
     /// Commands sent to Redis per request (a script counts once): the round trips.
     pub round_trips_per_request: f64,
     /// Every command Redis executed per request, those inside scripts included.
     pub commands_per_request: f64,
     /// Calls per request of each command (by `INFO commandstats` name).
     pub breakdown: BTreeMap<String, f64>,
+}
+
+/// CPU time spent during one measured window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cpu {
+    /// By the server runtime's threads (`None` where `/proc` is not readable).
+    pub(crate) server: Option<Duration>,
+    /// By redis-server.
+    pub(crate) redis: Duration,
 }
 
 impl Measurement {
@@ -46,6 +60,7 @@ impl Measurement {
         window: Duration,
         result: &WorkerResult,
         commands: BTreeMap<String, u64>,
+        cpu: Cpu,
     ) -> Self {
         let served = (result.ok + result.window_errors).max(1) as f64;
         let total: u64 = commands.values().sum();
@@ -72,6 +87,8 @@ impl Measurement {
             rps: result.ok as f64 / window.as_secs_f64(),
             p50: us(0.50),
             p99: us(0.99),
+            server_cpu_us: cpu.server.map(|c| c.as_secs_f64() * 1e6 / served),
+            redis_cpu_us: cpu.redis.as_secs_f64() * 1e6 / served,
             round_trips_per_request: (total - inside) as f64 / served,
             commands_per_request: total as f64 / served,
             breakdown: commands
@@ -167,8 +184,17 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<8} {:<15} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}  redis calls per request",
-            "scenario", "system", "req/s", "p50", "p99", "rt/req", "cmds/req", "errors"
+            "{:<8} {:<15} {:>9} {:>9} {:>9} {:>7} {:>7} {:>8} {:>9} {:>7}  redis calls per request",
+            "scenario",
+            "system",
+            "req/s",
+            "p50",
+            "p99",
+            "srv µs",
+            "rds µs",
+            "rt/req",
+            "cmds/req",
+            "errors"
         );
         for scenario in self.scenarios() {
             for system in self.systems() {
@@ -182,12 +208,15 @@ impl Report {
                     .sum();
                 let _ = writeln!(
                     out,
-                    "{:<8} {:<15} {:>9.0} {:>9} {:>9} {:>8.2} {:>9.2} {:>7}  {}",
+                    "{:<8} {:<15} {:>9.0} {:>9} {:>9} {:>7} {:>7.1} {:>8.2} {:>9.2} {:>7}  {}",
                     scenario.name(),
                     system.name(),
                     m.rps,
                     ms(m.p50),
                     ms(m.p99),
+                    m.server_cpu_us
+                        .map_or_else(|| "-".to_owned(), |us| format!("{us:.1}")),
+                    m.redis_cpu_us,
                     m.round_trips_per_request,
                     m.commands_per_request,
                     errors,
@@ -209,6 +238,9 @@ impl Report {
                 "{rounds} rounds: each row is the round with the median req/s; errors are summed"
             );
         }
+        out.push_str(
+            "srv µs, rds µs: CPU time per request of the server threads and of redis-server\n",
+        );
         out.push_str(
             "rt/req: commands sent to Redis per request (a script counts once); cmds/req: \
              commands Redis executed, those inside scripts included\n",

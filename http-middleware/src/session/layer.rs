@@ -1,12 +1,13 @@
 use std::{sync::Arc, time::Duration};
 
-use cookie::SameSite;
+use cookie::{Cookie, SameSite};
 use tessera_engine::SessionEngine;
 use tower_layer::Layer;
 
 use super::service::SessionService;
 use crate::{
     error::{Error, ErrorKind},
+    metrics,
     signing::SigningKeys,
 };
 
@@ -35,6 +36,27 @@ pub(crate) struct Settings {
     pub(crate) persistent: bool,
     pub(crate) policy: FailurePolicy,
     pub(crate) retry_after: Duration,
+    /// The cookie attributes after the value (`; HttpOnly; SameSite=Lax; Secure; Path=/` and
+    /// Domain), rendered once per configuration rather than per response.
+    pub(crate) attributes: String,
+    /// Metric handles, shared by every clone of the layer.
+    pub(crate) metrics: Arc<metrics::Handles>,
+}
+
+impl Settings {
+    /// The fixed attributes as the `cookie` crate renders them, without the leading `name=`.
+    fn render_attributes(&self) -> String {
+        let mut builder = Cookie::build((self.cookie_name.as_str(), ""))
+            .path(self.path.as_str())
+            .http_only(self.http_only)
+            .same_site(self.same_site)
+            .secure(self.secure);
+        if let Some(domain) = &self.domain {
+            builder = builder.domain(domain.as_str());
+        }
+        let rendered = builder.build().to_string();
+        rendered[self.cookie_name.len() + 1..].to_owned()
+    }
 }
 
 /// Mounts sessions on a tower service: puts a [`Session`](tessera_engine::Session) into each
@@ -43,7 +65,7 @@ pub(crate) struct Settings {
 /// Options are set with by-value `with_*` methods; see the crate docs for an example.
 #[derive(Debug, Clone)]
 pub struct SessionLayer {
-    settings: Arc<Settings>,
+    pub(crate) settings: Arc<Settings>,
 }
 
 impl SessionLayer {
@@ -63,12 +85,17 @@ impl SessionLayer {
                 persistent: true,
                 policy: FailurePolicy::FailClosed,
                 retry_after: Duration::from_secs(1),
+                metrics: Arc::default(),
+                attributes: String::new(),
             }),
         }
+        .edit(|_| {})
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Settings)) -> Self {
-        f(Arc::make_mut(&mut self.settings));
+        let settings = Arc::make_mut(&mut self.settings);
+        f(settings);
+        settings.attributes = settings.render_attributes();
         self
     }
 

@@ -1,4 +1,5 @@
 use std::{
+    fmt::Write as _,
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -6,16 +7,12 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use cookie::{time::OffsetDateTime, Cookie};
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use tessera_engine::{CookieAction, Session, SessionId};
 use tower_service::Service;
 
 use super::layer::{FailurePolicy, Settings};
-use crate::{
-    metrics,
-    signing::{find_session_cookie, Verified},
-};
+use crate::signing::{find_session_cookie, Verified};
 
 /// The service built by [`SessionLayer`](super::SessionLayer).
 #[derive(Debug, Clone)]
@@ -65,7 +62,9 @@ where
             let response = inner.call(req).await?;
             let commit_started = Instant::now();
             let response = finish(&settings, &session, verified, response).await;
-            metrics::middleware_duration(own_work + commit_started.elapsed());
+            settings
+                .metrics
+                .middleware_duration(own_work + commit_started.elapsed());
             Ok(response)
         })
     }
@@ -77,7 +76,7 @@ fn read_cookie(settings: &Settings, headers: &HeaderMap) -> Option<Verified> {
     match find_session_cookie(&settings.keys, &settings.cookie_name, headers) {
         Ok(found) => found,
         Err(r) => {
-            metrics::rejected_cookie(r);
+            settings.metrics.rejected_cookie(r);
             tracing::debug!(reason = r.as_str(), "ignored an invalid session cookie");
             None
         }
@@ -111,23 +110,23 @@ async fn finish<B: Default>(
             if let Some(value) = set_cookie {
                 response.headers_mut().append(header::SET_COOKIE, value);
             }
-            metrics::request("ok");
+            settings.metrics.request("ok");
             response
         }
         Err(err) if err.is_too_large() => {
             tracing::warn!(error = %err, "session over its size limit; not saved");
-            metrics::request("too_large");
+            settings.metrics.request("too_large");
             error_response(StatusCode::PAYLOAD_TOO_LARGE, None)
         }
         Err(err) => match settings.policy {
             FailurePolicy::FailClosed => {
                 tracing::warn!(error = %err, "session store failed; answering 503");
-                metrics::request("store_error");
+                settings.metrics.request("store_error");
                 error_response(StatusCode::SERVICE_UNAVAILABLE, Some(settings.retry_after))
             }
             FailurePolicy::FailOpen => {
                 tracing::warn!(error = %err, "session store failed; serving without a session");
-                metrics::request("fail_open");
+                settings.metrics.request("fail_open");
                 response
             }
         },
@@ -156,39 +155,97 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn base_cookie<'a>(settings: &'a Settings, value: String) -> cookie::CookieBuilder<'a> {
-    let mut builder = Cookie::build((settings.cookie_name.as_str(), value))
-        .path(settings.path.as_str())
-        .http_only(settings.http_only)
-        .same_site(settings.same_site)
-        .secure(settings.secure);
-    if let Some(domain) = &settings.domain {
-        builder = builder.domain(domain.as_str());
-    }
-    builder
-}
-
-fn to_header(cookie: &Cookie<'_>) -> HeaderValue {
-    HeaderValue::try_from(cookie.to_string())
-        .expect("cookie names are validated and values are base64url")
-}
-
 fn build_cookie(settings: &Settings, id: &SessionId, expires_ms: u64) -> HeaderValue {
-    let mut builder = base_cookie(settings, settings.keys.sign(&settings.cookie_name, id));
+    // Formatted by hand on the pre-rendered attributes: this runs on every write.
+    let mut value = String::with_capacity(192);
+    value.push_str(&settings.cookie_name);
+    value.push('=');
+    value.push_str(&settings.keys.sign(&settings.cookie_name, id));
+    value.push_str(&settings.attributes);
     if settings.persistent {
         // Rounded: a few milliseconds spent since the commit must not show as a second less.
         let secs = (expires_ms.saturating_sub(now_ms()) + 500) / 1000;
-        builder = builder.max_age(cookie::time::Duration::seconds(secs as i64));
-        if let Ok(at) = OffsetDateTime::from_unix_timestamp((expires_ms / 1000) as i64) {
-            builder = builder.expires(at);
-        }
+        let at = UNIX_EPOCH + Duration::from_secs(expires_ms / 1000);
+        let _ = write!(
+            value,
+            "; Max-Age={secs}; Expires={}",
+            httpdate::fmt_http_date(at)
+        );
     }
-    to_header(&builder.build())
+    HeaderValue::try_from(value).expect("cookie names are validated and values are base64url")
 }
 
 fn clear_cookie(settings: &Settings) -> HeaderValue {
-    let builder = base_cookie(settings, String::new())
-        .max_age(cookie::time::Duration::ZERO)
-        .expires(OffsetDateTime::UNIX_EPOCH);
-    to_header(&builder.build())
+    let value = format!(
+        "{}={}; Max-Age=0; Expires={}",
+        settings.cookie_name,
+        settings.attributes,
+        httpdate::fmt_http_date(UNIX_EPOCH)
+    );
+    HeaderValue::try_from(value).expect("cookie names are validated and the value is empty")
+}
+
+#[cfg(test)]
+mod tests {
+    use cookie::{Cookie, SameSite};
+    use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
+
+    use super::*;
+    use crate::{SessionLayer, SigningKeys};
+
+    fn settings(layer: SessionLayer) -> Arc<Settings> {
+        layer.settings
+    }
+
+    fn layer() -> SessionLayer {
+        let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+        let keys = SigningKeys::new(["a secret that is long enough for the tests"]).unwrap();
+        SessionLayer::new(engine, keys)
+    }
+
+    #[test]
+    fn hand_formatted_cookies_parse_back_with_every_attribute() {
+        let s = settings(
+            layer()
+                .with_domain(Some("example.com".into()))
+                .with_path("/app")
+                .with_same_site(SameSite::Strict),
+        );
+        let id = SessionId::generate();
+        let expires_ms = now_ms() + 3_600_000;
+        let header = build_cookie(&s, &id, expires_ms);
+        let c = Cookie::parse(header.to_str().unwrap()).unwrap();
+        assert_eq!(c.name(), "koa:sess");
+        assert_eq!(s.keys.verify("koa:sess", c.value()).unwrap().id, id);
+        assert_eq!(c.path(), Some("/app"));
+        assert_eq!(c.domain(), Some("example.com"));
+        assert_eq!(c.http_only(), Some(true));
+        assert_eq!(c.secure(), Some(true));
+        assert_eq!(c.same_site(), Some(SameSite::Strict));
+        assert_eq!(c.max_age().map(|d| d.whole_seconds()), Some(3600));
+        let expires = c.expires_datetime().unwrap().unix_timestamp();
+        assert_eq!(expires, (expires_ms / 1000) as i64);
+
+        let cleared = clear_cookie(&s);
+        let c = Cookie::parse(cleared.to_str().unwrap()).unwrap();
+        assert_eq!((c.name(), c.value()), ("koa:sess", ""));
+        assert_eq!(c.max_age().map(|d| d.whole_seconds()), Some(0));
+        assert_eq!(c.expires_datetime().unwrap().unix_timestamp(), 0);
+        assert_eq!(c.path(), Some("/app"));
+    }
+
+    #[test]
+    fn browser_session_cookies_have_no_lifetime() {
+        let s = settings(
+            layer()
+                .with_persistent_cookie(false)
+                .with_secure(false)
+                .with_http_only(false),
+        );
+        let header = build_cookie(&s, &SessionId::generate(), now_ms() + 1000);
+        let c = Cookie::parse(header.to_str().unwrap()).unwrap();
+        assert_eq!((c.max_age(), c.expires()), (None, None));
+        assert_eq!((c.secure(), c.http_only()), (None, None));
+        assert_eq!(c.path(), Some("/"));
+    }
 }
