@@ -27,6 +27,12 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// Whether the session is still live at `now_ms`: before both its sliding expiry and its
+    /// absolute deadline.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.expires_ms > now_ms && self.deadline_ms.is_none_or(|d| d > now_ms)
+    }
+
     /// Encodes the meta record.
     pub fn encode(&self) -> Bytes {
         Bytes::from(rmp_serde::to_vec(self).expect("meta always encodes"))

@@ -288,9 +288,7 @@ impl Session {
                     Err(err)
                 }
             }
-            Ok(Some((meta, fields)))
-                if meta.deadline_ms.is_none_or(|d| d > now_ms()) && meta.expires_ms > now_ms() =>
-            {
+            Ok(Some((meta, fields))) if meta.is_live(now_ms()) => {
                 self.engine.inner.metrics.load("hit");
                 st.id = Some(id);
                 st.stored = true;
