@@ -143,8 +143,11 @@ async fn cluster_master_loss_stays_local() {
         healthy_ratio >= 0.99,
         "healthy masters served only {healthy_ratio}"
     );
+    // The router re-reads the slot map every 100 ms while requests wait for the dead master, so
+    // it follows Redis's promotion closely (measured within 0.05 s; the promotion time itself is
+    // sampled from one node every 20 ms).
     assert!(
-        back <= promoted + Duration::from_secs(1),
+        back <= promoted + Duration::from_millis(500),
         "client recovered {back:?} after the kill, Redis promoted at {promoted:?}"
     );
     assert_eq!(after_restart.unwrap().0, 1.0);

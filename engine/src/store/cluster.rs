@@ -31,6 +31,9 @@ const MAX_REDIRECTIONS: usize = 5;
 const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 /// Refresh even without errors this often, to notice planned topology changes.
 const PERIODIC_REFRESH: Duration = Duration::from_secs(10);
+/// How often a command held for a disconnected primary looks again at the slot map and the
+/// connection.
+const REROUTE_POLL: Duration = Duration::from_millis(10);
 
 struct Topology {
     routing: ClusterRouting,
@@ -41,6 +44,8 @@ pub(crate) struct ClusterRouter {
     config: Config,
     make_builder: Box<dyn Fn(Config) -> Builder + Send + Sync>,
     pool_size: usize,
+    /// The longest a command waits for a disconnected primary to come back or be replaced.
+    command_timeout: Duration,
     seeds: Vec<Server>,
     topology: RwLock<Arc<Topology>>,
     /// For ASK redirections during slot migration.
@@ -111,6 +116,7 @@ impl ClusterRouter {
         config: Config,
         pool_size: usize,
         connect_timeout: Duration,
+        command_timeout: Duration,
         make_builder: impl Fn(Config) -> Builder + Send + Sync + 'static,
     ) -> Result<Arc<Self>> {
         let seeds = match &config.server {
@@ -125,6 +131,7 @@ impl ClusterRouter {
             config,
             make_builder: Box::new(make_builder),
             pool_size,
+            command_timeout,
             seeds,
             topology: RwLock::new(Arc::new(Topology {
                 routing: ClusterRouting::new(),
@@ -280,23 +287,50 @@ impl ClusterRouter {
         self.node_pool(server)
     }
 
-    /// Runs `f` on a client of the primary that owns `key`, following one MOVED or ASK.
+    /// A connected client of the primary that serves `slot`. When that primary's connections are
+    /// down, the command is not queued behind its reconnection: it waits (at most the command
+    /// timeout) until either the connection is back or a refresh names a new primary, so the
+    /// dead master's slots are served from the moment its replica is promoted.
+    async fn client_for(&self, slot: u16) -> Result<Client> {
+        let deadline = tokio::time::Instant::now() + self.command_timeout;
+        loop {
+            let Some(pool) = self.pool_for(slot) else {
+                self.refresh_soon();
+                return Err(Error::new(
+                    ErrorKind::Redis,
+                    format!("no cluster primary currently serves slot {slot}; retry shortly"),
+                ));
+            };
+            let client = pool.next();
+            if client.is_connected() {
+                return Ok(client.clone());
+            }
+            // Keeps the background refresh going (at most every 100 ms) while anyone waits.
+            self.refresh_soon();
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the cluster primary for slot {slot} stayed unreachable for {:?} and no \
+                         replica has taken over yet",
+                        self.command_timeout
+                    ),
+                ));
+            }
+            tokio::time::sleep(REROUTE_POLL).await;
+        }
+    }
+
+    /// Runs `f` on a client of the primary that owns `key`, following up to five redirections.
     pub(crate) async fn call<R, F, Fut>(&self, key: &str, f: F) -> Result<R>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = std::result::Result<R, fred::error::Error>>,
     {
         let slot = fred::util::redis_keyslot(key.as_bytes());
-        let Some(pool) = self.pool_for(slot) else {
-            self.refresh_soon();
-            return Err(Error::new(
-                ErrorKind::Redis,
-                format!("no cluster primary currently serves slot {slot}; retry shortly"),
-            ));
-        };
+        let mut client = self.client_for(slot).await?;
         // During a slot migration one command may meet MOVED and then ASK (or the reverse):
         // follow a few redirections before giving up.
-        let mut client = pool.next().clone();
         let mut attempts = 0;
         loop {
             let err = match f(client).await {

@@ -244,6 +244,7 @@ impl RedisStoreBuilder {
                 config.clone(),
                 self.pool_size,
                 self.connect_timeout,
+                self.command_timeout,
                 move |c| this.fred_builder(c),
             )
             .await?;
