@@ -178,6 +178,8 @@ struct State {
     id: Option<SessionId>,
     /// Whether `id` exists in the store as loaded (false for new, regenerated and destroyed).
     stored: bool,
+    /// The Redis key of the loaded session, kept for its update (derivation hashes the id).
+    key: Option<String>,
     /// Whether the client presented an id that the store did not have.
     stale_cookie: bool,
     /// The value each field had before its first change since the load (`None`: absent); a
@@ -209,6 +211,7 @@ impl State {
             phase: Phase::Unloaded,
             id: None,
             stored: false,
+            key: None,
             stale_cookie: false,
             original: HashMap::new(),
             data: HashMap::new(),
@@ -292,6 +295,7 @@ impl Session {
                 self.engine.inner.metrics.load("hit");
                 st.id = Some(id);
                 st.stored = true;
+                st.key = Some(key);
                 st.was_new = false;
                 st.meta = Some(meta);
                 st.data = fields;
@@ -467,7 +471,7 @@ impl Session {
                 };
                 let mut set = set;
                 set.push((META_FIELD.to_owned(), new_meta.encode()));
-                let key = self.engine.key(&id);
+                let key = st.key.clone().unwrap_or_else(|| self.engine.key(&id));
                 let ttl = Duration::from_millis(new_expiry.saturating_sub(now));
                 let updated = self
                     .engine

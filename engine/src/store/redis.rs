@@ -573,10 +573,10 @@ impl RedisStore {
 
     /// `EVALSHA`, falling back to `EVAL` (which also caches the script) on a node that has not
     /// seen it yet, e.g. after a restart or failover.
-    async fn run(&self, script: &LuaScript, key: &str, args: Vec<Value>) -> Result<bool> {
+    async fn run(&self, script: &LuaScript, key: &str, args: &[Value]) -> Result<bool> {
         self.inner.gate.wait().await;
         let epoch = self.inner.gate.epoch();
-        let done = self.run_once(script, key, args.clone()).await?;
+        let done = self.run_once(script, key, args).await?;
         if self.inner.gate.epoch() == epoch {
             return Ok(done);
         }
@@ -593,22 +593,21 @@ impl RedisStore {
         })
     }
 
-    async fn run_once(&self, script: &LuaScript, key: &str, args: Vec<Value>) -> Result<bool> {
+    /// Arguments are copied per attempt (values are reference-counted bytes), since fred takes
+    /// them by value.
+    async fn run_once(&self, script: &LuaScript, key: &str, args: &[Value]) -> Result<bool> {
         let n: i64 = self
-            .with_client(key, |client| {
-                let args = args.clone();
-                async move {
-                    let result: std::result::Result<i64, _> = client
-                        .evalsha(script.sha1.as_str(), key, args.clone())
-                        .await;
-                    let n = match result {
-                        Err(err) if err.details().starts_with("NOSCRIPT") => {
-                            client.eval(script.source, key, args).await?
-                        }
-                        other => other?,
-                    };
-                    Ok((n, self.wait(&client).await?))
-                }
+            .with_client(key, |client| async move {
+                let result: std::result::Result<i64, _> = client
+                    .evalsha(script.sha1.as_str(), key, args.to_vec())
+                    .await;
+                let n = match result {
+                    Err(err) if err.details().starts_with("NOSCRIPT") => {
+                        client.eval(script.source, key, args.to_vec()).await?
+                    }
+                    other => other?,
+                };
+                Ok((n, self.wait(&client).await?))
             })
             .await
             .and_then(|(n, acked)| self.check_durable(acked).map(|()| n))?;
@@ -745,7 +744,7 @@ impl SessionStore for RedisStore {
         let mut args = Vec::with_capacity(1 + 2 * fields.len());
         args.push(ttl_ms(ttl));
         push_pairs(&mut args, fields);
-        self.run(&self.inner.create, key, args).await
+        self.run(&self.inner.create, key, &args).await
     }
 
     async fn update(
@@ -760,7 +759,7 @@ impl SessionStore for RedisStore {
         args.push(Value::Integer(set.len() as i64));
         push_pairs(&mut args, set);
         args.extend(delete.iter().map(|f| Value::String(f.as_str().into())));
-        self.run(&self.inner.update, key, args).await
+        self.run(&self.inner.update, key, &args).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
