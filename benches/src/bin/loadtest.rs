@@ -35,7 +35,9 @@ fn main() -> ExitCode {
             print!("{}", report.table());
             let ratios = report.ratios_table();
             if !ratios.is_empty() {
-                println!("\nreq/s ratios");
+                println!(
+                    "\nreq/s ratios (with several rounds: the median of the rounds' own ratios)"
+                );
                 print!("{ratios}");
             }
             if let Some(svg) = &config.svg {

@@ -148,10 +148,21 @@ impl Report {
             .collect()
     }
 
-    /// `num`'s req/s over `den`'s under `scenario`.
+    /// `num`'s req/s over `den`'s under `scenario`: the median over rounds of each round's ratio.
+    /// The two systems run back to back within a round, so a slow spell of the machine that spans
+    /// a round moves both and cancels out, which the ratio of the two medians does not do.
     pub fn ratio(&self, num: System, den: System, scenario: Scenario) -> Option<f64> {
-        let (a, b) = (self.get(num, scenario)?, self.get(den, scenario)?);
-        (b.rps > 0.0).then(|| a.rps / b.rps)
+        let dens = self.rounds_of(den, scenario);
+        let mut ratios: Vec<f64> = self
+            .rounds_of(num, scenario)
+            .into_iter()
+            .filter_map(|a| {
+                let b = dens.iter().find(|b| b.round == a.round)?;
+                (b.rps > 0.0).then(|| a.rps / b.rps)
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios.get(ratios.len().checked_sub(1)? / 2).copied()
     }
 
     /// Total failed requests.
@@ -385,5 +396,57 @@ impl Report {
         ))?;
         root.present()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(system: System, round: usize, rps: f64) -> Measurement {
+        Measurement {
+            system,
+            scenario: Scenario::Read,
+            round,
+            requests: rps as u64,
+            errors: 0,
+            first_error: None,
+            rps,
+            p50: Duration::from_millis(1),
+            p99: Duration::from_millis(2),
+            server_cpu_us: Some(20.0),
+            redis_cpu_us: 5.0,
+            round_trips_per_request: 1.0,
+            commands_per_request: 1.0,
+            breakdown: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn ratios_pair_systems_within_each_round() {
+        // Round 1 is a slow spell for both systems; per-round ratios are 0.9, 0.9, 1.0.
+        let report = Report::new(
+            vec![
+                m(System::Tessera, 0, 90.0),
+                m(System::TowerSessions, 0, 100.0),
+                m(System::Tessera, 1, 45.0),
+                m(System::TowerSessions, 1, 50.0),
+                m(System::Tessera, 2, 100.0),
+                m(System::TowerSessions, 2, 100.0),
+            ],
+            String::new(),
+        );
+        let r = report
+            .ratio(System::Tessera, System::TowerSessions, Scenario::Read)
+            .unwrap();
+        assert!((r - 0.9).abs() < 1e-9, "{r}");
+        assert_eq!(
+            report.ratio(System::Tessera, System::Rawget, Scenario::Read),
+            None
+        );
+        assert_eq!(
+            report.get(System::Tessera, Scenario::Read).unwrap().rps,
+            90.0
+        );
     }
 }
