@@ -27,6 +27,66 @@ async fn suite_on_standalone_redis() {
     .await;
 }
 
+/// A server that lost its scripts (restart, failover, `SCRIPT FLUSH`) answers NOSCRIPT; the store
+/// falls back to EVAL, which also caches the script again. Many writes in flight at once share the
+/// pool's few connections and all land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_survive_a_script_flush_and_concurrent_writes() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let engine = SessionEngine::new(store, SessionConfig::default());
+    let session = engine.session(None);
+    session.insert("n", &0u32).await.unwrap();
+    let CookieAction::Set { id, .. } = session.commit().await.unwrap().cookie else {
+        panic!("a new session sets a cookie");
+    };
+    redis_cli(server.port(), &["SCRIPT", "FLUSH"]);
+    let session = engine.session(Some(id));
+    session.insert("n", &1u32).await.unwrap();
+    assert_eq!(session.commit().await.unwrap().writes, 1);
+    redis_cli(server.port(), &["SCRIPT", "FLUSH"]);
+    let fresh = engine.session(None);
+    fresh.insert("n", &1u32).await.unwrap();
+    assert!(matches!(
+        fresh.commit().await.unwrap().cookie,
+        CookieAction::Set { .. }
+    ));
+
+    // 200 sessions, each updated by its own task at the same time.
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        let s = engine.session(None);
+        s.insert("n", &0u32).await.unwrap();
+        let CookieAction::Set { id, .. } = s.commit().await.unwrap().cookie else {
+            panic!("a new session sets a cookie");
+        };
+        ids.push(id);
+    }
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let engine = engine.clone();
+            let id = *id;
+            tokio::spawn(async move {
+                let s = engine.session(Some(id));
+                s.insert("n", &7u32).await.unwrap();
+                s.commit().await.unwrap().writes
+            })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 1);
+    }
+    for id in &ids {
+        let s = engine.session(Some(*id));
+        assert_eq!(s.get::<u32>("n").await.unwrap(), Some(7));
+    }
+    assert_eq!(
+        engine.session(Some(id)).get::<u32>("n").await.unwrap(),
+        Some(1)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn suite_on_cluster() {
     let cluster = Arc::new(RedisCluster::start());
