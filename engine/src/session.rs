@@ -119,6 +119,10 @@ impl SessionEngine {
         self.timed("ping", self.inner.store.ping()).await
     }
 
+    fn metrics(&self) -> &metrics::Handles {
+        &self.inner.metrics
+    }
+
     async fn timed<T>(
         &self,
         op: &'static str,
@@ -126,9 +130,7 @@ impl SessionEngine {
     ) -> Result<T> {
         let start = Instant::now();
         let result = fut.await;
-        self.inner
-            .metrics
-            .store_op(op, result.is_ok(), start.elapsed());
+        self.metrics().store_op(op, result.is_ok(), start.elapsed());
         result
     }
 }
@@ -282,7 +284,7 @@ impl Session {
             .and_then(|fields| fields.map(split_meta).transpose());
         match result {
             Err(err) => {
-                self.engine.inner.metrics.load("error");
+                self.engine.metrics().load("error");
                 tracing::warn!(error = %err, "session load failed");
                 st.phase = Phase::Failed(err.shallow_clone());
                 if st.fail_open {
@@ -292,7 +294,7 @@ impl Session {
                 }
             }
             Ok(Some((meta, fields))) if meta.is_live(now_ms()) => {
-                self.engine.inner.metrics.load("hit");
+                self.engine.metrics().load("hit");
                 st.id = Some(id);
                 st.stored = true;
                 st.key = Some(key);
@@ -303,7 +305,7 @@ impl Session {
                 Ok(st)
             }
             Ok(_) => {
-                self.engine.inner.metrics.load("miss");
+                self.engine.metrics().load("miss");
                 st.stale_cookie = true;
                 st.phase = Phase::Loaded;
                 Ok(st)
@@ -457,14 +459,14 @@ impl Session {
                 && (meta.expires_ms.saturating_sub(now) as f64)
                     < config.renew_below * ms(config.idle_ttl) as f64;
             if set.is_empty() && delete.is_empty() && !renew_due {
-                self.engine.inner.metrics.skipped();
+                self.engine.metrics().skipped();
             } else {
                 let op = if set.is_empty() && delete.is_empty() {
                     "touch"
                 } else {
                     "update"
                 };
-                let size = check_limits(config, &self.engine.inner.metrics, &st.data, op)?;
+                let size = check_limits(config, self.engine.metrics(), &st.data, op)?;
                 let new_meta = Meta {
                     expires_ms: new_expiry,
                     ..meta
@@ -480,12 +482,12 @@ impl Session {
                         self.engine.inner.store.update(&key, &set, &delete, ttl),
                     )
                     .await
-                    .inspect_err(|_| self.engine.inner.metrics.write(op, "error"))?;
+                    .inspect_err(|_| self.engine.metrics().write(op, "error"))?;
                 writes += 1;
                 if updated {
-                    self.engine.inner.metrics.write(op, "ok");
+                    self.engine.metrics().write(op, "ok");
                     if op == "update" {
-                        self.engine.inner.metrics.size(size);
+                        self.engine.metrics().size(size);
                     }
                     st.meta = Some(new_meta);
                     st.original.clear();
@@ -495,7 +497,7 @@ impl Session {
                     };
                 } else {
                     // Destroyed (or expired) by someone else since we loaded it: stay destroyed.
-                    self.engine.inner.metrics.write(op, "gone");
+                    self.engine.metrics().write(op, "gone");
                     st.stored = false;
                     cookie = CookieAction::Clear;
                 }
@@ -507,7 +509,7 @@ impl Session {
             } else {
                 "create"
             };
-            let size = check_limits(config, &self.engine.inner.metrics, &st.data, op)?;
+            let size = check_limits(config, self.engine.metrics(), &st.data, op)?;
             let meta = st.meta.unwrap_or_else(|| Meta {
                 version: FORMAT_VERSION,
                 created_ms: now,
@@ -532,13 +534,13 @@ impl Session {
                     .engine
                     .timed("create", self.engine.inner.store.create(&key, &fields, ttl))
                     .await
-                    .inspect_err(|_| self.engine.inner.metrics.write(op, "error"))?;
+                    .inspect_err(|_| self.engine.metrics().write(op, "error"))?;
                 writes += 1;
                 if created {
                     break;
                 }
                 if attempts == CREATE_ATTEMPTS {
-                    self.engine.inner.metrics.write(op, "error");
+                    self.engine.metrics().write(op, "error");
                     return Err(Error::new(
                         ErrorKind::IdCollision,
                         format!("{CREATE_ATTEMPTS} fresh session ids all collided; check the OS random source"),
@@ -547,8 +549,8 @@ impl Session {
                 tracing::warn!("new session id collided with an existing session; minting another");
                 id = SessionId::generate();
             }
-            self.engine.inner.metrics.write(op, "ok");
-            self.engine.inner.metrics.size(size);
+            self.engine.metrics().write(op, "ok");
+            self.engine.metrics().size(size);
             st.id = Some(id);
             st.stored = true;
             st.meta = Some(meta);
@@ -568,10 +570,10 @@ impl Session {
             self.engine
                 .timed("delete", self.engine.inner.store.delete(&key))
                 .await
-                .inspect_err(|_| self.engine.inner.metrics.write(op, "error"))?;
+                .inspect_err(|_| self.engine.metrics().write(op, "error"))?;
             writes += 1;
             if st.destroyed {
-                self.engine.inner.metrics.write(op, "ok");
+                self.engine.metrics().write(op, "ok");
             }
         }
         let expires_ms = st.meta.filter(|_| st.stored).map(|m| m.expires_ms);

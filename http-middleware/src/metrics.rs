@@ -96,9 +96,9 @@ const REJECTIONS: [Rejection; 4] = [
 /// same trade, the same rule of installing the recorder before serving).
 #[derive(Debug, Default)]
 pub(crate) struct Handles {
-    requests: [OnceLock<Counter>; 4],
+    requests: [OnceLock<Counter>; REQUEST_OUTCOMES.len()],
     duration: OnceLock<Histogram>,
-    rejected: [OnceLock<Counter>; 4],
+    rejected: [OnceLock<Counter>; REJECTIONS.len()],
 }
 
 impl Handles {
@@ -117,8 +117,9 @@ impl Handles {
     }
 
     pub(crate) fn rejected_cookie(&self, reason: Rejection) {
-        let i = REJECTIONS.iter().position(|r| *r == reason).unwrap_or(0);
-        self.rejected[i]
+        let i = REJECTIONS.iter().position(|r| *r == reason);
+        debug_assert!(i.is_some(), "{reason:?} is missing from REJECTIONS");
+        self.rejected[i.unwrap_or(0)]
             .get_or_init(|| metrics::counter!(REJECTED_COOKIES_TOTAL, "reason" => reason.as_str()))
             .increment(1);
     }
