@@ -68,8 +68,10 @@ impl SessionConfig {
         self
     }
 
-    /// A read-only request renews the expiry once less than this share of the idle TTL remains
-    /// (default `0.5`). `1.0` renews on every request, `0.0` never renews on reads.
+    /// A request renews the expiry once less than this share of the idle TTL remains (default
+    /// `0.5`); reads and writes alike, so a write whose renewal is not due sends only its changed
+    /// fields and no Set-Cookie. `1.0` renews on every request; `0.0` renews on every write and
+    /// never on a read.
     pub fn with_renew_below(mut self, share: f64) -> Result<Self> {
         if !(0.0..=1.0).contains(&share) {
             return Err(Error::new(

@@ -453,28 +453,32 @@ impl Session {
             let id = st.id.expect("a stored session has an id");
             let meta = st.meta.expect("a stored session has meta");
             let (set, delete) = diff(&st.original, &st.data);
+            let changed = !set.is_empty() || !delete.is_empty();
             let new_expiry = expiry(config, now, meta.deadline_ms);
-            let renew_due = config.renew_below > 0.0
-                && new_expiry > meta.expires_ms
-                && (meta.expires_ms.saturating_sub(now) as f64)
-                    < config.renew_below * ms(config.idle_ttl) as f64;
-            if set.is_empty() && delete.is_empty() && !renew_due {
+            // Reads and writes renew alike: once less than `renew_below` of the idle TTL remains
+            // (with `0.0`, writes renew every time and reads never).
+            let renew_due = new_expiry > meta.expires_ms
+                && if config.renew_below > 0.0 {
+                    (meta.expires_ms.saturating_sub(now) as f64)
+                        < config.renew_below * ms(config.idle_ttl) as f64
+                } else {
+                    changed
+                };
+            if !changed && !renew_due {
                 self.engine.metrics().skipped();
             } else {
-                let op = if set.is_empty() && delete.is_empty() {
-                    "touch"
-                } else {
-                    "update"
-                };
+                let op = if changed { "update" } else { "touch" };
                 let size = check_limits(config, self.engine.metrics(), &st.data, op)?;
                 let new_meta = Meta {
                     expires_ms: new_expiry,
                     ..meta
                 };
                 let mut set = set;
-                set.push((META_FIELD.to_owned(), new_meta.encode()));
+                if renew_due {
+                    set.push((META_FIELD.to_owned(), new_meta.encode()));
+                }
                 let key = st.key.clone().unwrap_or_else(|| self.engine.key(&id));
-                let ttl = Duration::from_millis(new_expiry.saturating_sub(now));
+                let ttl = renew_due.then(|| Duration::from_millis(new_expiry.saturating_sub(now)));
                 let updated = self
                     .engine
                     .timed(
@@ -489,12 +493,14 @@ impl Session {
                     if op == "update" {
                         self.engine.metrics().size(size);
                     }
-                    st.meta = Some(new_meta);
                     st.original.clear();
-                    cookie = CookieAction::Set {
-                        id,
-                        expires_ms: new_expiry,
-                    };
+                    if renew_due {
+                        st.meta = Some(new_meta);
+                        cookie = CookieAction::Set {
+                            id,
+                            expires_ms: new_expiry,
+                        };
+                    }
                 } else {
                     // Destroyed (or expired) by someone else since we loaded it: stay destroyed.
                     self.engine.metrics().write(op, "gone");

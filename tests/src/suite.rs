@@ -109,6 +109,7 @@ cases!(
     round_trip_and_types,
     lazy_load_and_skip_unchanged,
     sliding_ttl_and_throttled_renewal,
+    writes_renew_like_reads,
     absolute_lifetime_caps_ttl,
     concurrent_distinct_fields_merge,
     same_field_last_writer_wins,
@@ -298,6 +299,17 @@ async fn sliding_ttl_and_throttled_renewal(env: &Env, config: SessionConfig) {
     s.get::<u64>("v").await.unwrap();
     assert_eq!(s.commit().await.unwrap().writes, 0, "renewal not due yet");
 
+    // An early write sends its field but leaves the TTL and the cookie alone.
+    let s = engine.session(Some(id));
+    s.insert("w", &1u64).await.unwrap();
+    let committed = s.commit().await.unwrap();
+    assert_eq!(
+        (committed.writes, committed.cookie),
+        (1, CookieAction::Keep),
+        "write without renewal"
+    );
+    assert!(env.pttl(&key).unwrap() <= ttl, "the TTL was not reset");
+
     // Past half the TTL a read renews it (one write, cookie re-sent).
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let _ = env.counts();
@@ -341,6 +353,60 @@ async fn sliding_ttl_and_throttled_renewal(env: &Env, config: SessionConfig) {
         s.commit().await.unwrap().cookie,
         CookieAction::Clear,
         "stale cookie cleared"
+    );
+}
+
+async fn writes_renew_like_reads(env: &Env, config: SessionConfig) {
+    // Default throttle: a write past half the TTL renews it, in the same single command.
+    let engine = env.engine(config.clone().with_idle_ttl(Duration::from_millis(1600)));
+    let id = new_session(&engine, "v", 1).await;
+    let key = engine.key(&id);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _ = env.counts();
+    let s = engine.session(Some(id));
+    s.insert("v", &2u64).await.unwrap();
+    let committed = s.commit().await.unwrap();
+    assert_eq!(committed.writes, 1);
+    assert!(
+        matches!(committed.cookie, CookieAction::Set { .. }),
+        "renewed cookie"
+    );
+    if let Some(c) = env.counts() {
+        assert_eq!(
+            c,
+            Counts {
+                reads: 1,
+                writes: 1
+            }
+        );
+    }
+    assert!(
+        env.pttl(&key).unwrap() > Duration::from_millis(1200),
+        "TTL reset"
+    );
+
+    // `0.0`: every write renews, no read does.
+    let engine = env.engine(
+        config
+            .with_idle_ttl(Duration::from_millis(1600))
+            .with_renew_below(0.0)
+            .unwrap(),
+    );
+    let id = new_session(&engine, "v", 1).await;
+    let key = engine.key(&id);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let s = engine.session(Some(id));
+    s.get::<u64>("v").await.unwrap();
+    assert_eq!(s.commit().await.unwrap().writes, 0, "reads never renew");
+    let before = env.pttl(&key).unwrap();
+    let s = engine.session(Some(id));
+    s.insert("v", &2u64).await.unwrap();
+    let committed = s.commit().await.unwrap();
+    assert!(matches!(committed.cookie, CookieAction::Set { .. }));
+    let after = env.pttl(&key).unwrap();
+    assert!(
+        after > before + Duration::from_millis(200),
+        "{before:?} -> {after:?}"
     );
 }
 
@@ -441,6 +507,30 @@ async fn no_resurrection_after_destroy(env: &Env, config: SessionConfig) {
     // A read-renewal racing the destroy must not recreate it either.
     let s = engine.session(Some(id));
     assert!(s.is_new().await.unwrap());
+
+    // Late saves that change an existing field, or only remove one, are refused the same way.
+    for change in ["overwrite", "remove"] {
+        let id = new_session(&engine, "v", 1).await;
+        let slow = engine.session(Some(id));
+        slow.get::<u64>("v").await.unwrap();
+        let logout = engine.session(Some(id));
+        logout.destroy().await.unwrap();
+        logout.commit().await.unwrap();
+        if change == "overwrite" {
+            slow.insert("v", &2u64).await.unwrap();
+        } else {
+            slow.remove("v").await.unwrap();
+        }
+        assert_eq!(
+            slow.commit().await.unwrap().cookie,
+            CookieAction::Clear,
+            "{change}"
+        );
+        assert!(
+            env.store.load(&engine.key(&id)).await.unwrap().is_none(),
+            "{change}: resurrected"
+        );
+    }
 }
 
 async fn destroy_costs_one_command(env: &Env, config: SessionConfig) {
@@ -627,7 +717,7 @@ async fn corrupt_data_is_a_decode_error(env: &Env, config: SessionConfig) {
     let key = engine.key(&id);
     assert!(env
         .store
-        .update(&key, &pairs(&[("v", &b"\xc1"[..])]), &[], ttl)
+        .update(&key, &pairs(&[("v", &b"\xc1"[..])]), &[], Some(ttl))
         .await
         .unwrap());
     let s = engine.session(Some(id));

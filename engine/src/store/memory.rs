@@ -122,7 +122,7 @@ impl SessionStore for MemoryStore {
         key: &str,
         set: &[(String, Bytes)],
         delete: &[String],
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<bool> {
         let now = Instant::now();
         let mut map = self.inner.map.lock();
@@ -135,7 +135,9 @@ impl SessionStore for MemoryStore {
         for k in delete {
             entry.fields.remove(k);
         }
-        entry.expires_at = now + ttl;
+        if let Some(ttl) = ttl {
+            entry.expires_at = now + ttl;
+        }
         self.after_write(&mut map);
         Ok(true)
     }
@@ -162,7 +164,7 @@ mod tests {
     async fn create_is_nx_and_update_needs_existence() {
         let s = MemoryStore::new();
         let ttl = Duration::from_secs(60);
-        assert!(!s.update("k", &[f("a", "1")], &[], ttl).await.unwrap());
+        assert!(!s.update("k", &[f("a", "1")], &[], Some(ttl)).await.unwrap());
         assert!(
             s.load("k").await.unwrap().is_none(),
             "update must not create"
@@ -170,9 +172,13 @@ mod tests {
         assert!(s.create("k", &[f("a", "1")], ttl).await.unwrap());
         assert!(!s.create("k", &[f("a", "2")], ttl).await.unwrap());
         assert!(s
-            .update("k", &[f("b", "2")], &["a".into()], ttl)
+            .update("k", &[f("b", "2")], &["a".into()], None)
             .await
             .unwrap());
+        assert!(
+            s.ttl("k").unwrap() > Duration::from_secs(59),
+            "None keeps the TTL"
+        );
         let got = s.load("k").await.unwrap().unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got["b"], Bytes::from_static(b"2"));
@@ -189,7 +195,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(s.load("k").await.unwrap().is_none());
         assert!(!s
-            .update("k", &[], &[], Duration::from_secs(1))
+            .update("k", &[], &[], Some(Duration::from_secs(1)))
             .await
             .unwrap());
         assert!(s.is_empty());

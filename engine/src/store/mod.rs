@@ -34,14 +34,15 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
     /// written.
     async fn create(&self, key: &str, fields: &[(String, Bytes)], ttl: Duration) -> Result<bool>;
 
-    /// Only if `key` exists: sets `set`, deletes `delete`, and resets the TTL to `ttl`, atomically.
-    /// Returns `false` (and writes nothing) when the key is gone.
+    /// Only if `key` exists: sets `set`, deletes `delete`, and resets the TTL to `ttl` when one is
+    /// given (`None` keeps the current TTL), atomically. Returns `false` (and leaves no key
+    /// behind) when the key is gone.
     async fn update(
         &self,
         key: &str,
         set: &[(String, Bytes)],
         delete: &[String],
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<bool>;
 
     /// Deletes `key`; deleting a missing key is not an error.

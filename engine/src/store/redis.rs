@@ -33,14 +33,24 @@ return 1
 ";
 
 /// Changes only a session that still exists: a save that races a destroy must not recreate it.
-/// PEXPIRE doubles as the existence check (it answers 0 and does nothing for a missing key), which
-/// saves Redis one command per update. ARGV: ttl_ms, n (number of pairs to set), n field/value
-/// pairs, then fields to delete.
+/// HSET doubles as the existence check, so a save that does not renew is one command: a missing
+/// key is created by it holding exactly the `n` fields just added (every field new, and nothing
+/// else in the hash), and is deleted again inside the script, unseen. Only when every field is new
+/// does HLEN tell the two cases apart. ARGV: ttl_ms (`0` keeps the TTL), n (number of pairs to
+/// set), n field/value pairs, then fields to delete.
 const UPDATE_LUA: &str = r"
-if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 0 then return 0 end
 local n = tonumber(ARGV[2])
-if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 3, 2 + 2 * n)) end
+if n > 0 then
+  if redis.call('HSET', KEYS[1], unpack(ARGV, 3, 2 + 2 * n)) == n
+      and redis.call('HLEN', KEYS[1]) == n then
+    redis.call('DEL', KEYS[1])
+    return 0
+  end
+elseif redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
 if #ARGV > 2 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 3 + 2 * n)) end
+if ARGV[1] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return 1
 ";
 
@@ -722,10 +732,10 @@ impl SessionStore for RedisStore {
         key: &str,
         set: &[(String, Bytes)],
         delete: &[String],
-        ttl: Duration,
+        ttl: Option<Duration>,
     ) -> Result<bool> {
         let mut args = Vec::with_capacity(2 + 2 * set.len() + delete.len());
-        args.push(ttl_ms(ttl));
+        args.push(ttl.map_or(Value::Integer(0), ttl_ms));
         args.push(Value::Integer(set.len() as i64));
         push_pairs(&mut args, set);
         args.extend(delete.iter().map(|f| Value::String(f.as_str().into())));
