@@ -7,6 +7,7 @@ use std::{collections::HashMap, fmt, future::Future, sync::Arc, time::Duration};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::{
+    bytes_utils::Str,
     clients::{Pool, SubscriberClient},
     interfaces::{
         ClientLike, EventInterface, HashesInterface, KeysInterface, LuaInterface, PubsubInterface,
@@ -67,14 +68,15 @@ const SCHEMES: &[&str] = &[
 #[derive(Debug)]
 struct LuaScript {
     source: &'static str,
-    sha1: String,
+    /// Reference-counted, so each call clones a pointer rather than the 40 hex digits.
+    sha1: Str,
 }
 
 impl LuaScript {
     fn new(source: &'static str) -> Self {
         LuaScript {
             source,
-            sha1: fred::util::sha1_hash(source),
+            sha1: Str::from(fred::util::sha1_hash(source)),
         }
     }
 }
@@ -611,7 +613,7 @@ impl RedisStore {
         let n: i64 = self
             .with_client(key, |client| async move {
                 let result: std::result::Result<i64, _> = client
-                    .evalsha(script.sha1.as_str(), key, args.to_vec())
+                    .evalsha(script.sha1.clone(), key, args.to_vec())
                     .await;
                 let n = match result {
                     Err(err) if err.details().starts_with("NOSCRIPT") => {
