@@ -456,8 +456,12 @@ async fn demo_build_app_round_trip() {
     let r = call(&svc, get("/", Some(&c))).await;
     r.assert_ok("2 views");
     r.assert_no_cookie();
-    let stored = store.load(&engine.key(&id)).await.unwrap().unwrap();
-    assert!(stored.contains_key("views"));
+    let stored = engine.session(Some(id));
+    assert_eq!(
+        stored.get::<u64>("views").await.unwrap(),
+        Some(2),
+        "the write was saved"
+    );
 }
 
 #[tokio::test]
@@ -785,6 +789,8 @@ async fn key_rotation_accepts_old_key_and_reissues_under_new_one() {
     let r = call(&rotated, get("/", Some(&cookie_a))).await;
     r.assert_ok("3 views");
     assert_eq!(id_of(&r.cookie(), &[SECRET_B]), id);
+    let max_age = r.cookie().max_age().expect("Max-Age").whole_seconds();
+    assert!((1..=TTL_SECS).contains(&max_age), "Max-Age {max_age}");
 
     // A layer that dropped A rejects the A cookie: fresh session. B's cookie still works there.
     let r = call(&only_new, get("/views", Some(&cookie_a))).await;

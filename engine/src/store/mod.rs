@@ -36,7 +36,8 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
 
     /// Only if `key` exists: sets `set`, deletes `delete`, and resets the TTL to `ttl` when one is
     /// given (`None` keeps the current TTL), atomically. Returns `false` (and leaves no key
-    /// behind) when the key is gone.
+    /// behind) when the key is gone. Field names in `set` must be distinct (the Redis store's
+    /// existence check counts the fields HSET adds).
     async fn update(
         &self,
         key: &str,
