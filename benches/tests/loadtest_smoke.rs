@@ -122,3 +122,52 @@ fn loadtest_measures_every_system_and_tessera_round_trips() {
         .ratio(System::Rawget, System::TowerSessions, Scenario::Write)
         .is_some());
 }
+
+/// `--serve` mode: every system comes up with its cookie file, and a cookie from that file reads
+/// its session over plain TCP; the shutdown future ends the serving.
+#[test]
+fn serve_mode_writes_working_cookie_files() {
+    use std::sync::{Arc, Mutex};
+
+    use tessera_benches::loadtest::{serve, Error};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = smoke(&System::ALL, &[Scenario::Read]).with_load(2, 5);
+    let ready: Arc<Mutex<Vec<String>>> = Arc::default();
+    let lines = ready.clone();
+    let check = async move {
+        let lines = lines.lock().unwrap().clone();
+        assert_eq!(lines.len(), System::ALL.len(), "{lines:?}");
+        for line in &lines {
+            let [system, url, file]: [&str; 3] = line
+                .split(' ')
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap_or_else(|_| panic!("line {line:?}"));
+            let addr = url.trim_start_matches("http://");
+            let cookies = std::fs::read_to_string(file).expect("cookie file");
+            assert_eq!(cookies.lines().count(), 5, "{system}: {cookies}");
+            let cookie = cookies.lines().next().unwrap();
+            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let request = format!(
+                "GET /views HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+            );
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            assert!(
+                response.starts_with("HTTP/1.1 200") && response.ends_with("1 views"),
+                "{system}: {response}"
+            );
+        }
+        Ok::<(), Error>(())
+    };
+    serve(
+        &config,
+        dir.path(),
+        |l| ready.lock().unwrap().extend_from_slice(l),
+        check,
+    )
+    .expect("serve");
+}

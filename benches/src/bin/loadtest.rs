@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tessera_benches::loadtest::{run, Args, Config};
+use tessera_benches::loadtest::{run, serve, Args, Config, Error};
 
 /// Every system runs in this process on the same allocator; mimalloc, because glibc's arena locks
 /// turn allocations freed on another tokio worker into futex calls.
@@ -14,6 +14,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let config = Config::from_args(Args::parse());
+    if let Some(dir) = config.serve.clone() {
+        return serve_until_ctrl_c(&config, &dir);
+    }
     eprintln!(
         "loadtest: {} x {} …",
         config
@@ -49,6 +52,28 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Err(err) => {
+            eprintln!("loadtest: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--serve`: the systems on loopback ports until Ctrl-C, for an outside load tool.
+fn serve_until_ctrl_c(config: &Config, dir: &std::path::Path) -> ExitCode {
+    let ready = |lines: &[String]| {
+        for line in lines {
+            println!("{line}");
+        }
+        println!("serving; Ctrl-C stops");
+    };
+    let ctrl_c = async {
+        tokio::signal::ctrl_c()
+            .await
+            .map_err(|err| Error::new(format!("cannot wait for Ctrl-C: {err}")))
+    };
+    match serve(config, dir, ready, ctrl_c) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("loadtest: {err}");
             ExitCode::FAILURE

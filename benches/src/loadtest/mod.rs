@@ -184,6 +184,12 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Measure nothing: serve every listed system on its own loopback port, write `--sessions`
+    /// established cookies per system to `DIR/cookies-<system>.txt` (one `name=value` per line),
+    /// print the addresses, and run until Ctrl-C. For driving the systems with an outside load
+    /// tool; `benches/wrk/rotate.lua` rotates wrk over such a file.
+    #[arg(long, value_name = "DIR")]
+    pub serve: Option<PathBuf>,
 }
 
 /// What to run; see [`Args`] for the meaning of each field.
@@ -216,6 +222,8 @@ pub struct Config {
     pub progress: bool,
     /// Where to write the SVG chart, if anywhere.
     pub svg: Option<PathBuf>,
+    /// Serve instead of measuring, writing cookie files here (see [`serve`]).
+    pub serve: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -249,6 +257,7 @@ impl Config {
             metrics: !args.no_metrics,
             progress: !args.no_progress,
             svg: Some(args.svg),
+            serve: args.serve,
         };
         if args.quick {
             config.duration = Duration::from_secs(1);
@@ -339,7 +348,8 @@ fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
 pub struct Error(String);
 
 impl Error {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
         Error(message.into())
     }
 
@@ -375,6 +385,55 @@ pub fn run(config: &Config) -> Result<Report, Error> {
     }
     drop(redis);
     Ok(report)
+}
+
+/// Serves every configured system until `shutdown` completes (the binary passes Ctrl-C), for an
+/// outside load tool: each on its own loopback port, on the same Redis, server runtime and
+/// recorder setting as [`run`] uses, with `config.sessions` established cookies per system
+/// written to `dir/cookies-<system>.txt`. `on_ready` gets one line per system (name, base URL,
+/// cookie file) once all are up; `shutdown` is awaited after that, on the server runtime.
+pub fn serve<F>(
+    config: &Config,
+    dir: &std::path::Path,
+    on_ready: impl FnOnce(&[String]),
+    shutdown: F,
+) -> Result<(), Error>
+where
+    F: std::future::Future<Output = Result<(), Error>>,
+{
+    config.validate()?;
+    let redis = redis::Target::start(config.redis.as_deref())?;
+    let server_rt = runtime(SERVER_THREADS, config.server_threads)?;
+    let result = server_rt.block_on(async {
+        std::fs::create_dir_all(dir)
+            .map_err(|err| Error::new(format!("cannot create {}: {err}", dir.display())))?;
+        let mut lines = Vec::new();
+        let mut servers = Vec::new();
+        for &system in &config.systems {
+            let server = systems::start(system, &redis.url(), config.metrics).await?;
+            let cookies = client::prime(server.addr, config.sessions, config.connections)
+                .await
+                .map_err(|err| Error::new(format!("{system}: creating sessions failed: {err}")))?;
+            let file = dir.join(format!("cookies-{system}.txt"));
+            std::fs::write(&file, cookies.join("\n") + "\n")
+                .map_err(|err| Error::new(format!("cannot write {}: {err}", file.display())))?;
+            lines.push(format!(
+                "{system} http://{} {}",
+                server.addr,
+                file.display()
+            ));
+            servers.push(server);
+        }
+        on_ready(&lines);
+        let stopped = shutdown.await;
+        for server in servers {
+            server.stop();
+        }
+        stopped
+    });
+    server_rt.shutdown_timeout(Duration::from_secs(2));
+    drop(redis);
+    result
 }
 
 fn runtime(name: &str, threads: usize) -> Result<tokio::runtime::Runtime, Error> {
