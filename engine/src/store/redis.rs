@@ -34,10 +34,11 @@ return 1
 ";
 
 /// Changes only a session that still exists: a save that races a destroy must not recreate it.
-/// HSET doubles as the existence check, so a save that does not renew is one command: a missing
-/// key is created by it holding exactly the `n` fields just added (every field new, and nothing
-/// else in the hash), and is deleted again inside the script, unseen. Only when every field is new
-/// does HLEN tell the two cases apart. ARGV: ttl_ms (`0` keeps the TTL), n (number of pairs to
+/// HSET doubles as the existence check, so a save that does not renew and touches an existing
+/// field is one command: a missing key is created by it holding exactly the `n` fields just added
+/// (every field new, and nothing else in the hash), and is deleted again in the same atomic step,
+/// before any client can read it (replicas and keyspace notifications still see the HSET and
+/// DEL). Only when every field is new does HLEN tell the two cases apart. ARGV: ttl_ms (`0` keeps the TTL), n (number of pairs to
 /// set), n field/value pairs, then fields to delete.
 const UPDATE_LUA: &str = r"
 local n = tonumber(ARGV[2])
