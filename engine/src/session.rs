@@ -141,12 +141,12 @@ impl SessionEngine {
 pub enum CookieAction {
     /// Leave the client's cookie as it is (or send none).
     Keep,
-    /// Send a cookie naming `id`; the store expires it at `expires_ms` (ms since the epoch).
+    /// Send a cookie naming `id`; the store expires it at `expires`.
     Set {
         /// The session id to put into the cookie.
         id: SessionId,
         /// When the stored session expires, for a persistent cookie's Max-Age and Expires.
-        expires_ms: u64,
+        expires: SystemTime,
     },
     /// Clear the client's cookie: the session was destroyed or no longer exists.
     Clear,
@@ -160,8 +160,8 @@ pub struct Committed {
     pub cookie: CookieAction,
     /// Number of store writes the commit made (0 for an unchanged session).
     pub writes: u8,
-    /// When the stored session expires (ms since the epoch), if it was loaded and exists.
-    pub expires_ms: Option<u64>,
+    /// When the stored session expires, if it exists after the commit.
+    pub expires: Option<SystemTime>,
 }
 
 #[derive(Debug)]
@@ -242,6 +242,10 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+fn to_time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
 }
 
 fn ms(d: Duration) -> u64 {
@@ -405,6 +409,13 @@ impl Session {
         Ok(())
     }
 
+    /// Whether [`Session::destroy`] was called in this request (and not undone by a later
+    /// commit). A failed commit of a destroyed session must never look like a success: the HTTP
+    /// layer clears the cookie and answers 503 whatever its failure policy.
+    pub async fn is_destroyed(&self) -> bool {
+        self.state.lock().await.destroyed
+    }
+
     /// Moves the session's data to a new id (call it on login or privilege change: the defence
     /// against session fixation). The old id stops working at commit.
     pub async fn regenerate(&self) -> Result<()> {
@@ -432,7 +443,7 @@ impl Session {
                 return Ok(Committed {
                     cookie: CookieAction::Keep,
                     writes: 0,
-                    expires_ms: None,
+                    expires: None,
                 })
             }
             Phase::Failed(err) => {
@@ -498,7 +509,7 @@ impl Session {
                         st.meta = Some(new_meta);
                         cookie = CookieAction::Set {
                             id,
-                            expires_ms: new_expiry,
+                            expires: to_time(new_expiry),
                         };
                     }
                 } else {
@@ -561,7 +572,10 @@ impl Session {
             st.stored = true;
             st.meta = Some(meta);
             st.original.clear();
-            cookie = CookieAction::Set { id, expires_ms };
+            cookie = CookieAction::Set {
+                id,
+                expires: to_time(expires_ms),
+            };
         } else if st.destroyed || st.stale_cookie {
             cookie = CookieAction::Clear;
         }
@@ -582,11 +596,14 @@ impl Session {
                 self.engine.metrics().write(op, "ok");
             }
         }
-        let expires_ms = st.meta.filter(|_| st.stored).map(|m| m.expires_ms);
+        let expires = st
+            .meta
+            .filter(|_| st.stored)
+            .map(|m| to_time(m.expires_ms));
         Ok(Committed {
             cookie,
             writes,
-            expires_ms,
+            expires,
         })
     }
 }

@@ -23,7 +23,8 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tessera_engine::{
-    store::Fields, Error as EngineError, ErrorKind as EngineErrorKind, MemoryStore, SessionConfig,
+    store::Fields, Error as EngineError, ErrorKind as EngineErrorKind, MemoryStore, Regenerated,
+    SessionConfig,
     SessionEngine, SessionId, SessionStore, SESSION_ID_LEN,
 };
 use tessera_middleware::{
@@ -345,7 +346,7 @@ impl SessionStore for Probe {
     fn delete<'life0, 'life1, 'async_trait>(
         &'life0 self,
         key: &'life1 str,
-    ) -> StoreFuture<'async_trait, ()>
+    ) -> StoreFuture<'async_trait, bool>
     where
         'life0: 'async_trait,
         'life1: 'async_trait,
@@ -357,6 +358,29 @@ impl SessionStore for Probe {
                 return Err(injected("delete"));
             }
             self.inner.delete(key).await
+        })
+    }
+
+    fn regenerate<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        old: &'life1 str,
+        new: &'life2 str,
+        fields: &'life3 [(String, Bytes)],
+        ttl: Duration,
+    ) -> StoreFuture<'async_trait, Regenerated>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(async move {
+            self.calls.create.fetch_add(1, Ordering::SeqCst);
+            if self.fails(true) {
+                return Err(injected("regenerate"));
+            }
+            self.inner.regenerate(old, new, fields, ttl).await
         })
     }
 

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{Fields, SessionStore};
+use super::{Fields, Regenerated, SessionStore};
 use crate::error::Result;
 
 /// Sweep expired entries every this many writes, so memory stays bounded without a background
@@ -86,6 +86,17 @@ impl MemoryStore {
     }
 }
 
+/// `now + ttl`, saturating: a TTL too long for `Instant` (`Duration::MAX`) means "practically
+/// never" rather than a panic.
+fn expires_at(now: Instant, ttl: Duration) -> Instant {
+    now.checked_add(ttl)
+        .or_else(|| now.checked_add(FOREVER))
+        .unwrap_or(now)
+}
+
+/// What an overlong TTL is cut to (about a century).
+const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 fn live<'a>(map: &'a mut HashMap<String, Entry>, key: &str, now: Instant) -> Option<&'a mut Entry> {
     if map.get(key).is_some_and(|e| e.expires_at <= now) {
         map.remove(key);
@@ -110,7 +121,7 @@ impl SessionStore for MemoryStore {
             key.to_owned(),
             Entry {
                 fields: fields.iter().cloned().collect(),
-                expires_at: now + ttl,
+                expires_at: expires_at(now, ttl),
             },
         );
         self.after_write(&mut map);
@@ -136,15 +147,44 @@ impl SessionStore for MemoryStore {
             entry.fields.remove(k);
         }
         if let Some(ttl) = ttl {
-            entry.expires_at = now + ttl;
+            entry.expires_at = expires_at(now, ttl);
         }
         self.after_write(&mut map);
         Ok(true)
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
-        self.inner.map.lock().remove(key);
-        Ok(())
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let mut map = self.inner.map.lock();
+        let existed = live(&mut map, key, Instant::now()).is_some();
+        map.remove(key);
+        Ok(existed)
+    }
+
+    async fn regenerate(
+        &self,
+        old: &str,
+        new: &str,
+        fields: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<Regenerated> {
+        let now = Instant::now();
+        let mut map = self.inner.map.lock();
+        if live(&mut map, new, now).is_some() {
+            return Ok(Regenerated::NewTaken);
+        }
+        if live(&mut map, old, now).is_none() {
+            return Ok(Regenerated::OldGone);
+        }
+        map.remove(old);
+        map.insert(
+            new.to_owned(),
+            Entry {
+                fields: fields.iter().cloned().collect(),
+                expires_at: expires_at(now, ttl),
+            },
+        );
+        self.after_write(&mut map);
+        Ok(Regenerated::Moved)
     }
 
     async fn ping(&self) -> Result<()> {
@@ -182,6 +222,49 @@ mod tests {
         let got = s.load("k").await.unwrap().unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got["b"], Bytes::from_static(b"2"));
+    }
+
+    #[tokio::test]
+    async fn overlong_ttls_do_not_overflow() {
+        let s = MemoryStore::new();
+        assert!(s.create("k", &[f("a", "1")], Duration::MAX).await.unwrap());
+        assert!(s
+            .update("k", &[f("a", "2")], &[], Some(Duration::MAX))
+            .await
+            .unwrap());
+        assert!(s.ttl("k").unwrap() > Duration::from_secs(365 * 24 * 3600));
+        assert_eq!(
+            s.regenerate("k", "k2", &[f("a", "2")], Duration::MAX)
+                .await
+                .unwrap(),
+            Regenerated::Moved
+        );
+    }
+
+    #[tokio::test]
+    async fn regenerate_needs_the_old_key_and_a_free_new_one() {
+        let s = MemoryStore::new();
+        let ttl = Duration::from_secs(60);
+        assert_eq!(
+            s.regenerate("old", "new", &[f("a", "1")], ttl).await.unwrap(),
+            Regenerated::OldGone
+        );
+        assert!(s.load("new").await.unwrap().is_none(), "fails closed");
+        s.create("old", &[f("a", "1")], ttl).await.unwrap();
+        s.create("taken", &[f("b", "1")], ttl).await.unwrap();
+        assert_eq!(
+            s.regenerate("old", "taken", &[f("a", "1")], ttl).await.unwrap(),
+            Regenerated::NewTaken
+        );
+        assert!(s.load("old").await.unwrap().is_some(), "a collision keeps the old key");
+        assert_eq!(
+            s.regenerate("old", "new", &[f("a", "1")], ttl).await.unwrap(),
+            Regenerated::Moved
+        );
+        assert!(s.load("old").await.unwrap().is_none());
+        assert!(s.load("new").await.unwrap().is_some());
+        assert!(!s.delete("old").await.unwrap());
+        assert!(s.delete("new").await.unwrap());
     }
 
     #[tokio::test]

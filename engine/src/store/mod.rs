@@ -20,9 +20,21 @@ pub use self::{
 /// A stored session: field name to encoded value, the meta field included.
 pub type Fields = HashMap<String, Bytes>;
 
+/// What [`SessionStore::regenerate`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Regenerated {
+    /// `old` existed and is gone; the session now lives under `new`.
+    Moved,
+    /// `old` no longer existed (destroyed or expired meanwhile): nothing was created.
+    OldGone,
+    /// `new` already exists (an id collision): nothing was created under it.
+    NewTaken,
+}
+
 /// Persistence for session hashes.
 ///
-/// Every method acts on one key, so in a cluster every call stays in one slot. Implementations
+/// Every method but `regenerate` acts on one key, so in a cluster those calls stay in one slot. Implementations
 /// must make `create` and `update` atomic check-and-write steps: they are what keeps a create
 /// from overwriting another session and a late save from resurrecting a destroyed one.
 #[async_trait]
@@ -46,8 +58,22 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
         ttl: Option<Duration>,
     ) -> Result<bool>;
 
-    /// Deletes `key`; deleting a missing key is not an error.
-    async fn delete(&self, key: &str) -> Result<()>;
+    /// Deletes `key`; returns whether it existed. Deleting a missing key is not an error.
+    async fn delete(&self, key: &str) -> Result<bool>;
+
+    /// Moves a session to a new key, failing closed: the hash `fields` is written under `new`
+    /// with `ttl` only if `old` still exists at that moment, and `old` is deleted. Where both keys
+    /// can be covered by one atomic step (one node) it is one; across cluster slots `old` is
+    /// deleted first and `new` created only if the delete found it. [`Regenerated::NewTaken`]
+    /// asks the caller to retry with another new key; `old` may already be gone by then, in which
+    /// case the retry answers [`Regenerated::OldGone`].
+    async fn regenerate(
+        &self,
+        old: &str,
+        new: &str,
+        fields: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<Regenerated>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<()>;

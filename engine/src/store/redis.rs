@@ -21,7 +21,7 @@ use fred::{
 };
 use tokio::task::JoinHandle;
 
-use super::{cluster::ClusterRouter, Fields, SessionStore};
+use super::{cluster::ClusterRouter, Fields, Regenerated, SessionStore};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Creates the session only if its key is absent (NX), then sets its TTL, in one atomic step.
@@ -745,22 +745,42 @@ impl SessionStore for RedisStore {
         self.run(&self.inner.update, key, &args).await
     }
 
-    async fn delete(&self, key: &str) -> Result<()> {
+    async fn delete(&self, key: &str) -> Result<bool> {
         self.inner.gate.wait().await;
+        let mut existed = false;
         loop {
             let epoch = self.inner.gate.epoch();
-            let acked = self
+            let (n, acked) = self
                 .with_client(key, |client| async move {
-                    let _: i64 = client.del(key).await?;
-                    self.wait(&client).await
+                    let n: i64 = client.del(key).await?;
+                    Ok((n, self.wait(&client).await?))
                 })
                 .await?;
+            existed |= n > 0;
             if self.inner.gate.epoch() == epoch {
-                return self.check_durable(acked);
+                return self.check_durable(acked).map(|()| existed);
             }
             // As for scripts: a delete that overlapped a failover is repeated on the new master.
             self.inner.gate.wait().await;
         }
+    }
+
+    async fn regenerate(
+        &self,
+        old: &str,
+        new: &str,
+        fields: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<Regenerated> {
+        // Delete first, create only if the old session still existed.
+        if !self.delete(old).await? {
+            return Ok(Regenerated::OldGone);
+        }
+        Ok(if self.create(new, fields, ttl).await? {
+            Regenerated::Moved
+        } else {
+            Regenerated::NewTaken
+        })
     }
 
     async fn ping(&self) -> Result<()> {

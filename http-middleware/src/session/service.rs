@@ -96,15 +96,13 @@ async fn finish<B: Default>(
     match session.commit().await {
         Ok(committed) => {
             let set_cookie = match committed.cookie {
-                CookieAction::Set { id, expires_ms } => {
-                    Some(build_cookie(settings, &id, expires_ms))
-                }
+                CookieAction::Set { id, expires } => Some(build_cookie(settings, &id, expires)),
                 CookieAction::Clear => Some(clear_cookie(settings)),
                 // A cookie signed by an older key is re-issued under the current one.
                 CookieAction::Keep => verified
                     .filter(|v| v.stale_key)
-                    .zip(committed.expires_ms)
-                    .map(|(v, expires_ms)| build_cookie(settings, &v.id, expires_ms)),
+                    .zip(committed.expires)
+                    .map(|(v, expires)| build_cookie(settings, &v.id, expires)),
                 _ => None,
             };
             if let Some(value) = set_cookie {
@@ -155,7 +153,10 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn build_cookie(settings: &Settings, id: &SessionId, expires_ms: u64) -> HeaderValue {
+fn build_cookie(settings: &Settings, id: &SessionId, expires: SystemTime) -> HeaderValue {
+    let expires_ms = expires
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     // Formatted by hand on the pre-rendered attributes: this runs on every write.
     let mut value = String::with_capacity(192);
     value.push_str(&settings.cookie_name);
@@ -213,7 +214,7 @@ mod tests {
         );
         let id = SessionId::generate();
         let expires_ms = now_ms() + 3_600_000;
-        let header = build_cookie(&s, &id, expires_ms);
+        let header = build_cookie(&s, &id, UNIX_EPOCH + Duration::from_millis(expires_ms));
         let c = Cookie::parse(header.to_str().unwrap()).unwrap();
         assert_eq!(c.name(), "koa:sess");
         assert_eq!(s.keys.verify("koa:sess", c.value()).unwrap().id, id);
@@ -242,7 +243,11 @@ mod tests {
                 .with_secure(false)
                 .with_http_only(false),
         );
-        let header = build_cookie(&s, &SessionId::generate(), now_ms() + 1000);
+        let header = build_cookie(
+            &s,
+            &SessionId::generate(),
+            SystemTime::now() + Duration::from_secs(1),
+        );
         let c = Cookie::parse(header.to_str().unwrap()).unwrap();
         assert_eq!((c.max_age(), c.expires()), (None, None));
         assert_eq!((c.secure(), c.http_only()), (None, None));
