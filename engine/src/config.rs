@@ -8,17 +8,29 @@ use crate::{
     key::KeySchema,
 };
 
+/// The longest idle or absolute lifetime accepted: 400 days, the longest cookie lifetime browsers
+/// honour (RFC 6265bis caps Max-Age and Expires there). Longer values would only be cut by the
+/// browser, and far-future dates are where time arithmetic overflows.
+pub const MAX_TTL: Duration = Duration::from_secs(400 * 24 * 3600);
+
+/// The most fields a session may be configured to hold: the Lua scripts pass every field and
+/// value to one `HSET` through `unpack`, which Redis limits to about 8,000 values.
+pub const MAX_FIELDS_LIMIT: usize = 3_000;
+
 /// How sessions are keyed, expired and bounded.
 ///
 /// ```
+/// # fn main() -> tessera_engine::Result<()> {
 /// use std::time::Duration;
 /// use tessera_engine::{KeySchema, SessionConfig};
 ///
 /// let config = SessionConfig::default()
 ///     .with_key_schema(KeySchema::new("shop:sess").unwrap())
-///     .with_idle_ttl(Duration::from_secs(1800))
-///     .with_absolute_ttl(Some(Duration::from_secs(12 * 3600)));
+///     .with_idle_ttl(Duration::from_secs(1800))?
+///     .with_absolute_ttl(Some(Duration::from_secs(12 * 3600)))?;
 /// assert_eq!(config.idle_ttl(), Duration::from_secs(1800));
+/// assert!(SessionConfig::default().with_idle_ttl(Duration::MAX).is_err());
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
@@ -56,16 +68,18 @@ impl SessionConfig {
 
     /// Sliding idle lifetime: a session unused this long expires (default 1 hour).
     ///
-    /// Values under one millisecond are raised to one millisecond.
-    pub fn with_idle_ttl(mut self, ttl: Duration) -> Self {
-        self.idle_ttl = ttl.max(Duration::from_millis(1));
-        self
+    /// Values under one millisecond are raised to one millisecond; values over [`MAX_TTL`] are a
+    /// [`ErrorKind::Config`] error.
+    pub fn with_idle_ttl(mut self, ttl: Duration) -> Result<Self> {
+        self.idle_ttl = check_ttl("idle", ttl)?.max(Duration::from_millis(1));
+        Ok(self)
     }
 
     /// Absolute lifetime from creation; no renewal extends a session past it (default none).
-    pub fn with_absolute_ttl(mut self, ttl: Option<Duration>) -> Self {
-        self.absolute_ttl = ttl;
-        self
+    /// Values over [`MAX_TTL`] are a [`ErrorKind::Config`] error.
+    pub fn with_absolute_ttl(mut self, ttl: Option<Duration>) -> Result<Self> {
+        self.absolute_ttl = ttl.map(|t| check_ttl("absolute", t)).transpose()?;
+        Ok(self)
     }
 
     /// A request renews the expiry once less than this share of the idle TTL remains (default
@@ -89,10 +103,19 @@ impl SessionConfig {
         self
     }
 
-    /// Maximum number of fields in a session (default 256).
-    pub fn with_max_fields(mut self, fields: usize) -> Self {
+    /// Maximum number of fields in a session (default 256, at most [`MAX_FIELDS_LIMIT`]).
+    pub fn with_max_fields(mut self, fields: usize) -> Result<Self> {
+        if fields > MAX_FIELDS_LIMIT {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "max_fields {fields} is over the limit of {MAX_FIELDS_LIMIT} (Redis scripts \
+                     cannot pass more fields to one HSET); keep large data in fewer fields"
+                ),
+            ));
+        }
         self.max_fields = fields;
-        self
+        Ok(self)
     }
 
     /// Store sessions under a SHA-256 digest of the id instead of the id (default on).
@@ -146,5 +169,48 @@ impl SessionConfig {
     /// Whether new empty sessions are stored.
     pub fn save_new_empty(&self) -> bool {
         self.save_new_empty
+    }
+}
+
+fn check_ttl(what: &str, ttl: Duration) -> Result<Duration> {
+    if ttl > MAX_TTL {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "the {what} TTL of {} s is over the limit of {} s (400 days, the longest cookie \
+                 lifetime browsers keep); choose a shorter one",
+                ttl.as_secs(),
+                MAX_TTL.as_secs()
+            ),
+        ));
+    }
+    Ok(ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_and_field_limits_are_validated() {
+        let c = SessionConfig::default();
+        assert!(c.clone().with_idle_ttl(MAX_TTL).is_ok());
+        for ttl in [MAX_TTL + Duration::from_secs(1), Duration::MAX] {
+            assert!(c.clone().with_idle_ttl(ttl).unwrap_err().is_config());
+            assert!(c
+                .clone()
+                .with_absolute_ttl(Some(ttl))
+                .unwrap_err()
+                .is_config());
+        }
+        assert_eq!(
+            c.clone().with_idle_ttl(Duration::ZERO).unwrap().idle_ttl(),
+            Duration::from_millis(1)
+        );
+        assert!(c.clone().with_max_fields(MAX_FIELDS_LIMIT).is_ok());
+        assert!(c
+            .with_max_fields(MAX_FIELDS_LIMIT + 1)
+            .unwrap_err()
+            .is_config());
     }
 }

@@ -25,7 +25,7 @@ mod session;
 pub mod store;
 
 pub use crate::{
-    config::SessionConfig,
+    config::{SessionConfig, MAX_FIELDS_LIMIT, MAX_TTL},
     error::{Error, ErrorKind, Result},
     id::{SessionId, ENCODED_LEN as SESSION_ID_LEN},
     key::{KeyDeriver, KeySchema},

@@ -596,10 +596,7 @@ impl Session {
                 self.engine.metrics().write(op, "ok");
             }
         }
-        let expires = st
-            .meta
-            .filter(|_| st.stored)
-            .map(|m| to_time(m.expires_ms));
+        let expires = st.meta.filter(|_| st.stored).map(|m| to_time(m.expires_ms));
         Ok(Committed {
             cookie,
             writes,

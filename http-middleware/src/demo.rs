@@ -94,7 +94,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub async fn build_engine(args: &DemoArgs) -> Result<SessionEngine, BoxError> {
     let config = SessionConfig::default()
         .with_key_schema(KeySchema::new(&args.key_schema)?)
-        .with_idle_ttl(Duration::from_secs(args.ttl.max(1)));
+        .with_idle_ttl(Duration::from_secs(args.ttl.max(1)))?;
     Ok(match &args.redis {
         None => SessionEngine::new(MemoryStore::new(), config),
         Some(url) => {

@@ -24,8 +24,7 @@ use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use tessera_engine::{
     store::Fields, Error as EngineError, ErrorKind as EngineErrorKind, MemoryStore, Regenerated,
-    SessionConfig,
-    SessionEngine, SessionId, SessionStore, SESSION_ID_LEN,
+    SessionConfig, SessionEngine, SessionId, SessionStore, SESSION_ID_LEN,
 };
 use tessera_middleware::{
     demo::{build_app, DemoApp, DemoArgs},
@@ -506,7 +505,9 @@ async fn browser_session_cookie_has_no_max_age_or_expires() {
 async fn custom_cookie_options_are_applied() {
     let engine = engine_on(
         MemoryStore::new(),
-        SessionConfig::default().with_idle_ttl(Duration::from_secs(120)),
+        SessionConfig::default()
+            .with_idle_ttl(Duration::from_secs(120))
+            .unwrap(),
     );
     let layer = SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
         .with_cookie_name("sid")
@@ -1312,7 +1313,9 @@ mod axum_extractor {
 async fn rotation_reissue_follows_the_stored_expiry() {
     let engine = engine_on(
         MemoryStore::new(),
-        SessionConfig::default().with_absolute_ttl(Some(std::time::Duration::from_secs(60))),
+        SessionConfig::default()
+            .with_absolute_ttl(Some(std::time::Duration::from_secs(60)))
+            .unwrap(),
     );
     let old = app_with(&SessionLayer::new(engine.clone(), keys(&[SECRET_A])).with_secure(false));
     let rotated = app_with(

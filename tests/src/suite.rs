@@ -285,7 +285,7 @@ async fn lazy_load_and_skip_unchanged(env: &Env, config: SessionConfig) {
 }
 
 async fn sliding_ttl_and_throttled_renewal(env: &Env, config: SessionConfig) {
-    let engine = env.engine(config.with_idle_ttl(Duration::from_millis(1600)));
+    let engine = env.engine(config.with_idle_ttl(Duration::from_millis(1600)).unwrap());
     let id = new_session(&engine, "v", 1).await;
     let key = engine.key(&id);
     let ttl = env.pttl(&key).expect("a TTL is set");
@@ -364,7 +364,12 @@ async fn sliding_ttl_and_throttled_renewal(env: &Env, config: SessionConfig) {
 
 async fn writes_renew_like_reads(env: &Env, config: SessionConfig) {
     // Default throttle: a write past half the TTL renews it, in the same single command.
-    let engine = env.engine(config.clone().with_idle_ttl(Duration::from_millis(1600)));
+    let engine = env.engine(
+        config
+            .clone()
+            .with_idle_ttl(Duration::from_millis(1600))
+            .unwrap(),
+    );
     let id = new_session(&engine, "v", 1).await;
     let key = engine.key(&id);
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -395,6 +400,7 @@ async fn writes_renew_like_reads(env: &Env, config: SessionConfig) {
     let engine = env.engine(
         config
             .with_idle_ttl(Duration::from_millis(1600))
+            .unwrap()
             .with_renew_below(0.0)
             .unwrap(),
     );
@@ -421,7 +427,9 @@ async fn absolute_lifetime_caps_ttl(env: &Env, config: SessionConfig) {
     let engine = env.engine(
         config
             .with_idle_ttl(Duration::from_millis(2000))
-            .with_absolute_ttl(Some(Duration::from_millis(2500))),
+            .unwrap()
+            .with_absolute_ttl(Some(Duration::from_millis(2500)))
+            .unwrap(),
     );
     let id = new_session(&engine, "v", 0).await;
     let key = engine.key(&id);
@@ -656,7 +664,7 @@ async fn create_never_overwrites(env: &Env, config: SessionConfig) {
 }
 
 async fn limits_leave_stored_session_unchanged(env: &Env, config: SessionConfig) {
-    let engine = env.engine(config.with_max_size(256).with_max_fields(3));
+    let engine = env.engine(config.with_max_size(256).with_max_fields(3).unwrap());
     let id = new_session(&engine, "a", 1).await;
     let before = env.store.load(&engine.key(&id)).await.unwrap();
     let _ = env.counts();

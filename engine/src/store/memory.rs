@@ -246,19 +246,28 @@ mod tests {
         let s = MemoryStore::new();
         let ttl = Duration::from_secs(60);
         assert_eq!(
-            s.regenerate("old", "new", &[f("a", "1")], ttl).await.unwrap(),
+            s.regenerate("old", "new", &[f("a", "1")], ttl)
+                .await
+                .unwrap(),
             Regenerated::OldGone
         );
         assert!(s.load("new").await.unwrap().is_none(), "fails closed");
         s.create("old", &[f("a", "1")], ttl).await.unwrap();
         s.create("taken", &[f("b", "1")], ttl).await.unwrap();
         assert_eq!(
-            s.regenerate("old", "taken", &[f("a", "1")], ttl).await.unwrap(),
+            s.regenerate("old", "taken", &[f("a", "1")], ttl)
+                .await
+                .unwrap(),
             Regenerated::NewTaken
         );
-        assert!(s.load("old").await.unwrap().is_some(), "a collision keeps the old key");
+        assert!(
+            s.load("old").await.unwrap().is_some(),
+            "a collision keeps the old key"
+        );
         assert_eq!(
-            s.regenerate("old", "new", &[f("a", "1")], ttl).await.unwrap(),
+            s.regenerate("old", "new", &[f("a", "1")], ttl)
+                .await
+                .unwrap(),
             Regenerated::Moved
         );
         assert!(s.load("old").await.unwrap().is_none());
