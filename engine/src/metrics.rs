@@ -15,7 +15,7 @@ pub const WRITES_TOTAL: &str = "tessera_session_writes_total";
 /// Counter: commits of a loaded session that needed no write at all.
 pub const WRITES_SKIPPED_TOTAL: &str = "tessera_session_writes_skipped_total";
 /// Histogram: store operation latency in seconds, label `op` = `load` | `create` | `update` |
-/// `delete` | `ping`, `outcome` = `ok` | `error`.
+/// `delete` | `regenerate` | `ping`, `outcome` = `ok` | `error`.
 pub const STORE_DURATION_SECONDS: &str = "tessera_store_operation_duration_seconds";
 /// Histogram: encoded session size in bytes, recorded on each write of session data.
 pub const SESSION_SIZE_BYTES: &str = "tessera_session_size_bytes";
@@ -47,7 +47,7 @@ const WRITE_OPS: [&str; 5] = ["create", "update", "touch", "destroy", "regenerat
 /// Values of the `outcome` label of [`WRITES_TOTAL`].
 const WRITE_OUTCOMES: [&str; 4] = ["ok", "error", "gone", "too_large"];
 /// Values of the `op` label of [`STORE_DURATION_SECONDS`].
-const STORE_OPS: [&str; 5] = ["load", "create", "update", "delete", "ping"];
+const STORE_OPS: [&str; 6] = ["load", "create", "update", "delete", "regenerate", "ping"];
 
 /// The index of `value` among a label's fixed values (a caller passing another value is a bug).
 fn index(values: &[&str], value: &str) -> usize {

@@ -12,6 +12,19 @@ pub const META_FIELD: &str = "__tessera";
 /// Current stored-format version.
 pub const FORMAT_VERSION: u8 = 1;
 
+/// The deepest nesting of arrays and maps a stored value may have. rmp-serde allows 1,024 by
+/// default, and decoding recurses once per level: about 1,000 levels overflow a 2 MiB tokio
+/// worker stack in a debug build. Session values nest a few levels; a stored value nested
+/// deeper was not written by this engine and is refused as a decode error.
+pub const MAX_DEPTH: usize = 128;
+
+/// Decodes MessagePack with the nesting limit.
+fn from_slice<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, rmp_serde::decode::Error> {
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+    de.set_max_depth(MAX_DEPTH);
+    T::deserialize(&mut de)
+}
+
 /// Bookkeeping stored beside the data, read in the same `HGETALL` so expiry decisions cost no
 /// extra round trip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,7 +53,7 @@ impl Meta {
 
     /// Decodes a meta record; foreign or corrupt bytes give a [`ErrorKind::Decode`] error.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let meta: Meta = rmp_serde::from_slice(bytes).map_err(|err| {
+        let meta: Meta = from_slice(bytes).map_err(|err| {
             Error::new(
                 ErrorKind::Decode,
                 format!(
@@ -69,7 +82,7 @@ pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
 
 /// Decodes one session value.
 pub fn decode_value<T: DeserializeOwned>(field: &str, bytes: &[u8]) -> Result<T> {
-    rmp_serde::from_slice(bytes).map_err(|err| {
+    from_slice(bytes).map_err(|err| {
         Error::new(
             ErrorKind::Decode,
             format!("session field {field:?} does not decode as the requested type ({err})"),
@@ -98,6 +111,30 @@ mod tests {
         for bad in [&b""[..], b"\xc1", b"{\"json\":1}", b"\x94\x02\x01\xc0\x02"] {
             assert!(Meta::decode(bad).unwrap_err().is_decode(), "{bad:?}");
         }
+    }
+
+    /// `depth` nested one-element arrays around a nil.
+    fn nested(depth: usize) -> Vec<u8> {
+        let mut bytes = vec![0x91; depth];
+        bytes.push(0xc0);
+        bytes
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_on_a_worker_sized_stack() {
+        // The size of a tokio worker's stack: the decoder must fail, not overflow it.
+        let handle = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(|| {
+                let err = decode_value::<serde_json::Value>("v", &nested(1023)).unwrap_err();
+                assert!(err.is_decode(), "{err}");
+                let err = Meta::decode(&nested(100_000)).unwrap_err();
+                assert!(err.is_decode(), "{err}");
+                decode_value::<serde_json::Value>("v", &nested(MAX_DEPTH - 1)).unwrap()
+            })
+            .unwrap();
+        let ok = handle.join().expect("decoding must not overflow the stack");
+        assert!(ok.is_array());
     }
 
     #[test]

@@ -62,9 +62,25 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// The stack a tokio worker thread gets by default: decoding runs on one of these in production.
+const WORKER_STACK: usize = 2 * 1024 * 1024;
+
 /// The stored-record decoder on arbitrary bytes: meta and values decode or fail with a decode
-/// error, never a panic, and a session built from them never writes anything back.
+/// error, never a panic and never a stack overflow on a worker-sized stack, and a session built
+/// from them never writes anything back.
 pub fn stored_record(data: &[u8]) {
+    let data = data.to_vec();
+    let outcome = std::thread::Builder::new()
+        .stack_size(WORKER_STACK)
+        .spawn(move || stored_record_on_this_thread(&data))
+        .expect("spawn a worker-sized thread")
+        .join();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn stored_record_on_this_thread(data: &[u8]) {
     if let Ok(meta) = Meta::decode(data) {
         assert_eq!(Meta::decode(&meta.encode()).unwrap(), meta);
     }

@@ -116,6 +116,8 @@ cases!(
     no_resurrection_after_destroy,
     destroy_costs_one_command,
     regenerate_moves_data_to_new_key,
+    regenerate_fails_closed_after_concurrent_destroy,
+    sessions_at_the_field_limit_save,
     create_never_overwrites,
     limits_leave_stored_session_unchanged,
     corrupt_data_is_a_decode_error,
@@ -586,6 +588,83 @@ async fn destroy_costs_one_command(env: &Env, config: SessionConfig) {
         s.get::<u64>("v").await.unwrap(),
         None,
         "old data must not leak"
+    );
+}
+
+/// Request B loads the session, request A logs out (destroy, committed), then B logs in
+/// (regenerate) and commits: no session may come back with B's data, and B's cookie is cleared.
+async fn regenerate_fails_closed_after_concurrent_destroy(env: &Env, config: SessionConfig) {
+    let engine = env.engine(config);
+    let id = new_session(&engine, "cart", 3).await;
+    let b = engine.session(Some(id));
+    assert_eq!(b.get::<u64>("cart").await.unwrap(), Some(3));
+
+    let a = engine.session(Some(id));
+    a.destroy().await.unwrap();
+    assert_eq!(a.commit().await.unwrap().cookie, CookieAction::Clear);
+
+    b.insert("user", "ada").await.unwrap();
+    b.regenerate().await.unwrap();
+    let new_id = b.id().await.unwrap();
+    assert_ne!(new_id, id);
+    let committed = b.commit().await.unwrap();
+    assert_eq!(
+        committed.cookie,
+        CookieAction::Clear,
+        "a regenerate after a logout must not hand out a session"
+    );
+    assert_eq!(committed.expires, None);
+    for key in [engine.key(&id), engine.key(&new_id)] {
+        assert!(
+            env.store.load(&key).await.unwrap().is_none(),
+            "nothing stored under either id"
+        );
+    }
+    // Committing again does not bring the data back either.
+    assert_eq!(b.commit().await.unwrap().cookie, CookieAction::Keep);
+    assert!(env
+        .store
+        .load(&engine.key(&new_id))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(b.is_new().await.unwrap());
+    assert_eq!(b.get::<String>("user").await.unwrap(), None);
+}
+
+/// A session with as many fields as the configuration may allow is written and read back whole
+/// (the Lua scripts pass every field to one HSET).
+async fn sessions_at_the_field_limit_save(env: &Env, config: SessionConfig) {
+    let engine = env.engine(
+        config
+            .with_max_fields(tessera_engine::MAX_FIELDS_LIMIT)
+            .unwrap(),
+    );
+    let s = engine.session(None);
+    for i in 0..tessera_engine::MAX_FIELDS_LIMIT {
+        s.insert(format!("f{i}"), &i).await.unwrap();
+    }
+    let CookieAction::Set { id, .. } = s.commit().await.unwrap().cookie else {
+        panic!("a new session sets a cookie")
+    };
+    let s = engine.session(Some(id));
+    assert_eq!(
+        s.keys().await.unwrap().len(),
+        tessera_engine::MAX_FIELDS_LIMIT
+    );
+    s.regenerate().await.unwrap();
+    assert!(matches!(
+        s.commit().await.unwrap().cookie,
+        CookieAction::Set { .. }
+    ));
+    assert_eq!(
+        engine
+            .session(Some(s.id().await.unwrap()))
+            .keys()
+            .await
+            .unwrap()
+            .len(),
+        tessera_engine::MAX_FIELDS_LIMIT
     );
 }
 

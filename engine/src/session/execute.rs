@@ -1,0 +1,249 @@
+//! Runs a commit plan against the store, step by step, and moves the handle to the state the
+//! outcome implies. The only place a commit does I/O; what to do was decided by `plan`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{
+    plan::{from_epoch_ms, Plan, PlannedCookie, Step, WriteOp},
+    state::{Lifecycle, State, Stored},
+    Committed, CookieAction, SessionEngine,
+};
+use crate::{
+    error::{Error, ErrorKind, Result},
+    id::SessionId,
+    store::Regenerated,
+};
+
+/// How many fresh ids to try when a create collides with an existing session.
+const CREATE_ATTEMPTS: usize = 3;
+
+/// What one step did to the session.
+enum Outcome {
+    /// As planned.
+    Done,
+    /// The session was no longer there (destroyed or expired concurrently): the handle is now
+    /// fresh and the client's cookie must be cleared.
+    Gone,
+}
+
+pub(super) async fn execute(
+    engine: &SessionEngine,
+    st: &mut State,
+    plan: Plan,
+) -> Result<Committed> {
+    let metrics = engine.metrics();
+    let (steps, planned) = match plan {
+        Plan::Refuse { op, error } => {
+            if let Some(op) = op {
+                metrics.write(op.as_str(), "too_large");
+            }
+            return Err(error);
+        }
+        Plan::Run { steps, cookie } => (steps, cookie),
+    };
+    if steps.is_empty() && matches!(st.life, Lifecycle::Loaded(_)) {
+        metrics.skipped();
+    }
+    let mut writes = 0u8;
+    let mut gone = false;
+    for step in steps {
+        writes = writes.saturating_add(1);
+        match run_step(engine, st, step, &mut writes).await? {
+            Outcome::Done => {}
+            Outcome::Gone => {
+                gone = true;
+                break;
+            }
+        }
+    }
+    if matches!(st.life, Lifecycle::Destroyed { .. }) {
+        // Every step ran: the destroyed session is gone and nothing new was stored.
+        st.life = Lifecycle::Fresh {
+            id: None,
+            stale_cookie: false,
+        };
+    }
+    let stored = match &st.life {
+        Lifecycle::Loaded(stored) => Some(stored),
+        _ => None,
+    };
+    let cookie = match planned {
+        _ if gone => CookieAction::Clear,
+        PlannedCookie::Keep => CookieAction::Keep,
+        PlannedCookie::Clear => CookieAction::Clear,
+        PlannedCookie::Set { expires } => match stored {
+            Some(stored) => CookieAction::Set {
+                id: stored.id,
+                expires,
+            },
+            None => CookieAction::Clear,
+        },
+    };
+    Ok(Committed {
+        cookie,
+        writes,
+        expires: stored.map(|s| from_epoch_ms(s.meta.expires_ms)),
+    })
+}
+
+async fn run_step(
+    engine: &SessionEngine,
+    st: &mut State,
+    step: Step,
+    writes: &mut u8,
+) -> Result<Outcome> {
+    let metrics = engine.metrics();
+    let store = engine.store();
+    match step {
+        Step::Update {
+            key,
+            set,
+            delete,
+            renewal,
+            op,
+        } => {
+            let ttl = renewal.map(|(_, ttl)| ttl);
+            let updated = engine
+                .timed("update", store.update(&key, &set, &delete, ttl))
+                .await
+                .inspect_err(|_| metrics.write(op.as_str(), "error"))?;
+            if !updated {
+                metrics.write(op.as_str(), "gone");
+                st.life = fresh();
+                st.original.clear();
+                return Ok(Outcome::Gone);
+            }
+            metrics.write(op.as_str(), "ok");
+            if op == WriteOp::Update {
+                metrics.size(encoded_size(st));
+            }
+            st.original.clear();
+            if let (Some((meta, _)), Lifecycle::Loaded(stored)) = (renewal, &mut st.life) {
+                stored.meta = meta;
+            }
+            Ok(Outcome::Done)
+        }
+        Step::Create {
+            id,
+            fields,
+            meta,
+            ttl,
+        } => {
+            let id = create(engine, id, &fields, ttl, writes).await?;
+            metrics.size(encoded_size(st));
+            st.life = Lifecycle::Loaded(Stored {
+                id,
+                key: engine.key(&id),
+                meta,
+            });
+            st.original.clear();
+            Ok(Outcome::Done)
+        }
+        Step::Regenerate {
+            old_key,
+            id,
+            fields,
+            meta,
+            ttl,
+        } => {
+            let op = WriteOp::Regenerate.as_str();
+            let mut id = id;
+            let mut attempts = 1;
+            loop {
+                let key = engine.key(&id);
+                let moved = engine
+                    .timed("regenerate", store.regenerate(&old_key, &key, &fields, ttl))
+                    .await
+                    .inspect_err(|_| metrics.write(op, "error"))?;
+                match moved {
+                    Regenerated::Moved => {
+                        metrics.write(op, "ok");
+                        metrics.size(encoded_size(st));
+                        st.life = Lifecycle::Loaded(Stored { id, key, meta });
+                        st.original.clear();
+                        return Ok(Outcome::Done);
+                    }
+                    Regenerated::OldGone => {
+                        // Destroyed (or expired) since it was loaded: fail closed. Its data
+                        // belongs to a session that no longer exists and must not come back.
+                        metrics.write(op, "gone");
+                        st.life = fresh();
+                        st.data.clear();
+                        st.original.clear();
+                        return Ok(Outcome::Gone);
+                    }
+                    _ if attempts == CREATE_ATTEMPTS => {
+                        metrics.write(op, "error");
+                        return Err(collision());
+                    }
+                    _ => {
+                        tracing::warn!("regenerated session id collided; minting another");
+                        attempts += 1;
+                        *writes = writes.saturating_add(1);
+                        id = SessionId::generate();
+                    }
+                }
+            }
+        }
+        Step::Delete { key } => {
+            let op = WriteOp::Destroy.as_str();
+            engine
+                .timed("delete", store.delete(&key))
+                .await
+                .inspect_err(|_| metrics.write(op, "error"))?;
+            metrics.write(op, "ok");
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+/// Creates the session under `id` (or a fresh id), minting another on a collision.
+async fn create(
+    engine: &SessionEngine,
+    id: Option<SessionId>,
+    fields: &[(String, Bytes)],
+    ttl: Duration,
+    writes: &mut u8,
+) -> Result<SessionId> {
+    let metrics = engine.metrics();
+    let op = WriteOp::Create.as_str();
+    let mut id = id.unwrap_or_else(SessionId::generate);
+    for attempt in 1..=CREATE_ATTEMPTS {
+        let key = engine.key(&id);
+        let created = engine
+            .timed("create", engine.store().create(&key, fields, ttl))
+            .await
+            .inspect_err(|_| metrics.write(op, "error"))?;
+        if created {
+            metrics.write(op, "ok");
+            return Ok(id);
+        }
+        if attempt < CREATE_ATTEMPTS {
+            tracing::warn!("new session id collided with an existing session; minting another");
+            *writes = writes.saturating_add(1);
+            id = SessionId::generate();
+        }
+    }
+    metrics.write(op, "error");
+    Err(collision())
+}
+
+fn collision() -> Error {
+    Error::new(
+        ErrorKind::IdCollision,
+        format!("{CREATE_ATTEMPTS} fresh session ids all collided; check the OS random source"),
+    )
+}
+
+fn fresh() -> Lifecycle {
+    Lifecycle::Fresh {
+        id: None,
+        stale_cookie: false,
+    }
+}
+
+fn encoded_size(st: &State) -> usize {
+    st.data.iter().map(|(k, v)| k.len() + v.len()).sum()
+}

@@ -1,0 +1,404 @@
+//! The per-request session handle: lazy load, change tracking by encoded bytes, destroy and
+//! regenerate. Its lifecycle is an explicit state machine (`state`), its commit a pure plan
+//! (`plan`) that a small executor runs (`execute`). All store I/O of a request goes through here;
+//! nothing here knows about HTTP.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::Mutex;
+
+use crate::{
+    config::SessionConfig,
+    error::{Error, ErrorKind, Result},
+    id::SessionId,
+    key::KeyDeriver,
+    metrics,
+    record::{decode_value, encode_value, Meta, META_FIELD},
+    store::SessionStore,
+};
+
+mod execute;
+mod plan;
+mod state;
+
+use self::state::{Lifecycle, OnLoadError, State, Stored};
+
+/// Shared, cheap-to-clone entry point: a store, its configuration and the key derivation.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> tessera_engine::Result<()> {
+/// use tessera_engine::{CookieAction, MemoryStore, SessionConfig, SessionEngine};
+///
+/// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+///
+/// // A request without a cookie gets a new, empty session.
+/// let session = engine.session(None);
+/// session.insert("views", &1u32).await?;
+/// let committed = session.commit().await?;
+/// let CookieAction::Set { id, .. } = committed.cookie else { panic!("a new session sets a cookie") };
+///
+/// // The next request names it by its id.
+/// let session = engine.session(Some(id));
+/// assert_eq!(session.get::<u32>("views").await?, Some(1));
+/// assert!(!session.is_new().await?);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SessionEngine {
+    inner: Arc<EngineInner>,
+}
+
+#[derive(Debug)]
+struct EngineInner {
+    store: Arc<dyn SessionStore>,
+    config: SessionConfig,
+    keys: KeyDeriver,
+    metrics: metrics::Handles,
+}
+
+impl SessionEngine {
+    /// An engine over `store`.
+    pub fn new(store: impl SessionStore, config: SessionConfig) -> Self {
+        Self::from_arc(Arc::new(store), config)
+    }
+
+    /// An engine over a shared, type-erased store.
+    pub fn from_arc(store: Arc<dyn SessionStore>, config: SessionConfig) -> Self {
+        metrics::describe();
+        let keys = KeyDeriver::new(config.key_schema.clone(), config.hash_ids_at_rest);
+        SessionEngine {
+            inner: Arc::new(EngineInner {
+                store,
+                config,
+                keys,
+                metrics: metrics::Handles::default(),
+            }),
+        }
+    }
+
+    /// A handle for one request; `id` comes from the request's (verified) cookie. Nothing is read
+    /// until the session is first used.
+    pub fn session(&self, id: Option<SessionId>) -> Session {
+        self.handle(id, OnLoadError::Fail)
+    }
+
+    /// Like [`SessionEngine::session`], but if the load fails the handle behaves as an empty new
+    /// session instead of returning errors. Its commit still writes nothing and reports the load
+    /// failure, so a wrongly empty session never overwrites the real one.
+    pub fn session_fail_open(&self, id: Option<SessionId>) -> Session {
+        self.handle(id, OnLoadError::ServeEmpty)
+    }
+
+    fn handle(&self, id: Option<SessionId>, on_load_error: OnLoadError) -> Session {
+        Session {
+            engine: self.clone(),
+            state: Arc::new(Mutex::new(State::new(id, on_load_error))),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.inner.config
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.inner.store
+    }
+
+    /// The Redis key that holds session `id`.
+    pub fn key(&self, id: &SessionId) -> String {
+        self.inner.keys.key(id)
+    }
+
+    /// Checks that the store answers (for health endpoints).
+    pub async fn ping(&self) -> Result<()> {
+        self.timed("ping", self.inner.store.ping()).await
+    }
+
+    pub(crate) fn metrics(&self) -> &metrics::Handles {
+        &self.inner.metrics
+    }
+
+    pub(crate) async fn timed<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        let result = fut.await;
+        self.metrics().store_op(op, result.is_ok(), start.elapsed());
+        result
+    }
+}
+
+/// What the caller (the HTTP layer) should do with the session cookie after a commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CookieAction {
+    /// Leave the client's cookie as it is (or send none).
+    Keep,
+    /// Send a cookie naming `id`; the store expires it at `expires`.
+    Set {
+        /// The session id to put into the cookie.
+        id: SessionId,
+        /// When the stored session expires, for a persistent cookie's Max-Age and Expires.
+        expires: SystemTime,
+    },
+    /// Clear the client's cookie: the session was destroyed or no longer exists.
+    Clear,
+}
+
+/// The result of [`Session::commit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Committed {
+    /// What to do with the cookie.
+    pub cookie: CookieAction,
+    /// Number of store writes the commit made (0 for an unchanged session).
+    pub writes: u8,
+    /// When the stored session expires, if it exists after the commit.
+    pub expires: Option<SystemTime>,
+}
+
+/// One request's view of a session. Cheap to clone; clones share state.
+///
+/// Reads decode from the loaded bytes; writes are kept in memory until [`Session::commit`], which
+/// sends only what changed.
+#[derive(Debug, Clone)]
+pub struct Session {
+    engine: SessionEngine,
+    state: Arc<Mutex<State>>,
+}
+
+impl Session {
+    /// The engine this session belongs to.
+    pub fn engine(&self) -> &SessionEngine {
+        &self.engine
+    }
+
+    /// The id the client presented (from its cookie), whether or not it exists.
+    pub async fn requested_id(&self) -> Option<SessionId> {
+        self.state.lock().await.requested
+    }
+
+    /// The state after the lazy load: `Unloaded` becomes `Loaded`, `Fresh` or `Failed`.
+    async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
+        let mut st = self.state.lock().await;
+        match &st.life {
+            Lifecycle::Unloaded => {}
+            Lifecycle::Failed(_) if st.on_load_error == OnLoadError::ServeEmpty => return Ok(st),
+            Lifecycle::Failed(err) => {
+                return Err(Error::new(
+                    ErrorKind::LoadFailed,
+                    format!("the session could not be loaded earlier in this request: {err}"),
+                ))
+            }
+            _ => return Ok(st),
+        }
+        let Some(id) = st.requested else {
+            st.life = Lifecycle::Fresh {
+                id: None,
+                stale_cookie: false,
+            };
+            return Ok(st);
+        };
+        let key = self.engine.key(&id);
+        let config = &self.engine.inner.config;
+        let result = self
+            .engine
+            .timed("load", self.engine.inner.store.load(&key))
+            .await
+            .and_then(|fields| fields.map(|f| split_meta(f, config)).transpose());
+        match result {
+            Err(err) => {
+                self.engine.metrics().load("error");
+                tracing::warn!(error = %err, "session load failed");
+                st.life = Lifecycle::Failed(err.shallow_clone());
+                match st.on_load_error {
+                    OnLoadError::ServeEmpty => Ok(st),
+                    OnLoadError::Fail => Err(err),
+                }
+            }
+            Ok(Some((meta, fields))) if meta.is_live(plan::epoch_ms(SystemTime::now())) => {
+                self.engine.metrics().load("hit");
+                st.life = Lifecycle::Loaded(Stored { id, key, meta });
+                st.data = fields;
+                Ok(st)
+            }
+            Ok(_) => {
+                self.engine.metrics().load("miss");
+                st.life = Lifecycle::Fresh {
+                    id: None,
+                    stale_cookie: true,
+                };
+                Ok(st)
+            }
+        }
+    }
+
+    /// The value of `field`, decoded as `T`; `None` when absent.
+    pub async fn get<T: DeserializeOwned>(&self, field: &str) -> Result<Option<T>> {
+        let st = self.loaded().await?;
+        st.data
+            .get(field)
+            .map(|bytes| decode_value(field, bytes))
+            .transpose()
+    }
+
+    /// Sets `field` to `value`. Setting a value equal to the stored one is no change.
+    pub async fn insert<T: Serialize + ?Sized>(
+        &self,
+        field: impl Into<String>,
+        value: &T,
+    ) -> Result<()> {
+        let field = field.into();
+        if field == META_FIELD {
+            return Err(Error::new(
+                ErrorKind::InvalidField,
+                format!("the field name {META_FIELD:?} is reserved by the engine; use another"),
+            ));
+        }
+        let bytes = encode_value(value)?;
+        let mut st = self.loaded().await?;
+        st.remember(&field);
+        st.data.insert(field, bytes);
+        Ok(())
+    }
+
+    /// Removes `field`; returns whether it was present.
+    pub async fn remove(&self, field: &str) -> Result<bool> {
+        let mut st = self.loaded().await?;
+        st.remember(field);
+        Ok(st.data.remove(field).is_some())
+    }
+
+    /// Removes every field; the session itself stays (see [`Session::destroy`]).
+    pub async fn clear(&self) -> Result<()> {
+        let mut st = self.loaded().await?;
+        let keys: Vec<String> = st.data.keys().cloned().collect();
+        for key in &keys {
+            st.remember(key);
+        }
+        st.data.clear();
+        Ok(())
+    }
+
+    /// The field names, in no particular order.
+    pub async fn keys(&self) -> Result<Vec<String>> {
+        Ok(self.loaded().await?.data.keys().cloned().collect())
+    }
+
+    /// Whether the session has no fields.
+    pub async fn is_empty(&self) -> Result<bool> {
+        Ok(self.loaded().await?.data.is_empty())
+    }
+
+    /// Whether the session did not exist in the store when this request began (the seed's
+    /// `isNew`), or was destroyed during it.
+    pub async fn is_new(&self) -> Result<bool> {
+        Ok(self.loaded().await?.is_new())
+    }
+
+    /// The session's id, minting one for a new session.
+    pub async fn id(&self) -> Result<SessionId> {
+        let mut st = self.loaded().await?;
+        st.id().ok_or_else(|| {
+            Error::new(
+                ErrorKind::LoadFailed,
+                "the session could not be loaded, so it has no id in this request",
+            )
+        })
+    }
+
+    /// Ends the session: its stored data is deleted at commit and the cookie cleared. Fields
+    /// inserted afterwards start a new session with a new id.
+    ///
+    /// Needs no load: destroying costs one store command, and works while loads fail.
+    pub async fn destroy(&self) -> Result<()> {
+        let mut st = self.state.lock().await;
+        st.destroy(|id| self.engine.key(id));
+        Ok(())
+    }
+
+    /// Whether [`Session::destroy`] was called in this request and its commit has not completed.
+    /// A failed commit of a destroyed session must never look like a success: the HTTP layer
+    /// clears the cookie and answers 503 whatever its failure policy.
+    pub async fn is_destroyed(&self) -> bool {
+        matches!(self.state.lock().await.life, Lifecycle::Destroyed { .. })
+    }
+
+    /// Moves the session's data to a new id (call it on login or privilege change: the defence
+    /// against session fixation). At commit the old id stops working, and the new session is
+    /// created only if the old one still exists then: a session destroyed meanwhile (a logout in
+    /// another request) stays destroyed, and this commit clears the cookie instead.
+    pub async fn regenerate(&self) -> Result<()> {
+        self.loaded().await?.regenerate();
+        Ok(())
+    }
+
+    /// Writes what changed to the store. The HTTP middleware calls this once the handler has
+    /// answered; call it yourself when using the engine directly.
+    ///
+    /// An unused session, or an unchanged one whose renewal is not due, costs no store command.
+    /// A session whose load failed is never written (that could wipe the real one): its commit
+    /// returns the [`ErrorKind::LoadFailed`] error.
+    pub async fn commit(&self) -> Result<Committed> {
+        let mut st = self.state.lock().await;
+        let plan = plan::plan(&st, &self.engine.inner.config, SystemTime::now());
+        execute::execute(&self.engine, &mut st, plan).await
+    }
+}
+
+/// Splits the meta field off a loaded hash; a hash without one is not ours.
+fn split_meta(
+    mut fields: HashMap<String, Bytes>,
+    config: &SessionConfig,
+) -> Result<(Meta, HashMap<String, Bytes>)> {
+    check_loaded(&fields, config)?;
+    let raw = fields.remove(META_FIELD).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Decode,
+            "the stored session has no meta field; something other than this engine wrote \
+             under this keySchema",
+        )
+    })?;
+    Ok((Meta::decode(&raw)?, fields))
+}
+
+/// How much more than the configured limits a stored hash may hold before it is refused at load:
+/// a limit lowered after sessions were written must not lock their owners out, but a hash far
+/// over it was not written by this engine's rules and is not decoded.
+const LOAD_SLACK: usize = 4;
+
+/// Refuses a loaded hash with far more fields or bytes than the limits allow.
+fn check_loaded(fields: &HashMap<String, Bytes>, config: &SessionConfig) -> Result<()> {
+    let max_fields = config
+        .max_fields
+        .saturating_add(1)
+        .saturating_mul(LOAD_SLACK);
+    let max_bytes = config
+        .max_size
+        .saturating_add(1024)
+        .saturating_mul(LOAD_SLACK);
+    let bytes: usize = fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if fields.len() > max_fields || bytes > max_bytes {
+        return Err(Error::new(
+            ErrorKind::Decode,
+            format!(
+                "the stored session has {} fields and {bytes} bytes, far over the limits ({} \
+                 fields, {} bytes); it was not decoded. Check what writes under this keySchema",
+                fields.len(),
+                config.max_fields,
+                config.max_size
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,766 @@
+//! The commit as a pure function: from a handle's state, the configuration and the time, the
+//! store steps to run in order and what the cookie should become. No I/O and no clock here, so
+//! every transition is tested below without a store; the executor runs the plan.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+
+use super::state::{Lifecycle, State, Stored};
+use crate::{
+    config::SessionConfig,
+    error::{Error, ErrorKind},
+    id::SessionId,
+    record::{Meta, FORMAT_VERSION, META_FIELD},
+};
+
+/// What a store write is, as the `op` label of the writes metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteOp {
+    Create,
+    Update,
+    Touch,
+    Regenerate,
+    Destroy,
+}
+
+impl WriteOp {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            WriteOp::Create => "create",
+            WriteOp::Update => "update",
+            WriteOp::Touch => "touch",
+            WriteOp::Regenerate => "regenerate",
+            WriteOp::Destroy => "destroy",
+        }
+    }
+}
+
+/// One store operation of a plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Change the loaded session in place, only if it still exists. `renewal` is the new meta
+    /// (already among `set`) when the expiry moves, with the TTL to set.
+    Update {
+        key: String,
+        set: Vec<(String, Bytes)>,
+        delete: Vec<String>,
+        renewal: Option<(Meta, Duration)>,
+        op: WriteOp,
+    },
+    /// Store the fields as a new session, only under an id nobody has (`id`: the one the handle
+    /// already handed out, if any; the executor mints another on a collision).
+    Create {
+        id: Option<SessionId>,
+        fields: Vec<(String, Bytes)>,
+        meta: Meta,
+        ttl: Duration,
+    },
+    /// Move the fields to `id`, only if the session at `old_key` still exists then.
+    Regenerate {
+        old_key: String,
+        id: SessionId,
+        fields: Vec<(String, Bytes)>,
+        meta: Meta,
+        ttl: Duration,
+    },
+    /// Delete a destroyed session.
+    Delete { key: String },
+}
+
+/// The cookie once every step has succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PlannedCookie {
+    /// Leave the client's cookie alone.
+    Keep,
+    /// Name the session the plan leaves stored, expiring at `expires`.
+    Set { expires: SystemTime },
+    /// Clear it: the session is gone.
+    Clear,
+}
+
+/// What a commit does.
+#[derive(Debug)]
+pub(crate) enum Plan {
+    /// Run `steps` in order; then answer `cookie`. No steps: nothing to write.
+    Run {
+        steps: Vec<Step>,
+        cookie: PlannedCookie,
+    },
+    /// Write nothing and fail (a failed load, a session over its limits). `op` labels the
+    /// refused write in the metrics, when one was refused.
+    Refuse { op: Option<WriteOp>, error: Error },
+}
+
+impl Plan {
+    fn nothing(cookie: PlannedCookie) -> Self {
+        Plan::Run {
+            steps: Vec::new(),
+            cookie,
+        }
+    }
+}
+
+/// Milliseconds since the epoch (saturating; the stored format counts in milliseconds).
+pub(crate) fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The latest time an expiry may name: 9999-12-31T23:59:59Z, the last second HTTP dates can
+/// express. A stored record (foreign, corrupt or from a far-future clock) may claim more.
+pub(crate) const LATEST_EXPIRY: Duration = Duration::from_secs(253_402_300_799);
+
+/// The instant `ms` milliseconds after the epoch, clamped to [`LATEST_EXPIRY`].
+pub(crate) fn from_epoch_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms).min(LATEST_EXPIRY)
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Decides the commit of `state` at `now`.
+pub(crate) fn plan(state: &State, config: &SessionConfig, now: SystemTime) -> Plan {
+    let now_ms = epoch_ms(now);
+    match &state.life {
+        Lifecycle::Unloaded => Plan::nothing(PlannedCookie::Keep),
+        Lifecycle::Failed(err) => Plan::Refuse {
+            op: None,
+            error: Error::new(
+                ErrorKind::LoadFailed,
+                format!("the session was not saved because its load failed: {err}"),
+            ),
+        },
+        Lifecycle::Loaded(stored) => plan_loaded(state, stored, config, now_ms),
+        Lifecycle::Fresh { id, stale_cookie } => {
+            if state.data.is_empty() && !config.save_new_empty {
+                let cookie = if *stale_cookie {
+                    PlannedCookie::Clear
+                } else {
+                    PlannedCookie::Keep
+                };
+                return Plan::nothing(cookie);
+            }
+            let meta = new_meta(config, now_ms);
+            with_fields(
+                state,
+                config,
+                WriteOp::Create,
+                meta,
+                now_ms,
+                |fields, ttl| {
+                    vec![Step::Create {
+                        id: *id,
+                        fields,
+                        meta,
+                        ttl,
+                    }]
+                },
+            )
+        }
+        Lifecycle::Regenerated { old, id } => {
+            // The new id keeps the old session's creation time and absolute deadline: a login
+            // must not extend a capped lifetime.
+            let meta = Meta {
+                expires_ms: expiry(config, now_ms, old.meta.deadline_ms),
+                ..old.meta
+            };
+            with_fields(
+                state,
+                config,
+                WriteOp::Regenerate,
+                meta,
+                now_ms,
+                |fields, ttl| {
+                    vec![Step::Regenerate {
+                        old_key: old.key.clone(),
+                        id: *id,
+                        fields,
+                        meta,
+                        ttl,
+                    }]
+                },
+            )
+        }
+        Lifecycle::Destroyed { old, id } => {
+            let delete = old.as_ref().map(|key| Step::Delete { key: key.0.clone() });
+            // Fields inserted after the destroy start a new session (never an empty one: the
+            // destroy was the point).
+            if state.data.is_empty() {
+                let cookie = if old.is_some() || state.requested.is_some() {
+                    PlannedCookie::Clear
+                } else {
+                    PlannedCookie::Keep
+                };
+                return Plan::Run {
+                    steps: delete.into_iter().collect(),
+                    cookie,
+                };
+            }
+            let meta = new_meta(config, now_ms);
+            with_fields(
+                state,
+                config,
+                WriteOp::Create,
+                meta,
+                now_ms,
+                |fields, ttl| {
+                    delete
+                        .into_iter()
+                        .chain([Step::Create {
+                            id: *id,
+                            fields,
+                            meta,
+                            ttl,
+                        }])
+                        .collect()
+                },
+            )
+        }
+    }
+}
+
+/// A stored session: send what changed, and renew once less than `renew_below` of the idle TTL
+/// remains (reads and writes alike; with `0.0`, writes renew every time and reads never).
+fn plan_loaded(state: &State, stored: &Stored, config: &SessionConfig, now_ms: u64) -> Plan {
+    let meta = stored.meta;
+    let (mut set, delete) = diff(&state.original, &state.data);
+    let changed = !set.is_empty() || !delete.is_empty();
+    let new_expiry = expiry(config, now_ms, meta.deadline_ms);
+    let renew_due = new_expiry > meta.expires_ms
+        && if config.renew_below > 0.0 {
+            (meta.expires_ms.saturating_sub(now_ms) as f64)
+                < config.renew_below * ms(config.idle_ttl) as f64
+        } else {
+            changed
+        };
+    if !changed && !renew_due {
+        return Plan::nothing(PlannedCookie::Keep);
+    }
+    let op = if changed {
+        WriteOp::Update
+    } else {
+        WriteOp::Touch
+    };
+    if let Err(error) = check_limits(config, &state.data) {
+        return Plan::Refuse {
+            op: Some(op),
+            error,
+        };
+    }
+    let renewal = renew_due.then(|| {
+        let new_meta = Meta {
+            expires_ms: new_expiry,
+            ..meta
+        };
+        set.push((META_FIELD.to_owned(), new_meta.encode()));
+        (
+            new_meta,
+            Duration::from_millis(new_expiry.saturating_sub(now_ms)),
+        )
+    });
+    let cookie = match renewal {
+        Some((m, _)) => PlannedCookie::Set {
+            expires: from_epoch_ms(m.expires_ms),
+        },
+        None => PlannedCookie::Keep,
+    };
+    Plan::Run {
+        steps: vec![Step::Update {
+            key: stored.key.clone(),
+            set,
+            delete,
+            renewal,
+            op,
+        }],
+        cookie,
+    }
+}
+
+/// Checks the limits, then builds the steps that write every field plus `meta`.
+fn with_fields(
+    state: &State,
+    config: &SessionConfig,
+    op: WriteOp,
+    meta: Meta,
+    now_ms: u64,
+    steps: impl FnOnce(Vec<(String, Bytes)>, Duration) -> Vec<Step>,
+) -> Plan {
+    if let Err(error) = check_limits(config, &state.data) {
+        return Plan::Refuse {
+            op: Some(op),
+            error,
+        };
+    }
+    let mut fields: Vec<(String, Bytes)> = state
+        .data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    fields.push((META_FIELD.to_owned(), meta.encode()));
+    let ttl = Duration::from_millis(meta.expires_ms.saturating_sub(now_ms));
+    Plan::Run {
+        steps: steps(fields, ttl),
+        cookie: PlannedCookie::Set {
+            expires: from_epoch_ms(meta.expires_ms),
+        },
+    }
+}
+
+fn new_meta(config: &SessionConfig, now_ms: u64) -> Meta {
+    let deadline_ms = config.absolute_ttl.map(|t| now_ms.saturating_add(ms(t)));
+    Meta {
+        version: FORMAT_VERSION,
+        created_ms: now_ms,
+        deadline_ms,
+        expires_ms: expiry(config, now_ms, deadline_ms),
+    }
+}
+
+/// The expiry to set now: a full idle TTL, capped by the absolute deadline.
+fn expiry(config: &SessionConfig, now_ms: u64, deadline: Option<u64>) -> u64 {
+    let sliding = now_ms.saturating_add(ms(config.idle_ttl));
+    deadline.map_or(sliding, |d| sliding.min(d))
+}
+
+/// Fields whose encoded bytes changed, and fields that disappeared, among those touched.
+fn diff(
+    original: &HashMap<String, Option<Bytes>>,
+    data: &HashMap<String, Bytes>,
+) -> (Vec<(String, Bytes)>, Vec<String>) {
+    let mut set = Vec::new();
+    let mut delete = Vec::new();
+    for (field, before) in original {
+        match (data.get(field), before) {
+            (Some(now), Some(before)) if now == before => {}
+            (Some(now), _) => set.push((field.clone(), now.clone())),
+            (None, Some(_)) => delete.push(field.clone()),
+            (None, None) => {}
+        }
+    }
+    (set, delete)
+}
+
+/// The size and field-count limits.
+fn check_limits(config: &SessionConfig, data: &HashMap<String, Bytes>) -> Result<(), Error> {
+    let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if data.len() > config.max_fields {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!(
+                "the session has {} fields, over the limit of {}; nothing was saved",
+                data.len(),
+                config.max_fields
+            ),
+        ));
+    }
+    if size > config.max_size {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!(
+                "the session encodes to {size} bytes, over the limit of {}; nothing was saved",
+                config.max_size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{super::state::OnLoadError, *};
+
+    const HOUR: u64 = 3_600_000;
+    /// A fixed "now": 2026-01-01T00:00:00Z.
+    const NOW: u64 = 1_767_225_600_000;
+
+    fn at(ms: u64) -> SystemTime {
+        from_epoch_ms(ms)
+    }
+
+    fn config() -> SessionConfig {
+        SessionConfig::default()
+    }
+
+    fn v(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn stored(expires_ms: u64, deadline_ms: Option<u64>) -> Stored {
+        Stored {
+            id: SessionId::from_bytes([7; 16]),
+            key: "k:{old}".into(),
+            meta: Meta {
+                version: FORMAT_VERSION,
+                created_ms: NOW - HOUR,
+                deadline_ms,
+                expires_ms,
+            },
+        }
+    }
+
+    fn state(life: Lifecycle) -> State {
+        let mut s = State::new(Some(SessionId::from_bytes([7; 16])), OnLoadError::Fail);
+        s.life = life;
+        s
+    }
+
+    fn loaded(expires_ms: u64) -> State {
+        let mut s = state(Lifecycle::Loaded(stored(expires_ms, None)));
+        s.data.insert("a".into(), v("1"));
+        s
+    }
+
+    fn set(s: &mut State, field: &str, value: &str) {
+        s.remember(field);
+        s.data.insert(field.into(), v(value));
+    }
+
+    fn run(plan: Plan) -> (Vec<Step>, PlannedCookie) {
+        match plan {
+            Plan::Run { steps, cookie } => (steps, cookie),
+            Plan::Refuse { error, .. } => panic!("unexpected refusal: {error}"),
+        }
+    }
+
+    fn refusal(plan: Plan) -> (Option<WriteOp>, ErrorKind) {
+        match plan {
+            Plan::Refuse { op, error, .. } => (op, error.kind()),
+            Plan::Run { steps, .. } => panic!("expected a refusal, got {steps:?}"),
+        }
+    }
+
+    #[test]
+    fn unloaded_writes_nothing() {
+        let (steps, cookie) = run(plan(&state(Lifecycle::Unloaded), &config(), at(NOW)));
+        assert_eq!((steps, cookie), (vec![], PlannedCookie::Keep));
+    }
+
+    #[test]
+    fn loaded_unchanged_and_not_due_writes_nothing() {
+        // Full hour left: renewal is due only below half.
+        let (steps, cookie) = run(plan(&loaded(NOW + HOUR), &config(), at(NOW)));
+        assert_eq!((steps, cookie), (vec![], PlannedCookie::Keep));
+    }
+
+    #[test]
+    fn loaded_read_renews_when_due() {
+        let (steps, cookie) = run(plan(&loaded(NOW + HOUR / 4), &config(), at(NOW)));
+        let [Step::Update {
+            set,
+            delete,
+            renewal: Some((meta, ttl)),
+            op: WriteOp::Touch,
+            ..
+        }] = &steps[..]
+        else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(meta.expires_ms, NOW + HOUR);
+        assert_eq!(*ttl, Duration::from_millis(HOUR));
+        assert_eq!(set.len(), 1, "only the meta field");
+        assert_eq!(set[0].0, META_FIELD);
+        assert!(delete.is_empty());
+        assert_eq!(
+            cookie,
+            PlannedCookie::Set {
+                expires: at(NOW + HOUR)
+            }
+        );
+    }
+
+    #[test]
+    fn loaded_write_not_due_sends_only_its_fields() {
+        let mut s = loaded(NOW + HOUR);
+        set(&mut s, "b", "2");
+        s.remember("a");
+        s.data.remove("a");
+        let (steps, cookie) = run(plan(&s, &config(), at(NOW)));
+        assert_eq!(
+            steps,
+            vec![Step::Update {
+                key: "k:{old}".into(),
+                set: vec![("b".into(), v("2"))],
+                delete: vec!["a".into()],
+                renewal: None,
+                op: WriteOp::Update,
+            }]
+        );
+        assert_eq!(cookie, PlannedCookie::Keep);
+    }
+
+    #[test]
+    fn setting_an_equal_value_is_no_change() {
+        let mut s = loaded(NOW + HOUR);
+        set(&mut s, "a", "1");
+        assert_eq!(run(plan(&s, &config(), at(NOW))).0, vec![]);
+    }
+
+    #[test]
+    fn renew_below_zero_renews_every_write_and_no_read() {
+        let c = config().with_renew_below(0.0).unwrap();
+        assert_eq!(run(plan(&loaded(NOW + 1000), &c, at(NOW))).0, vec![]);
+        let mut s = loaded(NOW + HOUR - 1);
+        set(&mut s, "a", "2");
+        let (steps, cookie) = run(plan(&s, &c, at(NOW)));
+        assert!(matches!(
+            &steps[..],
+            [Step::Update {
+                renewal: Some(_),
+                op: WriteOp::Update,
+                ..
+            }]
+        ));
+        assert!(matches!(cookie, PlannedCookie::Set { .. }));
+    }
+
+    #[test]
+    fn absolute_cap_limits_renewal() {
+        let deadline = NOW + HOUR / 8;
+        let mut s = state(Lifecycle::Loaded(stored(NOW + HOUR / 10, Some(deadline))));
+        s.data.insert("a".into(), v("1"));
+        let (steps, cookie) = run(plan(&s, &config(), at(NOW)));
+        let [Step::Update {
+            renewal: Some((meta, ttl)),
+            ..
+        }] = &steps[..]
+        else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(meta.expires_ms, deadline, "capped at the deadline");
+        assert_eq!(*ttl, Duration::from_millis(HOUR / 8));
+        assert_eq!(
+            cookie,
+            PlannedCookie::Set {
+                expires: at(deadline)
+            }
+        );
+        // Already at the cap: nothing to renew.
+        let s = state(Lifecycle::Loaded(stored(deadline, Some(deadline))));
+        assert_eq!(run(plan(&s, &config(), at(NOW))).0, vec![]);
+    }
+
+    #[test]
+    fn new_empty_session_is_stored_only_with_save_new_empty() {
+        let fresh = state(Lifecycle::Fresh {
+            id: None,
+            stale_cookie: false,
+        });
+        assert_eq!(
+            run(plan(&fresh, &config(), at(NOW))),
+            (vec![], PlannedCookie::Keep)
+        );
+        let c = config().with_save_new_empty(true);
+        let (steps, cookie) = run(plan(&fresh, &c, at(NOW)));
+        let [Step::Create {
+            id: None,
+            fields,
+            meta,
+            ttl,
+        }] = &steps[..]
+        else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(fields.len(), 1, "only the meta field");
+        assert_eq!((meta.created_ms, meta.expires_ms), (NOW, NOW + HOUR));
+        assert_eq!(*ttl, Duration::from_millis(HOUR));
+        assert_eq!(
+            cookie,
+            PlannedCookie::Set {
+                expires: at(NOW + HOUR)
+            }
+        );
+    }
+
+    #[test]
+    fn stale_cookie_without_data_is_cleared() {
+        let s = state(Lifecycle::Fresh {
+            id: None,
+            stale_cookie: true,
+        });
+        assert_eq!(
+            run(plan(&s, &config(), at(NOW))),
+            (vec![], PlannedCookie::Clear)
+        );
+    }
+
+    #[test]
+    fn fresh_with_data_creates_under_the_handed_out_id() {
+        let id = SessionId::from_bytes([9; 16]);
+        let mut s = state(Lifecycle::Fresh {
+            id: Some(id),
+            stale_cookie: true,
+        });
+        set(&mut s, "a", "1");
+        let c = config()
+            .with_absolute_ttl(Some(Duration::from_millis(HOUR / 2)))
+            .unwrap();
+        let (steps, cookie) = run(plan(&s, &c, at(NOW)));
+        let [Step::Create {
+            id: Some(got),
+            fields,
+            meta,
+            ..
+        }] = &steps[..]
+        else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(*got, id);
+        assert_eq!(fields.len(), 2);
+        assert_eq!(meta.deadline_ms, Some(NOW + HOUR / 2));
+        assert_eq!(
+            meta.expires_ms,
+            NOW + HOUR / 2,
+            "capped by the absolute TTL"
+        );
+        assert_eq!(
+            cookie,
+            PlannedCookie::Set {
+                expires: at(NOW + HOUR / 2)
+            }
+        );
+    }
+
+    #[test]
+    fn regenerate_moves_every_field_and_keeps_the_deadline() {
+        let deadline = NOW + 2 * HOUR;
+        let old = stored(NOW + HOUR, Some(deadline));
+        let new = SessionId::from_bytes([3; 16]);
+        let mut s = state(Lifecycle::Regenerated {
+            old: old.clone(),
+            id: new,
+        });
+        s.data.insert("user".into(), v("ada"));
+        let (steps, cookie) = run(plan(&s, &config(), at(NOW)));
+        let [Step::Regenerate {
+            old_key,
+            id,
+            fields,
+            meta,
+            ttl,
+        }] = &steps[..]
+        else {
+            panic!("{steps:?}")
+        };
+        assert_eq!((old_key.as_str(), *id), ("k:{old}", new));
+        assert_eq!(fields.len(), 2);
+        assert_eq!(meta.created_ms, old.meta.created_ms);
+        assert_eq!(meta.deadline_ms, Some(deadline));
+        assert_eq!(*ttl, Duration::from_millis(HOUR));
+        assert!(matches!(cookie, PlannedCookie::Set { .. }));
+        // Even an empty regenerated session is written: the new id must exist.
+        s.data.clear();
+        assert_eq!(run(plan(&s, &config(), at(NOW))).0.len(), 1);
+    }
+
+    #[test]
+    fn destroy_deletes_and_clears() {
+        let mut s = loaded(NOW + HOUR);
+        s.destroy(|_| unreachable!("the loaded key is known"));
+        let (steps, cookie) = run(plan(&s, &config(), at(NOW)));
+        assert_eq!(
+            steps,
+            vec![Step::Delete {
+                key: "k:{old}".into()
+            }]
+        );
+        assert_eq!(cookie, PlannedCookie::Clear);
+        // Even with save_new_empty, a destroyed session is not recreated empty.
+        let c = config().with_save_new_empty(true);
+        assert_eq!(run(plan(&s, &c, at(NOW))).0.len(), 1);
+    }
+
+    #[test]
+    fn destroy_without_a_load_deletes_the_requested_id() {
+        let mut s = state(Lifecycle::Unloaded);
+        s.destroy(|id| format!("k:{{{id}}}"));
+        let (steps, cookie) = run(plan(&s, &config(), at(NOW)));
+        assert!(matches!(&steps[..], [Step::Delete { .. }]));
+        assert_eq!(cookie, PlannedCookie::Clear);
+        // No cookie and nothing stored: nothing to do or clear.
+        let mut s = State::new(None, OnLoadError::Fail);
+        s.life = Lifecycle::Fresh {
+            id: None,
+            stale_cookie: false,
+        };
+        s.destroy(|_| unreachable!());
+        assert_eq!(
+            run(plan(&s, &config(), at(NOW))),
+            (vec![], PlannedCookie::Keep)
+        );
+    }
+
+    #[test]
+    fn fields_after_destroy_start_a_new_session() {
+        let mut s = loaded(NOW + HOUR);
+        s.destroy(|_| unreachable!());
+        set(&mut s, "b", "2");
+        let (steps, cookie) = run(plan(&s, &config(), at(NOW)));
+        assert!(
+            matches!(&steps[..], [Step::Delete { .. }, Step::Create { fields, .. }] if fields.len() == 2),
+            "{steps:?}"
+        );
+        assert!(matches!(cookie, PlannedCookie::Set { .. }));
+    }
+
+    #[test]
+    fn failed_load_is_never_written_fail_open_or_not() {
+        for mode in [OnLoadError::Fail, OnLoadError::ServeEmpty] {
+            let mut s = State::new(None, mode);
+            s.life = Lifecycle::Failed(Error::new(ErrorKind::Timeout, "x"));
+            set(&mut s, "a", "1");
+            assert_eq!(
+                refusal(plan(&s, &config(), at(NOW))),
+                (None, ErrorKind::LoadFailed)
+            );
+            // A destroy after a failed load still deletes the requested session.
+            let mut s = state(Lifecycle::Failed(Error::new(ErrorKind::Timeout, "x")));
+            s.on_load_error = mode;
+            s.destroy(|_| "k:{req}".into());
+            assert_eq!(
+                run(plan(&s, &config(), at(NOW))).0,
+                vec![Step::Delete {
+                    key: "k:{req}".into()
+                }]
+            );
+        }
+    }
+
+    #[test]
+    fn limits_refuse_the_write_with_its_op() {
+        let c = config().with_max_fields(1).unwrap();
+        let mut s = loaded(NOW + HOUR);
+        set(&mut s, "b", "2");
+        assert_eq!(
+            refusal(plan(&s, &c, at(NOW))),
+            (Some(WriteOp::Update), ErrorKind::TooLarge)
+        );
+        let mut s = state(Lifecycle::Fresh {
+            id: None,
+            stale_cookie: false,
+        });
+        set(&mut s, "big", &"x".repeat(100));
+        assert_eq!(
+            refusal(plan(&s, &config().with_max_size(10), at(NOW))),
+            (Some(WriteOp::Create), ErrorKind::TooLarge)
+        );
+        // An unchanged session over a lowered limit is not refused while nothing is due.
+        let s = loaded(NOW + HOUR);
+        assert_eq!(run(plan(&s, &config().with_max_size(0), at(NOW))).0, vec![]);
+    }
+
+    #[test]
+    fn far_future_times_are_clamped() {
+        assert_eq!(at(u64::MAX), UNIX_EPOCH + LATEST_EXPIRY);
+        // A stored expiry far in the future: nothing due, nothing overflows.
+        let s = loaded(u64::MAX);
+        assert_eq!(run(plan(&s, &config(), at(NOW))).0, vec![]);
+        let mut s = loaded(u64::MAX);
+        set(&mut s, "a", "2");
+        assert_eq!(run(plan(&s, &config(), at(NOW))).1, PlannedCookie::Keep);
+    }
+}

@@ -1,0 +1,195 @@
+//! The handle's lifecycle as data: which state a session is in, with only the data valid in that
+//! state, and the transitions the handle's methods make. No I/O here; loading and committing
+//! live in the handle and the executor.
+
+use std::{collections::HashMap, fmt};
+
+use bytes::Bytes;
+
+use crate::{error::Error, id::SessionId, record::Meta};
+
+/// A session that exists in the store: its id, the key derived from it (kept, since deriving it
+/// hashes the id) and its meta as last read or written.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) id: SessionId,
+    pub(crate) key: String,
+    pub(crate) meta: Meta,
+}
+
+impl fmt::Debug for Stored {
+    // The key holds the id in clear when ids are not hashed at rest: never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stored")
+            .field("id", &self.id)
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a handle is in its life. Transitions:
+///
+/// ```text
+/// Unloaded ──load──▶ Loaded | Fresh | Failed
+/// Loaded ──regenerate──▶ Regenerated { old }      Regenerated ──regenerate──▶ Regenerated (new id)
+/// any ──destroy──▶ Destroyed { old }              (old: the stored or requested session, if any)
+/// Fresh | Destroyed ──regenerate──▶ same state with a new id
+/// commit: Loaded ─update gone──▶ Fresh;  Fresh/Destroyed ─create──▶ Loaded;
+///         Regenerated ─moved──▶ Loaded, ─old gone──▶ Fresh (data dropped);  Destroyed ──▶ Fresh
+/// ```
+#[derive(Debug)]
+pub(crate) enum Lifecycle {
+    /// Nothing read yet (the load is lazy).
+    Unloaded,
+    /// No stored session behind this handle: the request had no cookie, or named a session the
+    /// store does not have (`stale_cookie`: its cookie must be cleared unless a new session is
+    /// created). `id` is minted on first need.
+    Fresh {
+        id: Option<SessionId>,
+        stale_cookie: bool,
+    },
+    /// A live stored session.
+    Loaded(Stored),
+    /// The data moves to `id` at commit, and only if `old` still exists then.
+    Regenerated { old: Stored, id: SessionId },
+    /// `destroy()` was called: the key `old` (if there was a session) is deleted at commit and the
+    /// cookie cleared. Fields inserted afterwards start a new session under `id`.
+    Destroyed {
+        old: Option<DestroyedKey>,
+        id: Option<SessionId>,
+    },
+    /// The load failed. Such a handle is never written back: an empty-looking session must not
+    /// overwrite the real one.
+    Failed(Error),
+}
+
+/// The key a destroy deletes (redacted in `Debug`, like [`Stored`]).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct DestroyedKey(pub(crate) String);
+
+impl fmt::Debug for DestroyedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DestroyedKey(…)")
+    }
+}
+
+/// What a handle does when its load fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnLoadError {
+    /// Every use returns the error.
+    Fail,
+    /// Serve an empty session that is never saved.
+    ServeEmpty,
+}
+
+/// One handle's state: the lifecycle plus the fields, which every state but `Unloaded` has.
+pub(crate) struct State {
+    /// The id the client presented, if any.
+    pub(crate) requested: Option<SessionId>,
+    pub(crate) on_load_error: OnLoadError,
+    pub(crate) life: Lifecycle,
+    /// The current fields (encoded values), meta excluded.
+    pub(crate) data: HashMap<String, Bytes>,
+    /// The value each field had before its first change since the load (`None`: absent); a
+    /// field that was never changed is not here, so loading costs no copy.
+    pub(crate) original: HashMap<String, Option<Bytes>>,
+}
+
+impl fmt::Debug for State {
+    // Session contents are user data: show field names only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut fields: Vec<&String> = self.data.keys().collect();
+        fields.sort();
+        f.debug_struct("State")
+            .field("requested", &self.requested)
+            .field("on_load_error", &self.on_load_error)
+            .field("life", &self.life)
+            .field("fields", &fields)
+            .field("changed", &self.original.len())
+            .finish()
+    }
+}
+
+impl State {
+    pub(crate) fn new(requested: Option<SessionId>, on_load_error: OnLoadError) -> Self {
+        State {
+            requested,
+            on_load_error,
+            life: Lifecycle::Unloaded,
+            data: HashMap::new(),
+            original: HashMap::new(),
+        }
+    }
+
+    /// Records a field's value before its first change.
+    pub(crate) fn remember(&mut self, field: &str) {
+        if !self.original.contains_key(field) {
+            let before = self.data.get(field).cloned();
+            self.original.insert(field.to_owned(), before);
+        }
+    }
+
+    /// Whether the session did not exist when this request began, or was destroyed since.
+    pub(crate) fn is_new(&self) -> bool {
+        !matches!(
+            self.life,
+            Lifecycle::Loaded(_) | Lifecycle::Regenerated { .. }
+        )
+    }
+
+    /// The session's id, minting one for a session that has none yet.
+    pub(crate) fn id(&mut self) -> Option<SessionId> {
+        match &mut self.life {
+            Lifecycle::Loaded(stored) => Some(stored.id),
+            Lifecycle::Regenerated { id, .. } => Some(*id),
+            Lifecycle::Fresh { id, .. } | Lifecycle::Destroyed { id, .. } => {
+                Some(*id.get_or_insert_with(SessionId::generate))
+            }
+            Lifecycle::Unloaded | Lifecycle::Failed(_) => None,
+        }
+    }
+
+    /// `destroy()`: whatever was stored (or, when nothing could be read, whatever the client
+    /// named) is deleted at commit; the fields start empty. `requested_key` derives the key of
+    /// the requested id, only called when no load told the key.
+    pub(crate) fn destroy(&mut self, requested_key: impl FnOnce(&SessionId) -> String) {
+        let old = match std::mem::replace(&mut self.life, Lifecycle::Unloaded) {
+            Lifecycle::Loaded(stored) | Lifecycle::Regenerated { old: stored, .. } => {
+                Some(DestroyedKey(stored.key))
+            }
+            Lifecycle::Destroyed { old, .. } => old,
+            // Nothing stored behind a fresh handle; its cookie is cleared all the same.
+            Lifecycle::Fresh { .. } => None,
+            // After a failed (or no) load the requested id is deleted blindly: logging out must
+            // work while reads fail.
+            Lifecycle::Unloaded | Lifecycle::Failed(_) => self
+                .requested
+                .as_ref()
+                .map(|id| DestroyedKey(requested_key(id))),
+        };
+        self.life = Lifecycle::Destroyed { old, id: None };
+        self.data.clear();
+        self.original.clear();
+    }
+
+    /// `regenerate()` on a loaded state: the data is to move to a new id at commit.
+    pub(crate) fn regenerate(&mut self) {
+        self.life = match std::mem::replace(&mut self.life, Lifecycle::Unloaded) {
+            Lifecycle::Loaded(old) | Lifecycle::Regenerated { old, .. } => Lifecycle::Regenerated {
+                old,
+                id: SessionId::generate(),
+            },
+            Lifecycle::Fresh { stale_cookie, .. } => Lifecycle::Fresh {
+                id: Some(SessionId::generate()),
+                stale_cookie,
+            },
+            Lifecycle::Destroyed { old, .. } => Lifecycle::Destroyed {
+                old,
+                id: Some(SessionId::generate()),
+            },
+            other => other,
+        };
+        // Every field goes to the new key, so none counts as changed against the old one.
+        self.original.clear();
+    }
+}
