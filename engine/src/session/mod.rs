@@ -193,8 +193,10 @@ impl Session {
         let mut st = self.state.lock().await;
         match &st.life {
             Lifecycle::Unloaded => {}
-            Lifecycle::Failed(_) if st.on_load_error == OnLoadError::ServeEmpty => return Ok(st),
-            Lifecycle::Failed(err) => {
+            Lifecycle::Failed { .. } if st.on_load_error == OnLoadError::ServeEmpty => {
+                return Ok(st)
+            }
+            Lifecycle::Failed { error: err, .. } => {
                 return Err(Error::new(
                     ErrorKind::LoadFailed,
                     format!("the session could not be loaded earlier in this request: {err}"),
@@ -220,7 +222,10 @@ impl Session {
             Err(err) => {
                 self.engine.metrics().load("error");
                 tracing::warn!(error = %err, "session load failed");
-                st.life = Lifecycle::Failed(err.shallow_clone());
+                st.life = Lifecycle::Failed {
+                    error: err.shallow_clone(),
+                    id: None,
+                };
                 match st.on_load_error {
                     OnLoadError::ServeEmpty => Ok(st),
                     OnLoadError::Fail => Err(err),

@@ -128,7 +128,7 @@ pub(crate) fn plan(state: &State, config: &SessionConfig, now: SystemTime) -> Pl
     let now_ms = epoch_ms(now);
     match &state.life {
         Lifecycle::Unloaded => Plan::nothing(PlannedCookie::Keep),
-        Lifecycle::Failed(err) => Plan::Refuse {
+        Lifecycle::Failed { error: err, .. } => Plan::Refuse {
             op: None,
             error: Error::new(
                 ErrorKind::LoadFailed,
@@ -711,14 +711,20 @@ mod tests {
     fn failed_load_is_never_written_fail_open_or_not() {
         for mode in [OnLoadError::Fail, OnLoadError::ServeEmpty] {
             let mut s = State::new(None, mode);
-            s.life = Lifecycle::Failed(Error::new(ErrorKind::Timeout, "x"));
+            s.life = Lifecycle::Failed {
+                error: Error::new(ErrorKind::Timeout, "x"),
+                id: None,
+            };
             set(&mut s, "a", "1");
             assert_eq!(
                 refusal(plan(&s, &config(), at(NOW))),
                 (None, ErrorKind::LoadFailed)
             );
             // A destroy after a failed load still deletes the requested session.
-            let mut s = state(Lifecycle::Failed(Error::new(ErrorKind::Timeout, "x")));
+            let mut s = state(Lifecycle::Failed {
+                error: Error::new(ErrorKind::Timeout, "x"),
+                id: None,
+            });
             s.on_load_error = mode;
             s.destroy(|_| "k:{req}".into());
             assert_eq!(

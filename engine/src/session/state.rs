@@ -59,8 +59,8 @@ pub(crate) enum Lifecycle {
         id: Option<SessionId>,
     },
     /// The load failed. Such a handle is never written back: an empty-looking session must not
-    /// overwrite the real one.
-    Failed(Error),
+    /// overwrite the real one. `id` is what a fail-open handle hands out when asked (never stored).
+    Failed { error: Error, id: Option<SessionId> },
 }
 
 /// The key a destroy deletes (redacted in `Debug`, like [`Stored`]).
@@ -142,10 +142,10 @@ impl State {
         match &mut self.life {
             Lifecycle::Loaded(stored) => Some(stored.id),
             Lifecycle::Regenerated { id, .. } => Some(*id),
-            Lifecycle::Fresh { id, .. } | Lifecycle::Destroyed { id, .. } => {
-                Some(*id.get_or_insert_with(SessionId::generate))
-            }
-            Lifecycle::Unloaded | Lifecycle::Failed(_) => None,
+            Lifecycle::Fresh { id, .. }
+            | Lifecycle::Destroyed { id, .. }
+            | Lifecycle::Failed { id, .. } => Some(*id.get_or_insert_with(SessionId::generate)),
+            Lifecycle::Unloaded => None,
         }
     }
 
@@ -162,7 +162,7 @@ impl State {
             Lifecycle::Fresh { .. } => None,
             // After a failed (or no) load the requested id is deleted blindly: logging out must
             // work while reads fail.
-            Lifecycle::Unloaded | Lifecycle::Failed(_) => self
+            Lifecycle::Unloaded | Lifecycle::Failed { .. } => self
                 .requested
                 .as_ref()
                 .map(|id| DestroyedKey(requested_key(id))),
