@@ -49,12 +49,20 @@ use self::state::{Lifecycle, OnLoadError, State, Stored};
 /// assert!(!session.is_new().await?);
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SessionEngine {
     inner: Arc<EngineInner>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for SessionEngine {
+    // The store may hold sessions (the memory store does): show the configuration only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionEngine")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
 struct EngineInner {
     store: Arc<dyn SessionStore>,
     config: SessionConfig,
@@ -171,10 +179,22 @@ pub struct Committed {
 ///
 /// Reads decode from the loaded bytes; writes are kept in memory until [`Session::commit`], which
 /// sends only what changed.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Session {
     engine: SessionEngine,
     state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for Session {
+    // `State`'s own Debug shows field names and redacted ids only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("Session");
+        match self.state.try_lock() {
+            Ok(state) => d.field("state", &*state),
+            Err(_) => d.field("state", &"<in use>"),
+        };
+        d.finish_non_exhaustive()
+    }
 }
 
 impl Session {
@@ -406,4 +426,33 @@ fn check_loaded(fields: &HashMap<String, Bytes>, config: &SessionConfig) -> Resu
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    #[tokio::test]
+    async fn debug_output_redacts_contents_and_keys() {
+        let config = SessionConfig::default().with_hash_ids_at_rest(false);
+        let engine = SessionEngine::new(MemoryStore::new(), config);
+        let session = engine.session(None);
+        session.insert("token", "hunter2-secret").await.unwrap();
+        let CookieAction::Set { id, .. } = session.commit().await.unwrap().cookie else {
+            panic!("a new session sets a cookie")
+        };
+        let session = engine.session(Some(id));
+        assert!(session.get::<String>("token").await.unwrap().is_some());
+        session.regenerate().await.unwrap();
+        let new_id = session.id().await.unwrap();
+        let debug = format!("{session:?}");
+        assert!(debug.contains("token"), "field names are shown: {debug}");
+        for secret in ["hunter2", &id.to_string(), &new_id.to_string()] {
+            assert!(!debug.contains(secret), "{secret:?} leaked into {debug}");
+        }
+        session.destroy().await.unwrap();
+        let debug = format!("{session:?}");
+        assert!(!debug.contains(&id.to_string()), "{debug}");
+    }
 }

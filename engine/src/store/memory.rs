@@ -21,7 +21,6 @@ use crate::error::Result;
 /// task (which would tie the store to a runtime).
 const SWEEP_EVERY: u64 = 1024;
 
-#[derive(Debug)]
 struct Entry {
     fields: Fields,
     expires_at: Instant,
@@ -35,12 +34,21 @@ struct Entry {
 /// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
 /// # let _ = engine;
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for MemoryStore {
+    // Entries are sessions (and, with unhashed ids, their keys are cookie values): count them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.inner.map.lock().len())
+            .finish()
+    }
+}
+
+#[derive(Default)]
 struct Inner {
     map: Mutex<HashMap<String, Entry>>,
     writes: AtomicU64,
