@@ -214,10 +214,14 @@ where
         let app = self.clone();
         Box::pin(async move {
             Ok(app.route(req).await.unwrap_or_else(|err| {
-                text(
-                    error_status(&err),
-                    format!("session error: {}\n", err.message()),
-                )
+                let status = error_status(&err);
+                let mut response = text(status, format!("session error: {}\n", err.message()));
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                }
+                response
             }))
         })
     }

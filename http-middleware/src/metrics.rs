@@ -12,7 +12,8 @@ use crate::{
 };
 
 /// Counter: requests through the middleware, label `outcome` = `ok` | `store_error` (503 sent) |
-/// `fail_open` (served without a saved session) | `too_large` (413 sent).
+/// `fail_open` (served without a saved session) | `too_large` (413 sent) | `failed` (another
+/// commit error: 500, or 400 for an invalid field or id).
 pub const REQUESTS_TOTAL: &str = "tessera_http_requests_total";
 /// Histogram: time the middleware itself spent on a request (cookie handling and commit,
 /// excluding the inner handler), in seconds.
@@ -83,7 +84,7 @@ pub fn install_prometheus_recorder() -> Result<PrometheusHandle, Error> {
 }
 
 /// Values of the `outcome` label of [`REQUESTS_TOTAL`].
-const REQUEST_OUTCOMES: [&str; 4] = ["ok", "store_error", "fail_open", "too_large"];
+const REQUEST_OUTCOMES: [&str; 5] = ["ok", "store_error", "fail_open", "too_large", "failed"];
 /// Values of the `reason` label of [`REJECTED_COOKIES_TOTAL`].
 const REJECTIONS: [Rejection; 4] = [
     Rejection::Oversized,

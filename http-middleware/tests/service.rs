@@ -209,6 +209,8 @@ enum Mode {
     FailLoad,
     /// Loads go through; create, update and delete fail.
     FailWrites,
+    /// Loads go through; create, update and delete fail with an error of this kind.
+    WriteError(EngineErrorKind),
 }
 
 #[derive(Debug, Default)]
@@ -266,13 +268,18 @@ impl Probe {
             Mode::PassThrough => false,
             Mode::FailAll => true,
             Mode::FailLoad => !write,
-            Mode::FailWrites => write,
+            Mode::FailWrites | Mode::WriteError(_) => write,
         }
     }
-}
 
-fn injected(op: &str) -> EngineError {
-    EngineError::new(EngineErrorKind::Redis, format!("injected {op} failure"))
+    /// The error an injected failure of `op` returns.
+    fn injected(&self, op: &str) -> EngineError {
+        let kind = match self.mode {
+            Mode::WriteError(kind) => kind,
+            _ => EngineErrorKind::Redis,
+        };
+        EngineError::new(kind, format!("injected {op} failure"))
+    }
 }
 
 /// What `#[async_trait]` expands a trait method's return type to (this crate does not depend on
@@ -292,7 +299,7 @@ impl SessionStore for Probe {
         Box::pin(async move {
             self.calls.load.fetch_add(1, Ordering::SeqCst);
             if self.fails(false) {
-                return Err(injected("load"));
+                return Err(self.injected("load"));
             }
             self.inner.load(key).await
         })
@@ -313,7 +320,7 @@ impl SessionStore for Probe {
         Box::pin(async move {
             self.calls.create.fetch_add(1, Ordering::SeqCst);
             if self.fails(true) {
-                return Err(injected("create"));
+                return Err(self.injected("create"));
             }
             self.inner.create(key, fields, ttl).await
         })
@@ -336,7 +343,7 @@ impl SessionStore for Probe {
         Box::pin(async move {
             self.calls.update.fetch_add(1, Ordering::SeqCst);
             if self.fails(true) {
-                return Err(injected("update"));
+                return Err(self.injected("update"));
             }
             self.inner.update(key, set, delete, ttl).await
         })
@@ -354,7 +361,7 @@ impl SessionStore for Probe {
         Box::pin(async move {
             self.calls.delete.fetch_add(1, Ordering::SeqCst);
             if self.fails(true) {
-                return Err(injected("delete"));
+                return Err(self.injected("delete"));
             }
             self.inner.delete(key).await
         })
@@ -377,7 +384,7 @@ impl SessionStore for Probe {
         Box::pin(async move {
             self.calls.create.fetch_add(1, Ordering::SeqCst);
             if self.fails(true) {
-                return Err(injected("regenerate"));
+                return Err(self.injected("regenerate"));
             }
             self.inner.regenerate(old, new, fields, ttl).await
         })
@@ -391,7 +398,7 @@ impl SessionStore for Probe {
         Box::pin(async move {
             self.calls.ping.fetch_add(1, Ordering::SeqCst);
             if self.mode == Mode::FailAll {
-                return Err(injected("ping"));
+                return Err(self.injected("ping"));
             }
             self.inner.ping().await
         })
@@ -1053,10 +1060,11 @@ async fn failed_save_is_503_under_fail_closed() {
     r.assert_no_cookie();
     assert_eq!(probe.creates(), 1);
 
-    // Delete (logout) fails: the client must not be told it is logged out.
+    // Delete (logout) fails: not a success, but the cookie is cleared all the same (see
+    // `failed_logout_is_503_and_clears_the_cookie_under_both_policies`).
     let r = call(&svc, post("/logout", Some(&c))).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
-    r.assert_no_cookie();
+    assert_clearing(&r.cookie());
     assert_eq!(probe.deletes(), 1);
 
     // Regenerate (create + delete) fails.
@@ -1068,6 +1076,145 @@ async fn failed_save_is_503_under_fail_closed() {
     assert_eq!(store.len(), 1);
     let r = call(&good, get("/session", Some(&c))).await;
     assert_eq!(r.json(), json!({"views": 1}));
+}
+
+#[tokio::test]
+async fn failed_logout_is_503_and_clears_the_cookie_under_both_policies() {
+    for policy in [FailurePolicy::FailOpen, FailurePolicy::FailClosed] {
+        let store = MemoryStore::new();
+        let c = establish(&app(&engine_on(store.clone(), SessionConfig::default()))).await;
+        let probe = Probe::new(store.clone(), Mode::FailWrites);
+        let svc = app_with(
+            &SessionLayer::new(
+                engine_on(probe.clone(), SessionConfig::default()),
+                keys(&[SECRET_A]),
+            )
+            .with_secure(false)
+            .with_failure_policy(policy),
+        );
+        // The DEL fails: a logout that did not happen must not look like one that did, whatever
+        // the policy; the browser still drops its cookie.
+        let r = call(&svc, post("/logout", Some(&c))).await;
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{policy:?}: {r:?}"
+        );
+        assert_eq!(
+            r.headers.get(header::RETRY_AFTER).unwrap(),
+            "1",
+            "{policy:?}"
+        );
+        assert_eq!(
+            r.headers.get(header::CACHE_CONTROL).unwrap(),
+            "no-store",
+            "{policy:?}"
+        );
+        assert_clearing(&r.cookie());
+        assert_eq!(probe.deletes(), 1, "{policy:?}");
+        assert_eq!(store.len(), 1, "{policy:?}: the session is still stored");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9b. One table from engine errors to statuses
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn error_status_table() {
+    use EngineErrorKind as K;
+    for (kind, status) in [
+        (K::Redis, StatusCode::SERVICE_UNAVAILABLE),
+        (K::Timeout, StatusCode::SERVICE_UNAVAILABLE),
+        (K::LoadFailed, StatusCode::SERVICE_UNAVAILABLE),
+        (K::NotDurable, StatusCode::SERVICE_UNAVAILABLE),
+        (K::TooLarge, StatusCode::PAYLOAD_TOO_LARGE),
+        (K::InvalidField, StatusCode::BAD_REQUEST),
+        (K::InvalidId, StatusCode::BAD_REQUEST),
+        (K::Decode, StatusCode::INTERNAL_SERVER_ERROR),
+        (K::Encode, StatusCode::INTERNAL_SERVER_ERROR),
+        (K::Config, StatusCode::INTERNAL_SERVER_ERROR),
+        (K::IdCollision, StatusCode::INTERNAL_SERVER_ERROR),
+    ] {
+        let err = EngineError::new(kind, "x");
+        assert_eq!(tessera_middleware::error_status(&err), status, "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn not_durable_commit_is_a_store_failure() {
+    // Under fail-closed: 503 with Retry-After, like any unavailable store.
+    let probe = Probe::new(
+        MemoryStore::new(),
+        Mode::WriteError(EngineErrorKind::NotDurable),
+    );
+    let svc = app(&engine_on(probe.clone(), SessionConfig::default()));
+    let r = call(&svc, get("/", None)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    assert_eq!(r.headers.get(header::RETRY_AFTER).unwrap(), "1");
+    r.assert_no_cookie();
+    // Under fail-open: the handler's answer, without a cookie.
+    let svc = app_with(
+        &SessionLayer::new(
+            engine_on(probe.clone(), SessionConfig::default()),
+            keys(&[SECRET_A]),
+        )
+        .with_secure(false)
+        .with_failure_policy(FailurePolicy::FailOpen),
+    );
+    let r = call(&svc, get("/", None)).await;
+    r.assert_ok("1 views");
+    r.assert_no_cookie();
+}
+
+#[tokio::test]
+async fn decode_errors_are_500_under_both_policies() {
+    for policy in [FailurePolicy::FailClosed, FailurePolicy::FailOpen] {
+        // In a handler: a field of another type than asked for is a bug, not an outage.
+        let store = MemoryStore::new();
+        let layer = SessionLayer::new(
+            engine_on(store.clone(), SessionConfig::default()),
+            keys(&[SECRET_A]),
+        )
+        .with_secure(false)
+        .with_failure_policy(policy);
+        let svc = app_with(&layer);
+        let r = call(&svc, put("/session/views", None, "\"many\"")).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{policy:?}: {r:?}");
+        let c = r.cookie();
+        let r = call(&svc, get("/views", Some(&c))).await;
+        assert_eq!(
+            r.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{policy:?}: {r:?}"
+        );
+        assert!(!r.headers.contains_key(header::RETRY_AFTER), "{r:?}");
+
+        // At commit: a non-store error keeps its status; fail-open does not hide it.
+        let probe = Probe::new(
+            MemoryStore::new(),
+            Mode::WriteError(EngineErrorKind::Decode),
+        );
+        let svc = app_with(
+            &SessionLayer::new(
+                engine_on(probe.clone(), SessionConfig::default()),
+                keys(&[SECRET_A]),
+            )
+            .with_secure(false)
+            .with_failure_policy(policy),
+        );
+        let r = call(&svc, get("/", None)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{policy:?}: {r:?}"
+        );
+        assert!(!r.headers.contains_key(header::RETRY_AFTER), "{r:?}");
+        assert_eq!(r.headers.get(header::CACHE_CONTROL).unwrap(), "no-store");
+        assert_eq!(r.body, "", "the handler's body must not leak: {r:?}");
+        r.assert_no_cookie();
+        assert_eq!(probe.creates(), 1);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

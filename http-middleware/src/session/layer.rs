@@ -19,7 +19,11 @@ pub enum FailurePolicy {
     /// into a success response.
     #[default]
     FailClosed,
-    /// Let the request go on with an empty, unsaved session; nothing is written back.
+    /// Let the request go on with an empty, unsaved session; nothing is written back. Applies
+    /// to an unavailable store only (the 503 class of [`error_status`](crate::error_status)):
+    /// other commit errors keep their status, and a request that destroyed its session still
+    /// gets a 503 (with the clearing cookie) when the delete fails, so a failed logout never
+    /// looks like a successful one.
     FailOpen,
 }
 

@@ -8,11 +8,14 @@ use std::{
 };
 
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use tessera_engine::{CookieAction, Session, SessionId};
+use tessera_engine::{CookieAction, ErrorKind, Session, SessionId};
 use tower_service::Service;
 
 use super::layer::{FailurePolicy, Settings};
-use crate::signing::{find_session_cookie, Verified};
+use crate::{
+    signing::{find_session_cookie, Verified},
+    status::{is_unavailable, status_of},
+};
 
 /// The service built by [`SessionLayer`](super::SessionLayer).
 #[derive(Debug, Clone)]
@@ -93,11 +96,14 @@ async fn finish<B: Default>(
         // Re-issuing under the new key needs the session's real expiry (and whether it exists).
         let _ = session.is_new().await;
     }
+    // Asked before the commit: whatever the commit does, a destroy must reach the browser.
+    let destroyed = session.is_destroyed().await;
     match session.commit().await {
         Ok(committed) => {
             let set_cookie = match committed.cookie {
                 CookieAction::Set { id, expires } => Some(build_cookie(settings, &id, expires)),
                 CookieAction::Clear => Some(clear_cookie(settings)),
+                _ if destroyed => Some(clear_cookie(settings)),
                 // A cookie signed by an older key is re-issued under the current one.
                 CookieAction::Keep => verified
                     .filter(|v| v.stale_key)
@@ -111,23 +117,65 @@ async fn finish<B: Default>(
             settings.metrics.request("ok");
             response
         }
-        Err(err) if err.is_too_large() => {
-            tracing::warn!(error = %err, "session over its size limit; not saved");
-            settings.metrics.request("too_large");
-            error_response(StatusCode::PAYLOAD_TOO_LARGE, None)
-        }
-        Err(err) => match settings.policy {
-            FailurePolicy::FailClosed => {
-                tracing::warn!(error = %err, "session store failed; answering 503");
-                settings.metrics.request("store_error");
-                error_response(StatusCode::SERVICE_UNAVAILABLE, Some(settings.retry_after))
-            }
-            FailurePolicy::FailOpen => {
+        Err(err) => {
+            let plan = plan_failure(settings.policy, destroyed, err.kind());
+            settings.metrics.request(plan.outcome);
+            let Some(status) = plan.status else {
                 tracing::warn!(error = %err, "session store failed; serving without a session");
-                settings.metrics.request("fail_open");
-                response
+                return response;
+            };
+            if err.is_too_large() {
+                tracing::warn!(error = %err, "session over its size limit; not saved");
+            } else {
+                tracing::warn!(error = %err, %status, destroyed, "session commit failed");
             }
-        },
+            let retry_after =
+                (status == StatusCode::SERVICE_UNAVAILABLE).then_some(settings.retry_after);
+            let mut response = error_response(status, retry_after);
+            if plan.clear_cookie {
+                response
+                    .headers_mut()
+                    .append(header::SET_COOKIE, clear_cookie(settings));
+            }
+            response
+        }
+    }
+}
+
+/// How a failed commit is answered, decided from the policy, whether the request destroyed its
+/// session and the error's kind alone (no I/O), so every combination is unit-tested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FailurePlan {
+    /// The status that replaces the handler's response; `None` serves the handler's response.
+    status: Option<StatusCode>,
+    /// Whether to send the clearing Set-Cookie.
+    clear_cookie: bool,
+    /// The `outcome` label of the request counter.
+    outcome: &'static str,
+}
+
+fn plan_failure(policy: FailurePolicy, destroyed: bool, kind: ErrorKind) -> FailurePlan {
+    let status = status_of(kind);
+    // Fail-open stands in an empty session for an unavailable store. A destroy that did not
+    // happen is not such a case: serving the handler's "logged out" would be a lie.
+    if is_unavailable(kind) && policy == FailurePolicy::FailOpen && !destroyed {
+        return FailurePlan {
+            status: None,
+            clear_cookie: false,
+            outcome: "fail_open",
+        };
+    }
+    let outcome = match status {
+        StatusCode::SERVICE_UNAVAILABLE => "store_error",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        _ => "failed",
+    };
+    FailurePlan {
+        status: Some(status),
+        // The user asked to end the session: the browser drops its cookie even when the store
+        // could not delete the record (it then expires with its TTL).
+        clear_cookie: destroyed,
+        outcome,
     }
 }
 
@@ -233,6 +281,44 @@ mod tests {
         assert_eq!(c.max_age().map(|d| d.whole_seconds()), Some(0));
         assert_eq!(c.expires_datetime().unwrap().unix_timestamp(), 0);
         assert_eq!(c.path(), Some("/app"));
+    }
+
+    #[test]
+    fn failure_plans() {
+        use ErrorKind as K;
+        use FailurePolicy::{FailClosed, FailOpen};
+        let plan = |status: Option<StatusCode>, clear_cookie, outcome| FailurePlan {
+            status,
+            clear_cookie,
+            outcome,
+        };
+        let unavailable = Some(StatusCode::SERVICE_UNAVAILABLE);
+        for kind in [K::Redis, K::Timeout, K::LoadFailed, K::NotDurable] {
+            let closed = plan(unavailable, false, "store_error");
+            assert_eq!(plan_failure(FailClosed, false, kind), closed, "{kind:?}");
+            let open = plan(None, false, "fail_open");
+            assert_eq!(plan_failure(FailOpen, false, kind), open, "{kind:?}");
+            // A failed destroy is a 503 that clears the cookie, whatever the policy.
+            for policy in [FailClosed, FailOpen] {
+                let destroyed = plan(unavailable, true, "store_error");
+                assert_eq!(plan_failure(policy, true, kind), destroyed, "{kind:?}");
+            }
+        }
+        for policy in [FailClosed, FailOpen] {
+            for destroyed in [false, true] {
+                let too_large = plan(Some(StatusCode::PAYLOAD_TOO_LARGE), destroyed, "too_large");
+                assert_eq!(plan_failure(policy, destroyed, K::TooLarge), too_large);
+                for kind in [K::InvalidField, K::InvalidId] {
+                    let bad = plan(Some(StatusCode::BAD_REQUEST), destroyed, "failed");
+                    assert_eq!(plan_failure(policy, destroyed, kind), bad, "{kind:?}");
+                }
+                for kind in [K::Decode, K::Encode, K::Config, K::IdCollision] {
+                    let internal =
+                        plan(Some(StatusCode::INTERNAL_SERVER_ERROR), destroyed, "failed");
+                    assert_eq!(plan_failure(policy, destroyed, kind), internal, "{kind:?}");
+                }
+            }
+        }
     }
 
     #[test]
