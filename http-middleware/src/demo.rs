@@ -122,7 +122,7 @@ pub fn build_app(
     } else {
         SigningKeys::new(&args.secrets)?
     };
-    let layer = SessionLayer::new(engine.clone(), keys).with_secure(args.cookie_secure);
+    let layer = SessionLayer::new(engine.clone(), keys).with_secure(args.cookie_secure)?;
     Ok(layer.layer(DemoApp { engine, metrics }))
 }
 

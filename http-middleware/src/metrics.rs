@@ -19,7 +19,7 @@ pub const REQUESTS_TOTAL: &str = "tessera_http_requests_total";
 /// excluding the inner handler), in seconds.
 pub const MIDDLEWARE_DURATION_SECONDS: &str = "tessera_http_middleware_duration_seconds";
 /// Counter: ignored session cookies, label `reason` = `oversized` | `malformed` |
-/// `bad_signature` | `not_utf8`.
+/// `bad_signature` | `non_ascii_value`.
 pub const REJECTED_COOKIES_TOTAL: &str = "tessera_http_rejected_cookies_total";
 
 /// Latency buckets in seconds, from 50 µs to 5 s.
@@ -90,7 +90,7 @@ const REJECTIONS: [Rejection; 4] = [
     Rejection::Oversized,
     Rejection::Malformed,
     Rejection::BadSignature,
-    Rejection::NotUtf8,
+    Rejection::NonAsciiValue,
 ];
 
 /// One layer's metric handles, registered on first use and kept (see the engine's handles: the

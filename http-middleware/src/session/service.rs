@@ -7,8 +7,10 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use tessera_engine::{CookieAction, ErrorKind, Session, SessionId};
+use http::{
+    header, header::InvalidHeaderValue, HeaderMap, HeaderValue, Request, Response, StatusCode,
+};
+use tessera_engine::{CookieAction, ErrorKind, Session, SessionId, MAX_TTL};
 use tower_service::Service;
 
 use super::layer::{FailurePolicy, Settings};
@@ -111,11 +113,21 @@ async fn finish<B: Default>(
                     .map(|(v, expires)| build_cookie(settings, &v.id, expires)),
                 _ => None,
             };
-            if let Some(value) = set_cookie {
-                response.headers_mut().append(header::SET_COOKIE, value);
+            match set_cookie.transpose() {
+                Ok(value) => {
+                    if let Some(value) = value {
+                        response.headers_mut().append(header::SET_COOKIE, value);
+                    }
+                    settings.metrics.request("ok");
+                    response
+                }
+                Err(err) => {
+                    // Unreachable with validated options; never a success without its cookie.
+                    tracing::error!(error = %err, "could not build the Set-Cookie header");
+                    settings.metrics.request("failed");
+                    error_response(StatusCode::INTERNAL_SERVER_ERROR, None)
+                }
             }
-            settings.metrics.request("ok");
-            response
         }
         Err(err) => {
             let plan = plan_failure(settings.policy, destroyed, err.kind());
@@ -133,9 +145,9 @@ async fn finish<B: Default>(
                 (status == StatusCode::SERVICE_UNAVAILABLE).then_some(settings.retry_after);
             let mut response = error_response(status, retry_after);
             if plan.clear_cookie {
-                response
-                    .headers_mut()
-                    .append(header::SET_COOKIE, clear_cookie(settings));
+                if let Ok(value) = clear_cookie(settings) {
+                    response.headers_mut().append(header::SET_COOKIE, value);
+                }
             }
             response
         }
@@ -201,10 +213,17 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn build_cookie(settings: &Settings, id: &SessionId, expires: SystemTime) -> HeaderValue {
-    let expires_ms = expires
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+/// The last second `httpdate` formats (9999-12-31T23:59:59Z); it panics from year 10000 on.
+const LAST_HTTP_DATE_SECS: u64 = 253_402_300_799;
+
+/// A session cookie naming `id`. The expiry is clamped to `[epoch, now + MAX_TTL]` (and to the
+/// last formattable date), so whatever a store or engine reports can neither panic the date
+/// formatting nor promise a lifetime no configuration allows.
+fn build_cookie(
+    settings: &Settings,
+    id: &SessionId,
+    expires: SystemTime,
+) -> Result<HeaderValue, InvalidHeaderValue> {
     // Formatted by hand on the pre-rendered attributes: this runs on every write.
     let mut value = String::with_capacity(192);
     value.push_str(&settings.cookie_name);
@@ -212,26 +231,33 @@ fn build_cookie(settings: &Settings, id: &SessionId, expires: SystemTime) -> Hea
     value.push_str(&settings.keys.sign(&settings.cookie_name, id));
     value.push_str(&settings.attributes);
     if settings.persistent {
+        let now = now_ms();
+        let latest = now.saturating_add(MAX_TTL.as_millis() as u64);
+        let expires_ms = expires
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .min(latest);
         // Rounded: a few milliseconds spent since the commit must not show as a second less.
-        let secs = (expires_ms.saturating_sub(now_ms()) + 500) / 1000;
-        let at = UNIX_EPOCH + Duration::from_secs(expires_ms / 1000);
+        let secs = (expires_ms.saturating_sub(now) + 500) / 1000;
+        let at = UNIX_EPOCH + Duration::from_secs((expires_ms / 1000).min(LAST_HTTP_DATE_SECS));
         let _ = write!(
             value,
             "; Max-Age={secs}; Expires={}",
             httpdate::fmt_http_date(at)
         );
     }
-    HeaderValue::try_from(value).expect("cookie names are validated and values are base64url")
+    // Cannot fail once the layer's options are validated; an error, not a panic, if it does.
+    HeaderValue::try_from(value)
 }
 
-fn clear_cookie(settings: &Settings) -> HeaderValue {
+fn clear_cookie(settings: &Settings) -> Result<HeaderValue, InvalidHeaderValue> {
     let value = format!(
         "{}={}; Max-Age=0; Expires={}",
         settings.cookie_name,
         settings.attributes,
         httpdate::fmt_http_date(UNIX_EPOCH)
     );
-    HeaderValue::try_from(value).expect("cookie names are validated and the value is empty")
+    HeaderValue::try_from(value)
 }
 
 #[cfg(test)]
@@ -257,12 +283,15 @@ mod tests {
         let s = settings(
             layer()
                 .with_domain(Some("example.com".into()))
+                .unwrap()
                 .with_path("/app")
-                .with_same_site(SameSite::Strict),
+                .unwrap()
+                .with_same_site(SameSite::Strict)
+                .unwrap(),
         );
         let id = SessionId::generate();
         let expires_ms = now_ms() + 3_600_000;
-        let header = build_cookie(&s, &id, UNIX_EPOCH + Duration::from_millis(expires_ms));
+        let header = build_cookie(&s, &id, UNIX_EPOCH + Duration::from_millis(expires_ms)).unwrap();
         let c = Cookie::parse(header.to_str().unwrap()).unwrap();
         assert_eq!(c.name(), "koa:sess");
         assert_eq!(s.keys.verify("koa:sess", c.value()).unwrap().id, id);
@@ -275,7 +304,7 @@ mod tests {
         let expires = c.expires_datetime().unwrap().unix_timestamp();
         assert_eq!(expires, (expires_ms / 1000) as i64);
 
-        let cleared = clear_cookie(&s);
+        let cleared = clear_cookie(&s).unwrap();
         let c = Cookie::parse(cleared.to_str().unwrap()).unwrap();
         assert_eq!((c.name(), c.value()), ("koa:sess", ""));
         assert_eq!(c.max_age().map(|d| d.whole_seconds()), Some(0));
@@ -322,18 +351,50 @@ mod tests {
     }
 
     #[test]
+    fn far_future_expiries_are_clamped_not_a_panic() {
+        let s = settings(layer());
+        let year_9999 = UNIX_EPOCH + Duration::from_secs(253_370_764_800);
+        let year_10000 = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        for expires in [
+            UNIX_EPOCH + Duration::from_secs(300_000_000_000),
+            year_9999,
+            year_10000,
+        ] {
+            let header = build_cookie(&s, &SessionId::generate(), expires).unwrap();
+            let c = Cookie::parse(header.to_str().unwrap()).unwrap();
+            let max_age = c.max_age().unwrap().whole_seconds();
+            let limit = tessera_engine::MAX_TTL.as_secs() as i64;
+            assert!((limit - 5..=limit).contains(&max_age), "{max_age}");
+            let at = c.expires_datetime().unwrap().unix_timestamp();
+            let now = now_ms() as i64 / 1000;
+            assert!((now + limit - 5..=now + limit + 1).contains(&at), "{at}");
+        }
+        // Before the epoch (a broken clock): an already expired cookie, no panic either.
+        let header = build_cookie(
+            &s,
+            &SessionId::generate(),
+            UNIX_EPOCH - Duration::from_secs(1),
+        )
+        .unwrap();
+        let c = Cookie::parse(header.to_str().unwrap()).unwrap();
+        assert_eq!(c.max_age().unwrap().whole_seconds(), 0);
+    }
+
+    #[test]
     fn browser_session_cookies_have_no_lifetime() {
         let s = settings(
             layer()
                 .with_persistent_cookie(false)
                 .with_secure(false)
+                .unwrap()
                 .with_http_only(false),
         );
         let header = build_cookie(
             &s,
             &SessionId::generate(),
             SystemTime::now() + Duration::from_secs(1),
-        );
+        )
+        .unwrap();
         let c = Cookie::parse(header.to_str().unwrap()).unwrap();
         assert_eq!((c.max_age(), c.expires()), (None, None));
         assert_eq!((c.secure(), c.http_only()), (None, None));
