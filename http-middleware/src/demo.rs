@@ -448,7 +448,9 @@ mod tests {
     async fn an_overlong_ttl_is_a_configuration_error_not_a_panic() {
         let args = DemoArgs::try_from_args(["demo", "--ttl", "300000000000"]).unwrap();
         assert_eq!(args.ttl, 300_000_000_000);
-        let err = build_engine(&args).await.err().expect("refused");
+        let Err(err) = build_engine(&args).await else {
+            panic!("a 300000000000 s TTL must be refused");
+        };
         let message = err.to_string();
         assert!(
             message.contains("400 days") || message.contains("TTL"),
