@@ -315,7 +315,9 @@ fn request(path: &str, cookie: &str) -> Request<Full<Bytes>> {
 fn middleware(c: &mut Criterion) {
     let rt = runtime();
     let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
-    let layer = SessionLayer::new(engine, SigningKeys::new([SECRET]).unwrap()).with_secure(false);
+    let layer = SessionLayer::new(engine, SigningKeys::new([SECRET]).unwrap())
+        .with_secure(false)
+        .unwrap();
     let bare = tower::service_fn(handler);
     let layered = layer.layer(tower::service_fn(handler));
 

@@ -35,7 +35,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let app = Router::new()
         .route("/", get(count))
         .route("/logout", get(logout))
-        .layer(SessionLayer::new(engine, keys).with_secure(false));
+        .layer(SessionLayer::new(engine, keys).with_secure(false)?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3002").await?;
     println!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app).await?;

@@ -1,6 +1,5 @@
 //! The demo service: `cargo run --release -p tessera-middleware --example demo -- --help`.
 
-use clap::Parser;
 use tessera_middleware::demo::{run, DemoArgs};
 
 /// glibc's allocator serialises tokio workers on its arena locks under load; mimalloc does not.
@@ -15,7 +14,7 @@ async fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Err(err) = run(DemoArgs::parse()).await {
+    if let Err(err) = run(DemoArgs::from_command_line()).await {
         eprintln!("error: {err}");
         std::process::exit(1);
     }

@@ -50,7 +50,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
     let keys = SigningKeys::new(["replace me with 32+ random bytes from a secret store"])?;
     let service = SessionLayer::new(engine, keys)
-        .with_secure(false) // plain http on localhost
+        .with_secure(false)? // plain http on localhost
         .layer(service_fn(handler));
 
     let listener = TcpListener::bind("127.0.0.1:3001").await?;

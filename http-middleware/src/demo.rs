@@ -5,7 +5,7 @@
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, time::Duration};
 
 use bytes::Bytes;
-use clap::{ArgAction, Parser};
+use clap::{parser::ValueSource, ArgAction, CommandFactory, FromArgMatches, Parser};
 use http::{header, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
@@ -42,9 +42,11 @@ pub struct DemoArgs {
     /// Idle session lifetime in seconds.
     #[arg(long, env = "TESSERA_TTL", default_value_t = 3600)]
     pub ttl: u64,
-    /// Cookie signing secret; repeat for rotation (the first signs). Absent means a random
-    /// secret for this process only.
-    #[arg(long = "secret", env = "TESSERA_SECRETS", value_delimiter = ',')]
+    /// Cookie signing secret, at least 16 bytes (32+ random bytes advised); repeat the flag for
+    /// rotation: the first signs, later ones only verify. A secret may contain any character,
+    /// commas included. TESSERA_SECRETS holds one secret per line, first line signing. Absent
+    /// means a random secret for this process only.
+    #[arg(long = "secret", env = "TESSERA_SECRETS", action = ArgAction::Append)]
     pub secrets: Vec<String>,
     /// Send the Secure cookie attribute (the demo serves plain http, so default false).
     #[arg(long, env = "TESSERA_COOKIE_SECURE", default_value_t = false, action = ArgAction::Set)]
@@ -55,6 +57,30 @@ pub struct DemoArgs {
 }
 
 impl DemoArgs {
+    /// The demo binary's command line: `std::env::args_os()` with the environment as fallback.
+    /// Exits with clap's message (and `--help`) as clap's `Parser::parse` does.
+    pub fn from_command_line() -> Self {
+        Self::try_from_args(std::env::args_os()).unwrap_or_else(|err| err.exit())
+    }
+
+    /// Parses `args` (program name first) with the environment as fallback. Use this rather than
+    /// clap's `Parser::try_parse_from`, which would take a multi-line `TESSERA_SECRETS` as one
+    /// secret: clap splits a flag and its environment variable alike, and `--secret` must not be
+    /// split at all.
+    pub fn try_from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut command = Self::command();
+        let matches = command.try_get_matches_from_mut(args)?;
+        let mut parsed = Self::from_arg_matches(&matches).map_err(|e| e.format(&mut command))?;
+        if matches.value_source("secrets") == Some(ValueSource::EnvVariable) {
+            parsed.secrets = split_secret_lines(&parsed.secrets);
+        }
+        Ok(parsed)
+    }
+
     /// Arguments for tests: memory store, ephemeral port, a fixed secret.
     pub fn for_tests() -> Self {
         DemoArgs {
@@ -85,6 +111,17 @@ impl DemoArgs {
         self.ttl = secs;
         self
     }
+}
+
+/// `TESSERA_SECRETS` as secrets: one per line (a newline cannot occur in a one-line secret, a
+/// comma can), a trailing `\r` dropped, blank lines skipped.
+fn split_secret_lines(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|value| value.lines())
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A configuration or start-up failure of the demo.
@@ -122,7 +159,7 @@ pub fn build_app(
     } else {
         SigningKeys::new(&args.secrets)?
     };
-    let layer = SessionLayer::new(engine.clone(), keys).with_secure(args.cookie_secure);
+    let layer = SessionLayer::new(engine.clone(), keys).with_secure(args.cookie_secure)?;
     Ok(layer.layer(DemoApp { engine, metrics }))
 }
 
@@ -214,10 +251,14 @@ where
         let app = self.clone();
         Box::pin(async move {
             Ok(app.route(req).await.unwrap_or_else(|err| {
-                text(
-                    error_status(&err),
-                    format!("session error: {}\n", err.message()),
-                )
+                let status = error_status(&err);
+                let mut response = text(status, format!("session error: {}\n", err.message()));
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                }
+                response
             }))
         })
     }
@@ -352,5 +393,68 @@ impl DemoApp {
             }),
             _ => Ok(text(StatusCode::NOT_FOUND, "not found\n")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LONG: &str = "a,b: one secret of more than thirty-two bytes";
+
+    #[test]
+    fn a_secret_with_commas_is_one_secret() {
+        let args = DemoArgs::try_from_args(["demo", "--secret", LONG]).unwrap();
+        assert_eq!(args.secrets, [LONG]);
+        let args =
+            DemoArgs::try_from_args(["demo", "--secret", LONG, "--secret", "x,y,z"]).unwrap();
+        assert_eq!(args.secrets, [LONG, "x,y,z"]);
+        assert!(SigningKeys::new(&args.secrets).is_err(), "x,y,z is 5 bytes");
+    }
+
+    #[test]
+    fn env_secrets_are_one_per_line_the_first_signing() {
+        let newer = "the newer secret, signing, thirty-two bytes+";
+        // The only test in this binary that reads TESSERA_SECRETS.
+        std::env::set_var("TESSERA_SECRETS", format!("{newer}\r\n{LONG}\n"));
+        let from_env = DemoArgs::try_from_args(["demo"]);
+        let flag_wins = DemoArgs::try_from_args(["demo", "--secret", LONG]);
+        std::env::remove_var("TESSERA_SECRETS");
+        let args = from_env.unwrap();
+        assert_eq!(args.secrets, [newer, LONG]);
+        assert_eq!(
+            flag_wins.unwrap().secrets,
+            [LONG],
+            "the flag overrides the variable"
+        );
+
+        let keys = SigningKeys::new(&args.secrets).unwrap();
+        let id = tessera_engine::SessionId::generate();
+        let value = keys.sign("koa:sess", &id);
+        let signer = SigningKeys::new([newer]).unwrap();
+        assert_eq!(signer.verify("koa:sess", &value).unwrap().id, id);
+        let old = SigningKeys::new([LONG]).unwrap().sign("koa:sess", &id);
+        assert!(keys.verify("koa:sess", &old).unwrap().stale_key);
+    }
+
+    #[test]
+    fn help_documents_the_secret_contract() {
+        let help = DemoArgs::command().render_long_help().to_string();
+        assert!(help.contains("TESSERA_SECRETS"), "{help}");
+        assert!(help.contains("one secret per line"), "{help}");
+    }
+
+    #[tokio::test]
+    async fn an_overlong_ttl_is_a_configuration_error_not_a_panic() {
+        let args = DemoArgs::try_from_args(["demo", "--ttl", "300000000000"]).unwrap();
+        assert_eq!(args.ttl, 300_000_000_000);
+        let Err(err) = build_engine(&args).await else {
+            panic!("a 300000000000 s TTL must be refused");
+        };
+        let message = err.to_string();
+        assert!(
+            message.contains("400 days") || message.contains("TTL"),
+            "{message}"
+        );
     }
 }

@@ -13,6 +13,7 @@ mod error;
 pub mod metrics;
 pub mod session;
 mod signing;
+mod status;
 
 pub use tessera_engine::{self as engine, Session};
 
@@ -21,16 +22,5 @@ pub use crate::{
     metrics::install_prometheus_recorder,
     session::{FailurePolicy, SessionLayer, SessionService},
     signing::{find_session_cookie, Rejection, SigningKeys, Verified},
+    status::error_status,
 };
-
-/// The HTTP status a handler should answer for an engine error: 503 for store failures, 413 for
-/// an oversized session, 400 for a reserved field name, 500 otherwise.
-pub fn error_status(err: &tessera_engine::Error) -> http::StatusCode {
-    use tessera_engine::ErrorKind as K;
-    match err.kind() {
-        K::Redis | K::Timeout | K::LoadFailed | K::Decode => http::StatusCode::SERVICE_UNAVAILABLE,
-        K::TooLarge => http::StatusCode::PAYLOAD_TOO_LARGE,
-        K::InvalidField | K::InvalidId => http::StatusCode::BAD_REQUEST,
-        _ => http::StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}

@@ -12,13 +12,14 @@ use crate::{
 };
 
 /// Counter: requests through the middleware, label `outcome` = `ok` | `store_error` (503 sent) |
-/// `fail_open` (served without a saved session) | `too_large` (413 sent).
+/// `fail_open` (served without a saved session) | `too_large` (413 sent) | `failed` (another
+/// commit error: 500, or 400 for an invalid field or id).
 pub const REQUESTS_TOTAL: &str = "tessera_http_requests_total";
 /// Histogram: time the middleware itself spent on a request (cookie handling and commit,
 /// excluding the inner handler), in seconds.
 pub const MIDDLEWARE_DURATION_SECONDS: &str = "tessera_http_middleware_duration_seconds";
 /// Counter: ignored session cookies, label `reason` = `oversized` | `malformed` |
-/// `bad_signature` | `not_utf8`.
+/// `bad_signature` | `non_ascii_value`.
 pub const REJECTED_COOKIES_TOTAL: &str = "tessera_http_rejected_cookies_total";
 
 /// Latency buckets in seconds, from 50 µs to 5 s.
@@ -83,13 +84,13 @@ pub fn install_prometheus_recorder() -> Result<PrometheusHandle, Error> {
 }
 
 /// Values of the `outcome` label of [`REQUESTS_TOTAL`].
-const REQUEST_OUTCOMES: [&str; 4] = ["ok", "store_error", "fail_open", "too_large"];
+const REQUEST_OUTCOMES: [&str; 5] = ["ok", "store_error", "fail_open", "too_large", "failed"];
 /// Values of the `reason` label of [`REJECTED_COOKIES_TOTAL`].
 const REJECTIONS: [Rejection; 4] = [
     Rejection::Oversized,
     Rejection::Malformed,
     Rejection::BadSignature,
-    Rejection::NotUtf8,
+    Rejection::NonAsciiValue,
 ];
 
 /// One layer's metric handles, registered on first use and kept (see the engine's handles: the

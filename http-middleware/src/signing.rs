@@ -11,8 +11,10 @@ use crate::error::{Error, ErrorKind};
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Secrets shorter than this many bytes are refused: guessable offline from one cookie.
+pub(crate) const MIN_SECRET_LEN: usize = 16;
 /// Secrets shorter than this many bytes are accepted with a warning.
-pub(crate) const MIN_SECRET_LEN: usize = 32;
+pub(crate) const GOOD_SECRET_LEN: usize = 32;
 /// Length of the encoded signature (32 bytes of base64url).
 const SIG_LEN: usize = 43;
 /// Length of a signed cookie value.
@@ -28,8 +30,9 @@ pub enum Rejection {
     Malformed,
     /// Well-formed, but no key produced its signature.
     BadSignature,
-    /// The Cookie header was not valid UTF-8.
-    NotUtf8,
+    /// The session cookie's value holds bytes outside ASCII (our values are base64url). Other
+    /// cookies in the header may hold anything: they are skipped unread.
+    NonAsciiValue,
 }
 
 impl Rejection {
@@ -39,7 +42,7 @@ impl Rejection {
             Rejection::Oversized => "oversized",
             Rejection::Malformed => "malformed",
             Rejection::BadSignature => "bad_signature",
-            Rejection::NotUtf8 => "not_utf8",
+            Rejection::NonAsciiValue => "non_ascii_value",
         }
     }
 }
@@ -87,8 +90,9 @@ impl std::fmt::Debug for SigningKeys {
 }
 
 impl SigningKeys {
-    /// Keys from secrets, the first of which signs. An empty secret is an error; one shorter than
-    /// 32 bytes is accepted (the seed accepted any key) but logged as a warning.
+    /// Keys from secrets, the first of which signs. A secret shorter than 16 bytes is a
+    /// configuration error; one shorter than 32 bytes is accepted but logged as a warning. Use
+    /// random bytes (`openssl rand -base64 48`), not a word.
     pub fn new<I, K>(secrets: I) -> Result<Self, Error>
     where
         I: IntoIterator<Item = K>,
@@ -97,17 +101,22 @@ impl SigningKeys {
         let mut keys = Vec::new();
         for (i, secret) in secrets.into_iter().enumerate() {
             let secret = secret.as_ref();
-            if secret.is_empty() {
+            if secret.len() < MIN_SECRET_LEN {
                 return Err(Error::new(
                     ErrorKind::Config,
-                    format!("cookie secret #{} is empty; give it random bytes", i + 1),
+                    format!(
+                        "cookie secret #{} is {} bytes; use at least {MIN_SECRET_LEN}, ideally \
+                         {GOOD_SECRET_LEN}+ random bytes (openssl rand -base64 48)",
+                        i + 1,
+                        secret.len()
+                    ),
                 ));
             }
-            if secret.len() < MIN_SECRET_LEN {
+            if secret.len() < GOOD_SECRET_LEN {
                 tracing::warn!(
                     secret = i + 1,
                     len = secret.len(),
-                    "short cookie secret: use at least {MIN_SECRET_LEN} random bytes \
+                    "short cookie secret: use at least {GOOD_SECRET_LEN} random bytes \
                      (e.g. `openssl rand -base64 48`)"
                 );
             }
@@ -213,6 +222,9 @@ const MAX_CANDIDATES: usize = 4;
 /// Finds the cookie `name` in a request's `Cookie` headers and verifies it, without touching any
 /// store. `Ok(None)`: no such cookie; `Ok(Some(_))`: the first valid one; `Err(_)`: only invalid
 /// candidates, with the last one's reason. At most four candidates are verified per request.
+///
+/// The header is read as bytes: another application's cookie with non-ASCII bytes (a
+/// `theme=déjà` set by a sibling app) must not hide ours, so only our own value has to be ASCII.
 pub fn find_session_cookie(
     keys: &SigningKeys,
     name: &str,
@@ -221,25 +233,40 @@ pub fn find_session_cookie(
     let mut candidates = 0;
     let mut rejection = None;
     for header in headers.get_all(http::header::COOKIE) {
-        let Ok(text) = header.to_str() else {
-            rejection = Some(Rejection::NotUtf8);
-            continue;
-        };
-        for cookie in cookie::Cookie::split_parse(text).flatten() {
-            if cookie.name() != name {
+        for pair in header.as_bytes().split(|b| *b == b';') {
+            // `name=value`, split at the first `=`; a pair without one is no cookie of ours.
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+                continue;
+            };
+            if trim(&pair[..eq]) != name.as_bytes() {
                 continue;
             }
             candidates += 1;
             if candidates > MAX_CANDIDATES {
                 return rejection.map_or(Ok(None), Err);
             }
-            match keys.verify(name, cookie.value()) {
+            let value = trim(&pair[eq + 1..]);
+            let verdict = match std::str::from_utf8(value) {
+                Ok(text) if value.is_ascii() => keys.verify(name, text),
+                _ => Err(Rejection::NonAsciiValue),
+            };
+            match verdict {
                 Ok(verified) => return Ok(Some(verified)),
                 Err(r) => rejection = Some(r),
             }
         }
     }
     rejection.map_or(Ok(None), Err)
+}
+
+/// Strips the spaces and tabs a `Cookie` header puts around names and values.
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let end = bytes.iter().rposition(|b| !matches!(b, b' ' | b'\t'));
+    match (start, end) {
+        (Some(start), Some(end)) => &bytes[start..=end],
+        _ => &[],
+    }
 }
 
 #[cfg(test)]
@@ -298,10 +325,64 @@ mod tests {
     #[test]
     fn secrets_are_validated() {
         assert!(SigningKeys::new([""]).unwrap_err().is_config());
-        assert!(SigningKeys::new(["short but accepted"]).is_ok());
+        let err = SigningKeys::new([A, "abcde"]).unwrap_err();
+        assert!(err.is_config());
+        assert_eq!(
+            err.to_string(),
+            "cookie secret #2 is 5 bytes; use at least 16, ideally 32+ random bytes \
+             (openssl rand -base64 48)"
+        );
+        assert!(SigningKeys::new([[7u8; 15]]).unwrap_err().is_config());
+        assert!(
+            SigningKeys::new([[7u8; 16]]).is_ok(),
+            "16 bytes: a warning only"
+        );
+        assert!(SigningKeys::new([[7u8; 32]]).is_ok());
         assert!(SigningKeys::new(Vec::<&str>::new())
             .unwrap_err()
             .is_config());
+    }
+
+    #[test]
+    fn foreign_non_ascii_cookies_are_skipped() {
+        let keys = SigningKeys::new([A]).unwrap();
+        let id = SessionId::generate();
+        let ours = format!("koa:sess={}", keys.sign("koa:sess", &id));
+        for raw in [
+            format!("theme=d\u{e9}j\u{e0}; {ours}"),
+            format!("{ours};theme=d\u{e9}j\u{e0}"),
+            format!("\u{e9}=\u{e9}; \t{ours}\t ; x"),
+        ] {
+            let mut headers = http::HeaderMap::new();
+            headers.append(
+                http::header::COOKIE,
+                http::HeaderValue::from_bytes(raw.as_bytes()).unwrap(),
+            );
+            let found = find_session_cookie(&keys, "koa:sess", &headers);
+            assert_eq!(found.unwrap().map(|v| v.id), Some(id), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn non_ascii_in_our_own_value_is_rejected() {
+        let keys = SigningKeys::new([A]).unwrap();
+        let mut headers = http::HeaderMap::new();
+        let raw = "theme=dark; koa:sess=d\u{e9}j\u{e0}";
+        headers.append(
+            http::header::COOKIE,
+            http::HeaderValue::from_bytes(raw.as_bytes()).unwrap(),
+        );
+        let found = find_session_cookie(&keys, "koa:sess", &headers);
+        assert_eq!(found, Err(Rejection::NonAsciiValue));
+        assert_eq!(Rejection::NonAsciiValue.as_str(), "non_ascii_value");
+        // Latin-1 bytes, not UTF-8 at all: the same reason.
+        let mut headers = http::HeaderMap::new();
+        headers.append(
+            http::header::COOKIE,
+            http::HeaderValue::from_bytes(b"koa:sess=\xff\xfe").unwrap(),
+        );
+        let found = find_session_cookie(&keys, "koa:sess", &headers);
+        assert_eq!(found, Err(Rejection::NonAsciiValue));
     }
 
     #[test]

@@ -157,7 +157,11 @@ fn app_with(layer: &SessionLayer) -> App {
 
 /// The demo routes behind a plain-http layer signing with `SECRET_A`.
 fn app(engine: &SessionEngine) -> App {
-    app_with(&SessionLayer::new(engine.clone(), keys(&[SECRET_A])).with_secure(false))
+    app_with(
+        &SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+            .with_secure(false)
+            .unwrap(),
+    )
 }
 
 /// The session id a cookie names (verified with `secrets`).
@@ -209,6 +213,8 @@ enum Mode {
     FailLoad,
     /// Loads go through; create, update and delete fail.
     FailWrites,
+    /// Loads go through; create, update and delete fail with an error of this kind.
+    WriteError(EngineErrorKind),
 }
 
 #[derive(Debug, Default)]
@@ -266,13 +272,18 @@ impl Probe {
             Mode::PassThrough => false,
             Mode::FailAll => true,
             Mode::FailLoad => !write,
-            Mode::FailWrites => write,
+            Mode::FailWrites | Mode::WriteError(_) => write,
         }
     }
-}
 
-fn injected(op: &str) -> EngineError {
-    EngineError::new(EngineErrorKind::Redis, format!("injected {op} failure"))
+    /// The error an injected failure of `op` returns.
+    fn injected(&self, op: &str) -> EngineError {
+        let kind = match self.mode {
+            Mode::WriteError(kind) => kind,
+            _ => EngineErrorKind::Redis,
+        };
+        EngineError::new(kind, format!("injected {op} failure"))
+    }
 }
 
 /// What `#[async_trait]` expands a trait method's return type to (this crate does not depend on
@@ -292,7 +303,7 @@ impl SessionStore for Probe {
         Box::pin(async move {
             self.calls.load.fetch_add(1, Ordering::SeqCst);
             if self.fails(false) {
-                return Err(injected("load"));
+                return Err(self.injected("load"));
             }
             self.inner.load(key).await
         })
@@ -313,7 +324,7 @@ impl SessionStore for Probe {
         Box::pin(async move {
             self.calls.create.fetch_add(1, Ordering::SeqCst);
             if self.fails(true) {
-                return Err(injected("create"));
+                return Err(self.injected("create"));
             }
             self.inner.create(key, fields, ttl).await
         })
@@ -336,7 +347,7 @@ impl SessionStore for Probe {
         Box::pin(async move {
             self.calls.update.fetch_add(1, Ordering::SeqCst);
             if self.fails(true) {
-                return Err(injected("update"));
+                return Err(self.injected("update"));
             }
             self.inner.update(key, set, delete, ttl).await
         })
@@ -354,7 +365,7 @@ impl SessionStore for Probe {
         Box::pin(async move {
             self.calls.delete.fetch_add(1, Ordering::SeqCst);
             if self.fails(true) {
-                return Err(injected("delete"));
+                return Err(self.injected("delete"));
             }
             self.inner.delete(key).await
         })
@@ -377,7 +388,7 @@ impl SessionStore for Probe {
         Box::pin(async move {
             self.calls.create.fetch_add(1, Ordering::SeqCst);
             if self.fails(true) {
-                return Err(injected("regenerate"));
+                return Err(self.injected("regenerate"));
             }
             self.inner.regenerate(old, new, fields, ttl).await
         })
@@ -391,7 +402,7 @@ impl SessionStore for Probe {
         Box::pin(async move {
             self.calls.ping.fetch_add(1, Ordering::SeqCst);
             if self.mode == Mode::FailAll {
-                return Err(injected("ping"));
+                return Err(self.injected("ping"));
             }
             self.inner.ping().await
         })
@@ -453,7 +464,11 @@ async fn cookie_round_trip_with_default_attributes() {
 #[tokio::test]
 async fn secure_can_be_turned_off() {
     let engine = engine_on(MemoryStore::new(), SessionConfig::default());
-    let svc = app_with(&SessionLayer::new(engine, keys(&[SECRET_A])).with_secure(false));
+    let svc = app_with(
+        &SessionLayer::new(engine, keys(&[SECRET_A]))
+            .with_secure(false)
+            .unwrap(),
+    );
     let r = call(&svc, get("/", None)).await;
     r.assert_ok("1 views");
     let raw = r.raw_set_cookie().expect("Set-Cookie");
@@ -493,6 +508,7 @@ async fn browser_session_cookie_has_no_max_age_or_expires() {
     let svc = app_with(
         &SessionLayer::new(engine, keys(&[SECRET_A]))
             .with_secure(false)
+            .unwrap()
             .with_persistent_cookie(false),
     );
     let c = establish(&svc).await;
@@ -513,8 +529,11 @@ async fn custom_cookie_options_are_applied() {
         .with_cookie_name("sid")
         .expect("valid name")
         .with_path("/app")
+        .unwrap()
         .with_domain(Some("example.test".into()))
+        .unwrap()
         .with_same_site(SameSite::Strict)
+        .unwrap()
         .with_http_only(false);
     let svc = app_with(&layer);
     let r = call(&svc, get("/", None)).await;
@@ -718,7 +737,7 @@ async fn tampered_cookies_get_a_fresh_session_without_store_calls() {
     r.assert_ok("0 views");
     assert_eq!(probe.loads(), loads);
 
-    // A non-UTF-8 Cookie header is ignored, without a 500.
+    // A session cookie with non-ASCII bytes is ignored, without a 500.
     let raw = HeaderValue::from_bytes(b"koa:sess=\xff\xfe\xfd; other=1").unwrap();
     let r = call(&svc, get_with_headers("/views", vec![raw])).await;
     r.assert_ok("0 views");
@@ -770,12 +789,21 @@ async fn signed_cookie_for_unknown_session_is_replaced_not_adopted() {
 async fn key_rotation_accepts_old_key_and_reissues_under_new_one() {
     let store = MemoryStore::new();
     let engine = engine_on(store.clone(), SessionConfig::default());
-    let old = app_with(&SessionLayer::new(engine.clone(), keys(&[SECRET_A])).with_secure(false));
-    let rotated = app_with(
-        &SessionLayer::new(engine.clone(), keys(&[SECRET_B, SECRET_A])).with_secure(false),
+    let old = app_with(
+        &SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+            .with_secure(false)
+            .unwrap(),
     );
-    let only_new =
-        app_with(&SessionLayer::new(engine.clone(), keys(&[SECRET_B])).with_secure(false));
+    let rotated = app_with(
+        &SessionLayer::new(engine.clone(), keys(&[SECRET_B, SECRET_A]))
+            .with_secure(false)
+            .unwrap(),
+    );
+    let only_new = app_with(
+        &SessionLayer::new(engine.clone(), keys(&[SECRET_B]))
+            .with_secure(false)
+            .unwrap(),
+    );
 
     let cookie_a = establish(&old).await;
     let id = id_of(&cookie_a, &[SECRET_A]);
@@ -954,6 +982,7 @@ async fn fail_closed_answers_503_with_retry_after() {
     let svc = app_with(
         &SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
             .with_secure(false)
+            .unwrap()
             .with_retry_after(Duration::from_secs(7)),
     );
     let r = call(&svc, get("/", Some(&c))).await;
@@ -969,6 +998,7 @@ async fn fail_open_serves_handler_answer_without_cookie_or_writes() {
     let svc = app_with(
         &SessionLayer::new(engine, keys(&[SECRET_A]))
             .with_secure(false)
+            .unwrap()
             .with_failure_policy(FailurePolicy::FailOpen),
     );
     let c = cookie_for(&SessionId::generate(), SECRET_A);
@@ -1007,6 +1037,7 @@ async fn fail_open_never_overwrites_the_real_session() {
             keys(&[SECRET_A]),
         )
         .with_secure(false)
+        .unwrap()
         .with_failure_policy(FailurePolicy::FailOpen),
     );
     let r = call(&svc, get("/", Some(&c))).await;
@@ -1053,10 +1084,11 @@ async fn failed_save_is_503_under_fail_closed() {
     r.assert_no_cookie();
     assert_eq!(probe.creates(), 1);
 
-    // Delete (logout) fails: the client must not be told it is logged out.
+    // Delete (logout) fails: not a success, but the cookie is cleared all the same (see
+    // `failed_logout_is_503_and_clears_the_cookie_under_both_policies`).
     let r = call(&svc, post("/logout", Some(&c))).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
-    r.assert_no_cookie();
+    assert_clearing(&r.cookie());
     assert_eq!(probe.deletes(), 1);
 
     // Regenerate (create + delete) fails.
@@ -1068,6 +1100,167 @@ async fn failed_save_is_503_under_fail_closed() {
     assert_eq!(store.len(), 1);
     let r = call(&good, get("/session", Some(&c))).await;
     assert_eq!(r.json(), json!({"views": 1}));
+}
+
+#[tokio::test]
+async fn failed_logout_is_503_and_clears_the_cookie_under_both_policies() {
+    for policy in [FailurePolicy::FailOpen, FailurePolicy::FailClosed] {
+        let store = MemoryStore::new();
+        let c = establish(&app(&engine_on(store.clone(), SessionConfig::default()))).await;
+        let probe = Probe::new(store.clone(), Mode::FailWrites);
+        let svc = app_with(
+            &SessionLayer::new(
+                engine_on(probe.clone(), SessionConfig::default()),
+                keys(&[SECRET_A]),
+            )
+            .with_secure(false)
+            .unwrap()
+            .with_failure_policy(policy),
+        );
+        // The DEL fails: a logout that did not happen must not look like one that did, whatever
+        // the policy; the browser still drops its cookie.
+        let r = call(&svc, post("/logout", Some(&c))).await;
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{policy:?}: {r:?}"
+        );
+        assert_eq!(
+            r.headers.get(header::RETRY_AFTER).unwrap(),
+            "1",
+            "{policy:?}"
+        );
+        assert_eq!(
+            r.headers.get(header::CACHE_CONTROL).unwrap(),
+            "no-store",
+            "{policy:?}"
+        );
+        assert_clearing(&r.cookie());
+        assert_eq!(probe.deletes(), 1, "{policy:?}");
+        assert_eq!(store.len(), 1, "{policy:?}: the session is still stored");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9b. One table from engine errors to statuses
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn error_status_table() {
+    use EngineErrorKind as K;
+    for (kind, status) in [
+        (K::Redis, StatusCode::SERVICE_UNAVAILABLE),
+        (K::Timeout, StatusCode::SERVICE_UNAVAILABLE),
+        (K::LoadFailed, StatusCode::SERVICE_UNAVAILABLE),
+        (K::NotDurable, StatusCode::SERVICE_UNAVAILABLE),
+        (K::TooLarge, StatusCode::PAYLOAD_TOO_LARGE),
+        (K::InvalidField, StatusCode::BAD_REQUEST),
+        (K::InvalidId, StatusCode::BAD_REQUEST),
+        (K::Decode, StatusCode::INTERNAL_SERVER_ERROR),
+        (K::Encode, StatusCode::INTERNAL_SERVER_ERROR),
+        (K::Config, StatusCode::INTERNAL_SERVER_ERROR),
+        (K::IdCollision, StatusCode::INTERNAL_SERVER_ERROR),
+    ] {
+        let err = EngineError::new(kind, "x");
+        assert_eq!(tessera_middleware::error_status(&err), status, "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn not_durable_commit_is_a_store_failure() {
+    // Under fail-closed: 503 with Retry-After, like any unavailable store.
+    let probe = Probe::new(
+        MemoryStore::new(),
+        Mode::WriteError(EngineErrorKind::NotDurable),
+    );
+    let svc = app(&engine_on(probe.clone(), SessionConfig::default()));
+    let r = call(&svc, get("/", None)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{r:?}");
+    assert_eq!(r.headers.get(header::RETRY_AFTER).unwrap(), "1");
+    r.assert_no_cookie();
+    // Under fail-open: the handler's answer, without a cookie.
+    let svc = app_with(
+        &SessionLayer::new(
+            engine_on(probe.clone(), SessionConfig::default()),
+            keys(&[SECRET_A]),
+        )
+        .with_secure(false)
+        .unwrap()
+        .with_failure_policy(FailurePolicy::FailOpen),
+    );
+    let r = call(&svc, get("/", None)).await;
+    r.assert_ok("1 views");
+    r.assert_no_cookie();
+}
+
+#[tokio::test]
+async fn decode_errors_are_500_under_both_policies() {
+    for policy in [FailurePolicy::FailClosed, FailurePolicy::FailOpen] {
+        // In a handler: a field of another type than asked for is a bug, not an outage.
+        let store = MemoryStore::new();
+        let layer = SessionLayer::new(
+            engine_on(store.clone(), SessionConfig::default()),
+            keys(&[SECRET_A]),
+        )
+        .with_secure(false)
+        .unwrap()
+        .with_failure_policy(policy);
+        let svc = app_with(&layer);
+        let r = call(&svc, put("/session/views", None, "\"many\"")).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{policy:?}: {r:?}");
+        let c = r.cookie();
+        let r = call(&svc, get("/views", Some(&c))).await;
+        assert_eq!(
+            r.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{policy:?}: {r:?}"
+        );
+        assert!(!r.headers.contains_key(header::RETRY_AFTER), "{r:?}");
+
+        // At commit: a non-store error keeps its status; fail-open does not hide it.
+        let probe = Probe::new(
+            MemoryStore::new(),
+            Mode::WriteError(EngineErrorKind::Decode),
+        );
+        let svc = app_with(
+            &SessionLayer::new(
+                engine_on(probe.clone(), SessionConfig::default()),
+                keys(&[SECRET_A]),
+            )
+            .with_secure(false)
+            .unwrap()
+            .with_failure_policy(policy),
+        );
+        let r = call(&svc, get("/", None)).await;
+        assert_eq!(
+            r.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{policy:?}: {r:?}"
+        );
+        assert!(!r.headers.contains_key(header::RETRY_AFTER), "{r:?}");
+        assert_eq!(r.headers.get(header::CACHE_CONTROL).unwrap(), "no-store");
+        assert_eq!(r.body, "", "the handler's body must not leak: {r:?}");
+        r.assert_no_cookie();
+        assert_eq!(probe.creates(), 1);
+    }
+}
+
+#[tokio::test]
+async fn foreign_non_ascii_cookies_do_not_hide_the_session_cookie() {
+    let svc = app(&engine_on(MemoryStore::new(), SessionConfig::default()));
+    let c = establish(&svc).await;
+    let ours = format!("{COOKIE}={}", c.value());
+    for raw in [
+        format!("theme=d\u{e9}j\u{e0}; {ours}"),
+        format!("{ours}; theme=d\u{e9}j\u{e0}"),
+    ] {
+        // `d\xc3\xa9j\xc3\xa0`: UTF-8 bytes, which `HeaderValue::to_str` refuses.
+        let header = HeaderValue::from_bytes(raw.as_bytes()).unwrap();
+        assert!(header.to_str().is_err());
+        let r = call(&svc, get_with_headers("/views", vec![header])).await;
+        r.assert_ok("1 views");
+        r.assert_no_cookie();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1162,7 +1355,7 @@ async fn metrics_count_requests_and_rejected_cookies() {
 
     const BAD_SIG: &str = "tessera_http_rejected_cookies_total{reason=\"bad_signature\"}";
     const OVERSIZED: &str = "tessera_http_rejected_cookies_total{reason=\"oversized\"}";
-    const NOT_UTF8: &str = "tessera_http_rejected_cookies_total{reason=\"not_utf8\"}";
+    const NON_ASCII: &str = "tessera_http_rejected_cookies_total{reason=\"non_ascii_value\"}";
     const OK: &str = "tessera_http_requests_total{outcome=\"ok\"}";
     const STORE_ERROR: &str = "tessera_http_requests_total{outcome=\"store_error\"}";
     const TOO_LARGE: &str = "tessera_http_requests_total{outcome=\"too_large\"}";
@@ -1219,7 +1412,7 @@ async fn metrics_count_requests_and_rejected_cookies() {
     for (series_name, at_least) in [
         (BAD_SIG, 1.0),
         (OVERSIZED, 1.0),
-        (NOT_UTF8, 1.0),
+        (NON_ASCII, 1.0),
         (OK, 4.0),
         (STORE_ERROR, 1.0),
         (TOO_LARGE, 1.0),
@@ -1236,6 +1429,7 @@ async fn metrics_count_requests_and_rejected_cookies() {
     // The demo's /metrics route renders the same registry.
     let with_metrics = SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
         .with_secure(false)
+        .unwrap()
         .layer(DemoApp::new(engine, Some(handle)));
     let r = call(&with_metrics, get("/metrics", None)).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -1272,9 +1466,11 @@ mod axum_extractor {
     async fn extractor_gets_the_layer_session() {
         let store = MemoryStore::new();
         let engine = engine_on(store.clone(), SessionConfig::default());
-        let router = Router::new()
-            .route("/", get_route(count))
-            .layer(SessionLayer::new(engine.clone(), keys(&[SECRET_A])).with_secure(false));
+        let router = Router::new().route("/", get_route(count)).layer(
+            SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+                .with_secure(false)
+                .unwrap(),
+        );
 
         let r = call(&router, get("/", None)).await;
         r.assert_ok("1 views");
@@ -1293,7 +1489,8 @@ mod axum_extractor {
                 ),
                 keys(&[SECRET_A]),
             )
-            .with_secure(false),
+            .with_secure(false)
+            .unwrap(),
         );
         let r = call(&failing, get("/", None)).await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -1317,9 +1514,15 @@ async fn rotation_reissue_follows_the_stored_expiry() {
             .with_absolute_ttl(Some(std::time::Duration::from_secs(60)))
             .unwrap(),
     );
-    let old = app_with(&SessionLayer::new(engine.clone(), keys(&[SECRET_A])).with_secure(false));
+    let old = app_with(
+        &SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+            .with_secure(false)
+            .unwrap(),
+    );
     let rotated = app_with(
-        &SessionLayer::new(engine.clone(), keys(&[SECRET_B, SECRET_A])).with_secure(false),
+        &SessionLayer::new(engine.clone(), keys(&[SECRET_B, SECRET_A]))
+            .with_secure(false)
+            .unwrap(),
     );
     let cookie_a = establish(&old).await;
     let r = call(&rotated, get("/healthz", Some(&cookie_a))).await;

@@ -333,6 +333,7 @@ async fn redis_down_and_back() {
     let closed = DemoServer::start(engine.clone(), &args).await;
     let open_layer = SessionLayer::new(engine.clone(), SigningKeys::new(&args.secrets).unwrap())
         .with_secure(false)
+        .unwrap()
         .with_failure_policy(FailurePolicy::FailOpen);
     let open = DemoServer::start_with_layer(engine.clone(), open_layer).await;
     let client = HttpClient::new();

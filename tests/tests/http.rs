@@ -383,3 +383,32 @@ async fn hostile_cookies_never_reach_redis() {
         .await;
     assert_eq!(a.body, "1 views");
 }
+
+/// Bad configuration makes the demo binary exit 1 with a message, never panic.
+#[test]
+fn demo_binary_refuses_bad_configuration() {
+    let exe = std::env::current_exe().unwrap();
+    let demo = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join("demo"))
+        .filter(|p| p.exists())
+        .expect("the demo example is built by `cargo test --workspace` (target/*/examples/demo)");
+    for (args, expected) in [
+        (&["--ttl", "300000000000"][..], "400 days"),
+        (&["--secret", "short"][..], "cookie secret #1 is 5 bytes"),
+    ] {
+        let out = std::process::Command::new(&demo)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("TESSERA_REDIS_URL")
+            .env_remove("TESSERA_SECRETS")
+            .env_remove("TESSERA_TTL")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

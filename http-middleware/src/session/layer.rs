@@ -19,7 +19,11 @@ pub enum FailurePolicy {
     /// into a success response.
     #[default]
     FailClosed,
-    /// Let the request go on with an empty, unsaved session; nothing is written back.
+    /// Let the request go on with an empty, unsaved session; nothing is written back. Applies
+    /// to an unavailable store only (the 503 class of [`error_status`](crate::error_status)):
+    /// other commit errors keep their status, and a request that destroyed its session still
+    /// gets a 503 (with the clearing cookie) when the delete fails, so a failed logout never
+    /// looks like a successful one.
     FailOpen,
 }
 
@@ -113,20 +117,48 @@ impl SessionLayer {
         Ok(self.edit(|s| s.cookie_name = name))
     }
 
-    /// The cookie's Path (default `/`).
-    pub fn with_path(self, path: impl Into<String>) -> Self {
+    /// The cookie's Path (default `/`). Must start with `/` and hold printable ASCII without
+    /// `;` (RFC 6265 `path-value`): a `;` would smuggle in attributes of its own.
+    pub fn with_path(self, path: impl Into<String>) -> Result<Self, Error> {
         let path = path.into();
-        self.edit(|s| s.path = path)
+        let printable = |b: u8| (0x20..0x7f).contains(&b) && b != b';';
+        if !path.starts_with('/') || !path.bytes().all(printable) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "invalid cookie Path {path:?}: start it with / and use printable ASCII \
+                     without ; or control characters"
+                ),
+            ));
+        }
+        Ok(self.edit(|s| s.path = path))
     }
 
-    /// The cookie's Domain (default none: host-only).
-    pub fn with_domain(self, domain: Option<String>) -> Self {
-        self.edit(|s| s.domain = domain)
+    /// The cookie's Domain (default none: host-only). Must be a host name: labels of ASCII
+    /// letters, digits and `-` separated by dots, optionally with a leading dot.
+    pub fn with_domain(self, domain: Option<String>) -> Result<Self, Error> {
+        if let Some(domain) = &domain {
+            if !is_host_name(domain) {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "invalid cookie Domain {domain:?}: use a host name such as \
+                         example.com or .example.com (letters, digits, - and .)"
+                    ),
+                ));
+            }
+        }
+        Ok(self.edit(|s| s.domain = domain))
     }
 
     /// The Secure attribute (default on). Turn it off only for plain-http development.
-    pub fn with_secure(self, on: bool) -> Self {
-        self.edit(|s| s.secure = on)
+    ///
+    /// Secure and SameSite are checked as a pair by both setters, so whichever is called last
+    /// refuses `SameSite=None` without Secure (browsers drop such cookies) and no layer can hold
+    /// that combination at any point: to go from `None` to plain http, set SameSite first.
+    pub fn with_secure(self, on: bool) -> Result<Self, Error> {
+        check_same_site_pair(self.settings.same_site, on)?;
+        Ok(self.edit(|s| s.secure = on))
     }
 
     /// The HttpOnly attribute (default on).
@@ -134,9 +166,11 @@ impl SessionLayer {
         self.edit(|s| s.http_only = on)
     }
 
-    /// The SameSite attribute (default Lax).
-    pub fn with_same_site(self, same_site: SameSite) -> Self {
-        self.edit(|s| s.same_site = same_site)
+    /// The SameSite attribute (default Lax). `SameSite::None` needs Secure on (see
+    /// [`with_secure`](Self::with_secure)).
+    pub fn with_same_site(self, same_site: SameSite) -> Result<Self, Error> {
+        check_same_site_pair(same_site, self.settings.secure)?;
+        Ok(self.edit(|s| s.same_site = same_site))
     }
 
     /// Persistent cookie with Max-Age and Expires following the server TTL (default), or a
@@ -161,10 +195,121 @@ impl SessionLayer {
     }
 }
 
+/// Browsers drop a `SameSite=None` cookie that is not Secure, which would silently log everyone
+/// out; refuse it at configuration time instead.
+fn check_same_site_pair(same_site: SameSite, secure: bool) -> Result<(), Error> {
+    if same_site == SameSite::None && !secure {
+        return Err(Error::new(
+            ErrorKind::Config,
+            "SameSite=None requires the Secure attribute (browsers drop such cookies): keep \
+             with_secure(true), or use SameSite Lax or Strict",
+        ));
+    }
+    Ok(())
+}
+
+/// A plausible host name for the Domain attribute: an optional leading dot, then non-empty labels
+/// of ASCII letters, digits and `-`.
+fn is_host_name(domain: &str) -> bool {
+    let host = domain.strip_prefix('.').unwrap_or(domain);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 impl<S> Layer<S> for SessionLayer {
     type Service = SessionService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         SessionService::new(inner, self.settings.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_engine::{MemoryStore, SessionConfig};
+
+    use super::*;
+
+    fn layer() -> SessionLayer {
+        let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+        SessionLayer::new(engine, SigningKeys::random())
+    }
+
+    #[test]
+    fn paths_are_validated() {
+        for good in ["/", "/app", "/a b/c-d_e.f~%20"] {
+            assert!(layer().with_path(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "app",
+            "/a;Domain=evil.example",
+            "/a\nb",
+            "/a\rb",
+            "/\0",
+            "/caf\u{e9}",
+        ] {
+            let err = layer().with_path(bad).unwrap_err();
+            assert!(err.is_config(), "{bad:?}");
+            assert!(err.to_string().contains("cookie Path"), "{err}");
+        }
+    }
+
+    #[test]
+    fn domains_are_validated() {
+        for good in [
+            "example.com",
+            ".example.com",
+            "a-b.example",
+            "localhost",
+            "127.0.0.1",
+        ] {
+            assert!(layer().with_domain(Some(good.into())).is_ok(), "{good:?}");
+        }
+        assert!(layer().with_domain(None).is_ok());
+        for bad in [
+            "",
+            ".",
+            "example..com",
+            "example.com.",
+            "evil.example; Secure",
+            "a\nb",
+            "exa mple.com",
+            "ex_ample.com",
+            "b\u{fc}cher.de",
+        ] {
+            let err = layer().with_domain(Some(bad.into())).unwrap_err();
+            assert!(err.is_config(), "{bad:?}");
+            assert!(err.to_string().contains("cookie Domain"), "{err}");
+        }
+    }
+
+    #[test]
+    fn same_site_none_needs_secure_whichever_is_set_last() {
+        assert!(
+            layer().with_same_site(SameSite::None).is_ok(),
+            "Secure is on by default"
+        );
+        let insecure = layer().with_secure(false).unwrap();
+        let err = insecure.clone().with_same_site(SameSite::None).unwrap_err();
+        assert!(
+            err.is_config() && err.to_string().contains("SameSite=None"),
+            "{err}"
+        );
+        assert!(insecure.with_same_site(SameSite::Strict).is_ok());
+        let none = layer().with_same_site(SameSite::None).unwrap();
+        let err = none.clone().with_secure(false).unwrap_err();
+        assert!(
+            err.is_config() && err.to_string().contains("SameSite=None"),
+            "{err}"
+        );
+        let lax = none.with_same_site(SameSite::Lax).unwrap();
+        assert!(lax.with_secure(false).is_ok());
     }
 }

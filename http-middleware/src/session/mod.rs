@@ -12,7 +12,9 @@
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
 //! let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
-//! let layer = SessionLayer::new(engine, SigningKeys::random()).with_secure(false);
+//! let layer = SessionLayer::new(engine, SigningKeys::random())
+//!     .with_secure(false)
+//!     .unwrap();
 //! let service = layer.layer(service_fn(|req: Request<String>| async move {
 //!     let session = req.extensions().get::<Session>().unwrap().clone();
 //!     let views: u64 = session.get("views").await.ok().flatten().unwrap_or(0) + 1;

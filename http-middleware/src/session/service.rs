@@ -7,12 +7,17 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
-use tessera_engine::{CookieAction, Session, SessionId};
+use http::{
+    header, header::InvalidHeaderValue, HeaderMap, HeaderValue, Request, Response, StatusCode,
+};
+use tessera_engine::{CookieAction, ErrorKind, Session, SessionId, MAX_TTL};
 use tower_service::Service;
 
 use super::layer::{FailurePolicy, Settings};
-use crate::signing::{find_session_cookie, Verified};
+use crate::{
+    signing::{find_session_cookie, Verified},
+    status::{is_unavailable, status_of},
+};
 
 /// The service built by [`SessionLayer`](super::SessionLayer).
 #[derive(Debug, Clone)]
@@ -93,11 +98,14 @@ async fn finish<B: Default>(
         // Re-issuing under the new key needs the session's real expiry (and whether it exists).
         let _ = session.is_new().await;
     }
+    // Asked before the commit: whatever the commit does, a destroy must reach the browser.
+    let destroyed = session.is_destroyed().await;
     match session.commit().await {
         Ok(committed) => {
             let set_cookie = match committed.cookie {
                 CookieAction::Set { id, expires } => Some(build_cookie(settings, &id, expires)),
                 CookieAction::Clear => Some(clear_cookie(settings)),
+                _ if destroyed => Some(clear_cookie(settings)),
                 // A cookie signed by an older key is re-issued under the current one.
                 CookieAction::Keep => verified
                     .filter(|v| v.stale_key)
@@ -105,29 +113,81 @@ async fn finish<B: Default>(
                     .map(|(v, expires)| build_cookie(settings, &v.id, expires)),
                 _ => None,
             };
-            if let Some(value) = set_cookie {
-                response.headers_mut().append(header::SET_COOKIE, value);
+            match set_cookie.transpose() {
+                Ok(value) => {
+                    if let Some(value) = value {
+                        response.headers_mut().append(header::SET_COOKIE, value);
+                    }
+                    settings.metrics.request("ok");
+                    response
+                }
+                Err(err) => {
+                    // Unreachable with validated options; never a success without its cookie.
+                    tracing::error!(error = %err, "could not build the Set-Cookie header");
+                    settings.metrics.request("failed");
+                    error_response(StatusCode::INTERNAL_SERVER_ERROR, None)
+                }
             }
-            settings.metrics.request("ok");
+        }
+        Err(err) => {
+            let plan = plan_failure(settings.policy, destroyed, err.kind());
+            settings.metrics.request(plan.outcome);
+            let Some(status) = plan.status else {
+                tracing::warn!(error = %err, "session store failed; serving without a session");
+                return response;
+            };
+            if err.is_too_large() {
+                tracing::warn!(error = %err, "session over its size limit; not saved");
+            } else {
+                tracing::warn!(error = %err, %status, destroyed, "session commit failed");
+            }
+            let retry_after =
+                (status == StatusCode::SERVICE_UNAVAILABLE).then_some(settings.retry_after);
+            let mut response = error_response(status, retry_after);
+            if plan.clear_cookie {
+                if let Ok(value) = clear_cookie(settings) {
+                    response.headers_mut().append(header::SET_COOKIE, value);
+                }
+            }
             response
         }
-        Err(err) if err.is_too_large() => {
-            tracing::warn!(error = %err, "session over its size limit; not saved");
-            settings.metrics.request("too_large");
-            error_response(StatusCode::PAYLOAD_TOO_LARGE, None)
-        }
-        Err(err) => match settings.policy {
-            FailurePolicy::FailClosed => {
-                tracing::warn!(error = %err, "session store failed; answering 503");
-                settings.metrics.request("store_error");
-                error_response(StatusCode::SERVICE_UNAVAILABLE, Some(settings.retry_after))
-            }
-            FailurePolicy::FailOpen => {
-                tracing::warn!(error = %err, "session store failed; serving without a session");
-                settings.metrics.request("fail_open");
-                response
-            }
-        },
+    }
+}
+
+/// How a failed commit is answered, decided from the policy, whether the request destroyed its
+/// session and the error's kind alone (no I/O), so every combination is unit-tested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FailurePlan {
+    /// The status that replaces the handler's response; `None` serves the handler's response.
+    status: Option<StatusCode>,
+    /// Whether to send the clearing Set-Cookie.
+    clear_cookie: bool,
+    /// The `outcome` label of the request counter.
+    outcome: &'static str,
+}
+
+fn plan_failure(policy: FailurePolicy, destroyed: bool, kind: ErrorKind) -> FailurePlan {
+    let status = status_of(kind);
+    // Fail-open stands in an empty session for an unavailable store. A destroy that did not
+    // happen is not such a case: serving the handler's "logged out" would be a lie.
+    if is_unavailable(kind) && policy == FailurePolicy::FailOpen && !destroyed {
+        return FailurePlan {
+            status: None,
+            clear_cookie: false,
+            outcome: "fail_open",
+        };
+    }
+    let outcome = match status {
+        StatusCode::SERVICE_UNAVAILABLE => "store_error",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        _ => "failed",
+    };
+    FailurePlan {
+        status: Some(status),
+        // The user asked to end the session: the browser drops its cookie even when the store
+        // could not delete the record (it then expires with its TTL).
+        clear_cookie: destroyed,
+        outcome,
     }
 }
 
@@ -153,10 +213,17 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn build_cookie(settings: &Settings, id: &SessionId, expires: SystemTime) -> HeaderValue {
-    let expires_ms = expires
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+/// The last second `httpdate` formats (9999-12-31T23:59:59Z); it panics from year 10000 on.
+const LAST_HTTP_DATE_SECS: u64 = 253_402_300_799;
+
+/// A session cookie naming `id`. The expiry is clamped to `[epoch, now + MAX_TTL]` (and to the
+/// last formattable date), so whatever a store or engine reports can neither panic the date
+/// formatting nor promise a lifetime no configuration allows.
+fn build_cookie(
+    settings: &Settings,
+    id: &SessionId,
+    expires: SystemTime,
+) -> Result<HeaderValue, InvalidHeaderValue> {
     // Formatted by hand on the pre-rendered attributes: this runs on every write.
     let mut value = String::with_capacity(192);
     value.push_str(&settings.cookie_name);
@@ -164,26 +231,33 @@ fn build_cookie(settings: &Settings, id: &SessionId, expires: SystemTime) -> Hea
     value.push_str(&settings.keys.sign(&settings.cookie_name, id));
     value.push_str(&settings.attributes);
     if settings.persistent {
+        let now = now_ms();
+        let latest = now.saturating_add(MAX_TTL.as_millis() as u64);
+        let expires_ms = expires
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .min(latest);
         // Rounded: a few milliseconds spent since the commit must not show as a second less.
-        let secs = (expires_ms.saturating_sub(now_ms()) + 500) / 1000;
-        let at = UNIX_EPOCH + Duration::from_secs(expires_ms / 1000);
+        let secs = (expires_ms.saturating_sub(now) + 500) / 1000;
+        let at = UNIX_EPOCH + Duration::from_secs((expires_ms / 1000).min(LAST_HTTP_DATE_SECS));
         let _ = write!(
             value,
             "; Max-Age={secs}; Expires={}",
             httpdate::fmt_http_date(at)
         );
     }
-    HeaderValue::try_from(value).expect("cookie names are validated and values are base64url")
+    // Cannot fail once the layer's options are validated; an error, not a panic, if it does.
+    HeaderValue::try_from(value)
 }
 
-fn clear_cookie(settings: &Settings) -> HeaderValue {
+fn clear_cookie(settings: &Settings) -> Result<HeaderValue, InvalidHeaderValue> {
     let value = format!(
         "{}={}; Max-Age=0; Expires={}",
         settings.cookie_name,
         settings.attributes,
         httpdate::fmt_http_date(UNIX_EPOCH)
     );
-    HeaderValue::try_from(value).expect("cookie names are validated and the value is empty")
+    HeaderValue::try_from(value)
 }
 
 #[cfg(test)]
@@ -209,12 +283,15 @@ mod tests {
         let s = settings(
             layer()
                 .with_domain(Some("example.com".into()))
+                .unwrap()
                 .with_path("/app")
-                .with_same_site(SameSite::Strict),
+                .unwrap()
+                .with_same_site(SameSite::Strict)
+                .unwrap(),
         );
         let id = SessionId::generate();
         let expires_ms = now_ms() + 3_600_000;
-        let header = build_cookie(&s, &id, UNIX_EPOCH + Duration::from_millis(expires_ms));
+        let header = build_cookie(&s, &id, UNIX_EPOCH + Duration::from_millis(expires_ms)).unwrap();
         let c = Cookie::parse(header.to_str().unwrap()).unwrap();
         assert_eq!(c.name(), "koa:sess");
         assert_eq!(s.keys.verify("koa:sess", c.value()).unwrap().id, id);
@@ -227,7 +304,7 @@ mod tests {
         let expires = c.expires_datetime().unwrap().unix_timestamp();
         assert_eq!(expires, (expires_ms / 1000) as i64);
 
-        let cleared = clear_cookie(&s);
+        let cleared = clear_cookie(&s).unwrap();
         let c = Cookie::parse(cleared.to_str().unwrap()).unwrap();
         assert_eq!((c.name(), c.value()), ("koa:sess", ""));
         assert_eq!(c.max_age().map(|d| d.whole_seconds()), Some(0));
@@ -236,18 +313,88 @@ mod tests {
     }
 
     #[test]
+    fn failure_plans() {
+        use ErrorKind as K;
+        use FailurePolicy::{FailClosed, FailOpen};
+        let plan = |status: Option<StatusCode>, clear_cookie, outcome| FailurePlan {
+            status,
+            clear_cookie,
+            outcome,
+        };
+        let unavailable = Some(StatusCode::SERVICE_UNAVAILABLE);
+        for kind in [K::Redis, K::Timeout, K::LoadFailed, K::NotDurable] {
+            let closed = plan(unavailable, false, "store_error");
+            assert_eq!(plan_failure(FailClosed, false, kind), closed, "{kind:?}");
+            let open = plan(None, false, "fail_open");
+            assert_eq!(plan_failure(FailOpen, false, kind), open, "{kind:?}");
+            // A failed destroy is a 503 that clears the cookie, whatever the policy.
+            for policy in [FailClosed, FailOpen] {
+                let destroyed = plan(unavailable, true, "store_error");
+                assert_eq!(plan_failure(policy, true, kind), destroyed, "{kind:?}");
+            }
+        }
+        for policy in [FailClosed, FailOpen] {
+            for destroyed in [false, true] {
+                let too_large = plan(Some(StatusCode::PAYLOAD_TOO_LARGE), destroyed, "too_large");
+                assert_eq!(plan_failure(policy, destroyed, K::TooLarge), too_large);
+                for kind in [K::InvalidField, K::InvalidId] {
+                    let bad = plan(Some(StatusCode::BAD_REQUEST), destroyed, "failed");
+                    assert_eq!(plan_failure(policy, destroyed, kind), bad, "{kind:?}");
+                }
+                for kind in [K::Decode, K::Encode, K::Config, K::IdCollision] {
+                    let internal =
+                        plan(Some(StatusCode::INTERNAL_SERVER_ERROR), destroyed, "failed");
+                    assert_eq!(plan_failure(policy, destroyed, kind), internal, "{kind:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn far_future_expiries_are_clamped_not_a_panic() {
+        let s = settings(layer());
+        let year_9999 = UNIX_EPOCH + Duration::from_secs(253_370_764_800);
+        let year_10000 = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
+        for expires in [
+            UNIX_EPOCH + Duration::from_secs(300_000_000_000),
+            year_9999,
+            year_10000,
+        ] {
+            let header = build_cookie(&s, &SessionId::generate(), expires).unwrap();
+            let c = Cookie::parse(header.to_str().unwrap()).unwrap();
+            let max_age = c.max_age().unwrap().whole_seconds();
+            let limit = tessera_engine::MAX_TTL.as_secs() as i64;
+            assert!((limit - 5..=limit).contains(&max_age), "{max_age}");
+            let at = c.expires_datetime().unwrap().unix_timestamp();
+            let now = now_ms() as i64 / 1000;
+            assert!((now + limit - 5..=now + limit + 1).contains(&at), "{at}");
+        }
+        // Before the epoch (a broken clock): an already expired cookie, no panic either.
+        let header = build_cookie(
+            &s,
+            &SessionId::generate(),
+            UNIX_EPOCH - Duration::from_secs(1),
+        )
+        .unwrap();
+        let c = Cookie::parse(header.to_str().unwrap()).unwrap();
+        assert_eq!(c.max_age().unwrap().whole_seconds(), 0);
+    }
+
+    #[test]
     fn browser_session_cookies_have_no_lifetime() {
         let s = settings(
             layer()
                 .with_persistent_cookie(false)
                 .with_secure(false)
+                .unwrap()
                 .with_http_only(false),
         );
         let header = build_cookie(
             &s,
             &SessionId::generate(),
             SystemTime::now() + Duration::from_secs(1),
-        );
+        )
+        .unwrap();
         let c = Cookie::parse(header.to_str().unwrap()).unwrap();
         assert_eq!((c.max_age(), c.expires()), (None, None));
         assert_eq!((c.secure(), c.http_only()), (None, None));
