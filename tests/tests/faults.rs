@@ -750,6 +750,35 @@ async fn cluster_store_calls_end_within_the_command_timeout_when_masters_stall()
         assert_eq!(*timed_out, Some(true), "{name} must fail with a timeout");
     }
     assert!(worst <= bound);
+
+    // A slow node, then a stalled one: the old key's master answers only after 400 ms, the new
+    // key's master not at all. The two steps of a cross-slot regenerate share one deadline.
+    let slow_old = key_on(masters[0]) + ":old";
+    assert!(store.create(&slow_old, &fields, ttl).await.unwrap());
+    let guard = Stopped(pids.clone());
+    for pid in &pids {
+        signal(*pid, "-STOP");
+    }
+    let slow = (0..6)
+        .map(|i| cluster.node(i))
+        .find(|node| node.port() == masters[0])
+        .and_then(|node| node.pid())
+        .unwrap();
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        signal(slow, "-CONT");
+    });
+    let t = Instant::now();
+    let result = store
+        .regenerate(&slow_old, &other_stalled, &fields, ttl)
+        .await;
+    let took = t.elapsed();
+    resume.join().unwrap();
+    drop(guard);
+    eprintln!("regenerate from a slow master (400 ms) to a stopped one: {result:?} after {took:?}");
+    assert!(took <= bound, "regenerate took {took:?} (bound {bound:?})");
+    assert!(result.unwrap_err().is_timeout());
+
     // Resumed nodes serve again.
     let back = Instant::now();
     while store.ping().await.is_err() {
