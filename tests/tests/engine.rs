@@ -173,3 +173,74 @@ async fn cluster_spreads_sessions_and_regenerates_across_slots() {
     assert!(crossed, "no regenerate crossed masters in 20 tries");
     let _ = Duration::ZERO;
 }
+
+/// The store's `regenerate` on each topology: Moved moves the hash and its TTL, NewTaken leaves
+/// both keys alone, OldGone creates nothing. On a single node (and for cluster keys sharing a
+/// slot) it is one script; across cluster slots it deletes first and creates only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_regenerate_fails_closed_on_every_topology() {
+    use tessera_engine::{Regenerated, SessionStore};
+
+    let server = RedisServer::start();
+    let cluster = RedisCluster::start();
+    let stores = [
+        (
+            "standalone",
+            RedisStore::connect(&server.url()).await.unwrap(),
+        ),
+        (
+            "cluster",
+            RedisStore::connect(&cluster.url()).await.unwrap(),
+        ),
+    ];
+    let ttl = Duration::from_secs(600);
+    let fields = [("user".to_owned(), bytes::Bytes::from_static(b"ada"))];
+    for (name, store) in &stores {
+        // Same slot (one hash tag) and, in the cluster, different slots.
+        for (old, new) in [
+            (format!("{name}:{{a}}:old"), format!("{name}:{{a}}:new")),
+            (format!("{name}:{{a}}:old2"), format!("{name}:{{b}}:new2")),
+        ] {
+            assert!(store.create(&old, &fields, ttl).await.unwrap());
+            assert!(store.create(&new, &fields, ttl).await.unwrap());
+            assert_eq!(
+                store.regenerate(&old, &new, &fields, ttl).await.unwrap(),
+                Regenerated::NewTaken,
+                "{name} {old} -> {new}"
+            );
+            if new.contains("{a}") {
+                // The script checks the new key before touching the old one.
+                assert!(
+                    store.load(&old).await.unwrap().is_some(),
+                    "{name}: old kept"
+                );
+            }
+            assert!(store.delete(&new).await.unwrap());
+            store.delete(&old).await.unwrap();
+            assert!(store.create(&old, &fields, ttl).await.unwrap());
+            assert_eq!(
+                store.regenerate(&old, &new, &fields, ttl).await.unwrap(),
+                Regenerated::Moved,
+                "{name} {old} -> {new}"
+            );
+            assert!(store.load(&old).await.unwrap().is_none(), "{name}");
+            let moved = store.load(&new).await.unwrap().expect("moved");
+            assert_eq!(moved["user"].as_ref(), b"ada");
+            if *name == "standalone" {
+                let pttl: i64 = redis_cli(server.port(), &["PTTL", &new]).parse().unwrap();
+                assert!(pttl > 0 && pttl <= 600_000, "{name}: TTL {pttl}");
+            }
+            assert!(store.delete(&new).await.unwrap());
+            assert_eq!(
+                store.regenerate(&old, &new, &fields, ttl).await.unwrap(),
+                Regenerated::OldGone,
+                "{name} {old} -> {new}"
+            );
+            assert!(
+                store.load(&new).await.unwrap().is_none(),
+                "{name}: nothing created"
+            );
+            assert!(!store.delete(&new).await.unwrap());
+        }
+    }
+}

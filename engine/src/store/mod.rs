@@ -8,7 +8,6 @@ use bytes::Bytes;
 
 use crate::error::Result;
 
-mod cluster;
 mod memory;
 mod redis;
 

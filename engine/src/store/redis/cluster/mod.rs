@@ -3,7 +3,8 @@
 //! and fails the whole sync (blocking every slot) while one listed primary is unreachable; here a
 //! failed node only fails the commands routed to it, and a background task re-reads CLUSTER SLOTS
 //! from any live node until the promoted replica shows up. MOVED is followed directly; ASK (slot
-//! migration) is handed to a regular fred cluster pool, which sends ASKING for us.
+//! migration) is handed to a regular fred cluster pool, which sends ASKING for us. Every call
+//! carries its caller's deadline; no wait or redirection here outlasts it.
 
 use std::{
     collections::HashMap,
@@ -15,12 +16,14 @@ use std::{
 use fred::{
     clients::Pool,
     interfaces::{ClientLike, ClusterInterface},
-    prelude::{Builder, Client, Config, ServerConfig},
+    prelude::{Client, Config, ServerConfig},
     types::{cluster::ClusterRouting, config::Server, Value},
 };
-use parking_lot::RwLock;
-use tokio::sync::Notify;
+use parking_lot::{Mutex, RwLock};
+use tokio::{sync::Notify, time::Instant};
 
+use self::parse::{classify, slot_map, Redirect};
+use super::builder::FredSettings;
 use crate::error::{Error, ErrorKind, Result};
 
 /// Least time between two CLUSTER SLOTS refreshes.
@@ -40,17 +43,26 @@ struct Topology {
     nodes: HashMap<Server, Pool>,
 }
 
-pub(crate) struct ClusterRouter {
+pub(super) struct ClusterRouter {
     config: Config,
-    make_builder: Box<dyn Fn(Config) -> Builder + Send + Sync>,
-    pool_size: usize,
-    /// The longest a command waits for a disconnected primary to come back or be replaced.
-    command_timeout: Duration,
+    settings: FredSettings,
     seeds: Vec<Server>,
     topology: RwLock<Arc<Topology>>,
+    /// Pools for MOVED targets that the slot map does not list as primaries yet (a promoted
+    /// replica before the next refresh). Cached so each such node gets one pool, however many
+    /// redirections point at it; a refresh adopts it into the topology or quits it.
+    strays: Mutex<HashMap<Server, Pool>>,
     /// For ASK redirections during slot migration.
     fallback: Pool,
-    wake: Notify,
+    /// Its own Arc, so the refresh task can wait on it without keeping the router alive.
+    wake: Arc<Notify>,
+}
+
+impl Drop for ClusterRouter {
+    fn drop(&mut self) {
+        // Wakes the refresh task, which then finds the router gone and ends.
+        self.wake.notify_one();
+    }
 }
 
 impl std::fmt::Debug for ClusterRouter {
@@ -62,83 +74,31 @@ impl std::fmt::Debug for ClusterRouter {
     }
 }
 
-/// What an error from a node asks the router to do.
-enum Redirect {
-    Moved(Server),
-    Ask,
-    /// fred gave up following redirections for us (a slot moved again while it followed ASK):
-    /// route afresh from our own slot map.
-    Reroute,
-    /// The node may be gone or demoted: refresh the topology in the background.
-    Refresh,
-    None,
-}
-
-fn classify(err: &fred::error::Error) -> Redirect {
-    let details = err.details();
-    if let Some(rest) = details.strip_prefix("MOVED ") {
-        if let Some(server) = rest
-            .split(' ')
-            .nth(1)
-            .and_then(|a| Server::try_from(a).ok())
-        {
-            return Redirect::Moved(server);
-        }
-        return Redirect::Refresh;
-    }
-    if details.starts_with("ASK ") {
-        return Redirect::Ask;
-    }
-    if details.contains("Too many failed write attempts") {
-        return Redirect::Reroute;
-    }
-    use fred::error::ErrorKind as F;
-    match err.kind() {
-        F::IO | F::Timeout | F::Canceled | F::NotFound => Redirect::Refresh,
-        _ if [
-            "CLUSTERDOWN",
-            "TRYAGAIN",
-            "READONLY",
-            "MASTERDOWN",
-            "LOADING",
-        ]
-        .iter()
-        .any(|p| details.starts_with(p)) =>
-        {
-            Redirect::Refresh
-        }
-        _ => Redirect::None,
-    }
-}
+mod parse;
 
 impl ClusterRouter {
-    pub(crate) async fn connect(
-        config: Config,
-        pool_size: usize,
-        connect_timeout: Duration,
-        command_timeout: Duration,
-        make_builder: impl Fn(Config) -> Builder + Send + Sync + 'static,
-    ) -> Result<Arc<Self>> {
+    pub(super) async fn connect(config: Config, settings: FredSettings) -> Result<Arc<Self>> {
         let seeds = match &config.server {
             ServerConfig::Clustered { hosts, .. } => hosts.clone(),
             _ => unreachable!("the cluster router is only built for cluster URLs"),
         };
-        let fallback = make_builder(config.clone())
-            .build_pool(pool_size)
+        let connect_timeout = settings.connect_timeout;
+        let fallback = settings
+            .fred_builder(config.clone())
+            .build_pool(settings.pool_size)
             .map_err(Error::from)?;
         fallback.connect_pool();
         let router = Arc::new(ClusterRouter {
             config,
-            make_builder: Box::new(make_builder),
-            pool_size,
-            command_timeout,
+            settings,
             seeds,
             topology: RwLock::new(Arc::new(Topology {
                 routing: ClusterRouting::new(),
                 nodes: HashMap::new(),
             })),
+            strays: Mutex::new(HashMap::new()),
             fallback,
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
         });
         tokio::time::timeout(connect_timeout, router.refresh())
             .await
@@ -172,8 +132,10 @@ impl ClusterRouter {
         config.server = ServerConfig::Centralized {
             server: server.clone(),
         };
-        let pool = (self.make_builder)(config)
-            .build_pool(self.pool_size)
+        let pool = self
+            .settings
+            .fred_builder(config)
+            .build_pool(self.settings.pool_size)
             .expect("a centralized copy of a valid cluster config is valid");
         // Connecting in the background: commands queue until connected, bounded by the command
         // timeout, so a node that is down never blocks the caller for longer than that.
@@ -202,7 +164,11 @@ impl ClusterRouter {
                     config.server = ServerConfig::Centralized {
                         server: server.clone(),
                     };
-                    let client = (self.make_builder)(config).build().map_err(Error::from)?;
+                    let client = self
+                        .settings
+                        .fred_builder(config)
+                        .build()
+                        .map_err(Error::from)?;
                     client.connect();
                     let connected =
                         tokio::time::timeout(PROBE_TIMEOUT * 4, client.wait_for_connect()).await;
@@ -231,13 +197,13 @@ impl ClusterRouter {
             if !current.nodes.contains_key(&server) {
                 let _ = probe.quit().await;
             }
-            match slots.map(|v| ClusterRouting::from_cluster_slots(v, server.host.clone())) {
-                Ok(Ok(routing)) if !routing.slots().is_empty() => {
+            match slots.and_then(|v| slot_map(v, &server.host)) {
+                Ok(Some(routing)) => {
                     found = Some(routing);
                     break;
                 }
-                Ok(Ok(_)) => continue,
-                Ok(Err(err)) | Err(err) => last_err = Some(Error::from(err)),
+                Ok(None) => continue,
+                Err(err) => last_err = Some(Error::from(err)),
             }
         }
         let Some(routing) = found else {
@@ -247,24 +213,38 @@ impl ClusterRouter {
         };
         let primaries = routing.unique_primary_nodes();
         let mut nodes = HashMap::with_capacity(primaries.len());
-        for server in primaries {
-            let pool = current
-                .nodes
-                .get(&server)
-                .cloned()
-                .unwrap_or_else(|| self.node_pool(&server));
-            nodes.insert(server, pool);
-        }
-        for (server, pool) in &current.nodes {
-            if !nodes.contains_key(server) {
-                // No longer a primary (failed or demoted): stop reconnecting to it.
-                let pool = pool.clone();
-                tokio::spawn(async move {
-                    let _ = pool.quit().await;
-                });
+        let mut retired = Vec::new();
+        {
+            // Held across the swap, so `pool_at` cannot add a stray for a node this refresh is
+            // about to list as a primary.
+            let mut strays = self.strays.lock();
+            for server in primaries {
+                let pool = match current.nodes.get(&server) {
+                    Some(pool) => pool.clone(),
+                    // A node first met through MOVED keeps its pool once it is a known primary.
+                    None => strays
+                        .remove(&server)
+                        .unwrap_or_else(|| self.node_pool(&server)),
+                };
+                nodes.insert(server, pool);
             }
+            // Strays the slot map does not list as primaries, and primaries that are no longer
+            // (failed or demoted): stop reconnecting to them.
+            retired.extend(strays.drain().map(|(_, pool)| pool));
+            retired.extend(
+                current
+                    .nodes
+                    .iter()
+                    .filter(|(server, _)| !nodes.contains_key(*server))
+                    .map(|(_, pool)| pool.clone()),
+            );
+            *self.topology.write() = Arc::new(Topology { routing, nodes });
         }
-        *self.topology.write() = Arc::new(Topology { routing, nodes });
+        for pool in retired {
+            tokio::spawn(async move {
+                let _ = pool.quit().await;
+            });
+        }
         Ok(())
     }
 
@@ -279,20 +259,36 @@ impl ClusterRouter {
         topology.nodes.get(server).cloned()
     }
 
+    /// A pool for the MOVED target `server`: the topology's, or the one cached for a node the
+    /// slot map does not name yet (never one per redirection: fred keeps every pool it connects
+    /// reconnecting until it is quit).
     fn pool_at(&self, server: &Server) -> Pool {
         if let Some(pool) = self.topology.read().nodes.get(server) {
             return pool.clone();
         }
         self.refresh_soon();
-        self.node_pool(server)
+        let mut strays = self.strays.lock();
+        // A refresh may have adopted it between the two locks.
+        if let Some(pool) = self.topology.read().nodes.get(server) {
+            return pool.clone();
+        }
+        strays
+            .entry(server.clone())
+            .or_insert_with(|| self.node_pool(server))
+            .clone()
+    }
+
+    /// How many stray pools are cached (for tests).
+    #[cfg(test)]
+    fn stray_count(&self) -> usize {
+        self.strays.lock().len()
     }
 
     /// A connected client of the primary that serves `slot`. When that primary's connections are
-    /// down, the command is not queued behind its reconnection: it waits (at most the command
-    /// timeout) until either the connection is back or a refresh names a new primary, so the
+    /// down, the command is not queued behind its reconnection: it waits (at most until
+    /// `deadline`) until either the connection is back or a refresh names a new primary, so the
     /// dead master's slots are served from the moment its replica is promoted.
-    async fn client_for(&self, slot: u16) -> Result<Client> {
-        let deadline = tokio::time::Instant::now() + self.command_timeout;
+    async fn client_for(&self, slot: u16, deadline: Instant) -> Result<Client> {
         loop {
             let Some(pool) = self.pool_for(slot) else {
                 self.refresh_soon();
@@ -307,13 +303,13 @@ impl ClusterRouter {
             }
             // Keeps the background refresh going (at most every 100 ms) while anyone waits.
             self.refresh_soon();
-            if tokio::time::Instant::now() >= deadline {
+            if Instant::now() + REROUTE_POLL >= deadline {
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!(
-                        "the cluster primary for slot {slot} stayed unreachable for {:?} and no \
-                         replica has taken over yet",
-                        self.command_timeout
+                        "the cluster primary for slot {slot} stayed unreachable for the whole \
+                         command timeout ({:?}) and no replica has taken over yet",
+                        self.settings.command_timeout
                     ),
                 ));
             }
@@ -321,14 +317,15 @@ impl ClusterRouter {
         }
     }
 
-    /// Runs `f` on a client of the primary that owns `key`, following up to five redirections.
-    pub(crate) async fn call<R, F, Fut>(&self, key: &str, f: F) -> Result<R>
+    /// Runs `f` on a client of the primary that owns `key`, following up to five redirections,
+    /// none started after `deadline` (the caller also drops the call at the deadline).
+    pub(super) async fn call<R, F, Fut>(&self, key: &str, deadline: Instant, f: F) -> Result<R>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = std::result::Result<R, fred::error::Error>>,
     {
         let slot = fred::util::redis_keyslot(key.as_bytes());
-        let mut client = self.client_for(slot).await?;
+        let mut client = self.client_for(slot, deadline).await?;
         // During a slot migration one command may meet MOVED and then ASK (or the reverse):
         // follow a few redirections before giving up.
         let mut attempts = 0;
@@ -339,7 +336,9 @@ impl ClusterRouter {
             };
             attempts += 1;
             client = match classify(&err) {
-                _ if attempts > MAX_REDIRECTIONS => return Err(err.into()),
+                _ if attempts > MAX_REDIRECTIONS || Instant::now() >= deadline => {
+                    return Err(err.into())
+                }
                 Redirect::Moved(server) => {
                     self.refresh_soon();
                     self.pool_at(&server).next().clone()
@@ -363,7 +362,7 @@ impl ClusterRouter {
     }
 
     /// Every current primary's first client, for health checks and script loading.
-    pub(crate) fn primaries(&self) -> Vec<Client> {
+    pub(super) fn primaries(&self) -> Vec<Client> {
         self.topology
             .read()
             .nodes
@@ -372,9 +371,10 @@ impl ClusterRouter {
             .collect()
     }
 
-    pub(crate) async fn quit(&self) {
-        let nodes: Vec<Pool> = self.topology.read().nodes.values().cloned().collect();
-        for pool in nodes {
+    pub(super) async fn quit(&self) {
+        let mut pools: Vec<Pool> = self.topology.read().nodes.values().cloned().collect();
+        pools.extend(self.strays.lock().drain().map(|(_, pool)| pool));
+        for pool in pools {
             let _ = pool.quit().await;
         }
         let _ = self.fallback.quit().await;
@@ -382,20 +382,59 @@ impl ClusterRouter {
 }
 
 async fn refresh_loop(router: Weak<ClusterRouter>) {
+    let Some(wake) = router.upgrade().map(|r| r.wake.clone()) else {
+        return;
+    };
     loop {
+        // Hold only a weak reference while waiting, so dropping the store ends this task (the
+        // router's Drop wakes it).
+        let _ = tokio::time::timeout(PERIODIC_REFRESH, wake.notified()).await;
         let Some(strong) = router.upgrade() else {
             return;
         };
-        // Hold only a weak reference while waiting, so dropping the store ends this task.
-        let wake = async {
-            let _ = tokio::time::timeout(PERIODIC_REFRESH, strong.wake.notified()).await;
-        };
-        wake.await;
         if let Err(err) = strong.refresh().await {
             tracing::debug!(%err, "cluster topology refresh failed; retrying");
             strong.refresh_soon();
         }
         drop(strong);
         tokio::time::sleep(MIN_REFRESH_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_moved_target_gets_one_cached_pool() {
+        // Nothing listens on these ports; pools connect in the background and are never used.
+        let config = Config::from_url("redis-cluster://127.0.0.1:1?node=127.0.0.1:2").unwrap();
+        let settings = FredSettings {
+            pool_size: 1,
+            command_timeout: Duration::from_millis(100),
+            connect_timeout: Duration::from_millis(100),
+            reconnect_max_delay: Duration::from_millis(100),
+        };
+        let fallback = settings.fred_builder(config.clone()).build_pool(1).unwrap();
+        let router = ClusterRouter {
+            config,
+            settings,
+            seeds: Vec::new(),
+            topology: RwLock::new(Arc::new(Topology {
+                routing: ClusterRouting::new(),
+                nodes: HashMap::new(),
+            })),
+            strays: Mutex::new(HashMap::new()),
+            fallback,
+            wake: Arc::new(Notify::new()),
+        };
+        let target = Server::new("127.0.0.1", 3);
+        for _ in 0..5 {
+            let _ = router.pool_at(&target);
+        }
+        let _ = router.pool_at(&Server::new("127.0.0.1", 4));
+        assert_eq!(router.stray_count(), 2);
+        router.quit().await;
+        assert_eq!(router.stray_count(), 0);
     }
 }

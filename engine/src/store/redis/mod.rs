@@ -1,0 +1,463 @@
+//! The Redis store on fred: standalone, cluster and sentinel from one URL. This module runs the
+//! store calls: one deadline per call, the sentinel write gate, the atomic Lua scripts with their
+//! NOSCRIPT fallback and re-apply rule, and `WAIT` durability. Connecting lives in `builder`,
+//! the scripts in `scripts`, failover watching in `sentinel`, slot routing in `cluster`. Only
+//! `regenerate` names two keys, and in a cluster it never sends them in one command.
+
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::{
+    clients::Pool,
+    interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface, ServerInterface},
+    prelude::Client,
+    types::{MultipleKeys, Value},
+};
+use tokio::time::Instant;
+
+use self::{
+    cluster::ClusterRouter,
+    scripts::Script,
+    sentinel::{Watcher, WriteGate},
+};
+use super::{Fields, Regenerated, SessionStore};
+use crate::error::{Error, ErrorKind, Result};
+
+mod builder;
+mod cluster;
+mod scripts;
+mod sentinel;
+
+pub use self::builder::RedisStoreBuilder;
+
+/// How commands reach Redis: one fred pool (standalone, sentinel), or per-primary pools behind
+/// the cluster router.
+#[derive(Debug)]
+enum Backend {
+    Pool(Pool),
+    Cluster(Arc<ClusterRouter>),
+}
+
+#[derive(Debug)]
+struct Inner {
+    backend: Backend,
+    gate: WriteGate,
+    /// The bound on each store call as a whole.
+    command_timeout: Duration,
+    wait_replicas: Option<(u32, Duration)>,
+    create: Script,
+    update: Script,
+    regenerate: Script,
+    _watchers: Vec<Watcher>,
+}
+
+/// A [`SessionStore`] on Redis (standalone, cluster or sentinel) through fred.
+///
+/// ```no_run
+/// # async fn run() -> tessera_engine::Result<()> {
+/// use std::time::Duration;
+/// use tessera_engine::RedisStore;
+///
+/// let store = RedisStore::builder("redis-cluster://127.0.0.1:7000?node=127.0.0.1:7001")
+///     .with_command_timeout(Duration::from_millis(500))
+///     .connect()
+///     .await?;
+/// # let _ = store; Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+impl RedisStore {
+    /// A builder with the defaults for `url`.
+    pub fn builder(url: impl Into<String>) -> RedisStoreBuilder {
+        RedisStoreBuilder::new(url.into())
+    }
+
+    /// Connects to `url` with the default options.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::builder(url).connect().await
+    }
+
+    fn from_parts(
+        backend: Backend,
+        gate: WriteGate,
+        command_timeout: Duration,
+        wait_replicas: Option<(u32, Duration)>,
+        watchers: Vec<Watcher>,
+    ) -> Self {
+        RedisStore {
+            inner: Arc::new(Inner {
+                backend,
+                gate,
+                command_timeout,
+                wait_replicas,
+                create: Script::create(),
+                update: Script::update(),
+                regenerate: Script::regenerate(),
+                _watchers: watchers,
+            }),
+        }
+    }
+
+    /// Closes all connections.
+    pub async fn quit(&self) -> Result<()> {
+        match &self.inner.backend {
+            Backend::Pool(pool) => pool.quit().await.map_err(Error::from),
+            Backend::Cluster(router) => {
+                router.quit().await;
+                Ok(())
+            }
+        }
+    }
+
+    /// The deadline of a call that starts now.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.inner.command_timeout
+    }
+
+    /// Runs one whole store call against `deadline`: whatever `call` is doing then (a held
+    /// write, a redirection, a fred command) is dropped and the call fails with a timeout. The
+    /// inner loops also check the deadline, so they stop working rather than only being dropped.
+    async fn bounded<T>(
+        &self,
+        deadline: Instant,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(result) => result,
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "the Redis store call did not finish within the command timeout ({:?}, retries, \
+                 redirections and failover holds included); check Redis health",
+                self.inner.command_timeout
+            ),
+        )
+    }
+
+    /// Runs `f` on a client that serves `key`.
+    async fn with_client<R, F, Fut>(&self, key: &str, deadline: Instant, f: F) -> Result<R>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<R, fred::error::Error>>,
+    {
+        match &self.inner.backend {
+            Backend::Pool(pool) => Ok(f(pool.next().clone()).await?),
+            Backend::Cluster(router) => router.call(key, deadline, f).await,
+        }
+    }
+
+    /// Runs a write script on the node that serves `keys[0]` (all keys must share its slot).
+    /// Writes wait while the sentinel gate is closed; a write that overlapped a failover is run
+    /// again on the new master and the script's [`scripts::Reapply`] rule picks the answer.
+    async fn run(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[Value],
+        deadline: Instant,
+    ) -> Result<i64> {
+        self.inner.gate.wait(deadline).await?;
+        let epoch = self.inner.gate.epoch();
+        let first = self.run_once(script, keys, args, deadline).await?;
+        if self.inner.gate.epoch() == epoch {
+            return Ok(first);
+        }
+        // A sentinel failover began while this write was in flight: the old master may have
+        // applied it after the replica was promoted. Re-apply it on the new master once the switch
+        // is announced.
+        self.inner.gate.wait(deadline).await?;
+        let again = self.run_once(script, keys, args, deadline).await?;
+        Ok(script.reapply.combine(first, again))
+    }
+
+    /// `EVALSHA`, falling back to `EVAL` (which also caches the script) on a node that has not
+    /// seen it yet, e.g. after a restart or failover. Arguments are copied per attempt (values are
+    /// reference-counted bytes), since fred takes them by value.
+    async fn run_once(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[Value],
+        deadline: Instant,
+    ) -> Result<i64> {
+        let keys_of = || keys.iter().copied().collect::<MultipleKeys>();
+        self.with_client(keys[0], deadline, |client| async move {
+            let result: std::result::Result<i64, _> = client
+                .evalsha(script.sha1.clone(), keys_of(), args.to_vec())
+                .await;
+            let n = match result {
+                Err(err) if err.details().starts_with("NOSCRIPT") => {
+                    client.eval(script.source, keys_of(), args.to_vec()).await?
+                }
+                other => other?,
+            };
+            Ok((n, self.wait(&client, deadline).await?))
+        })
+        .await
+        .and_then(|(n, acked)| self.check_durable(acked).map(|()| n))
+    }
+
+    /// `WAIT` on the connection that carried the write, when durability is on, for at most the
+    /// WAIT timeout or what is left of the call. Returns how many replicas acknowledged.
+    async fn wait(
+        &self,
+        client: &Client,
+        deadline: Instant,
+    ) -> std::result::Result<Option<i64>, fred::error::Error> {
+        match self.inner.wait_replicas {
+            None => Ok(None),
+            Some((n, timeout)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let ms = i64::try_from(timeout.min(left).as_millis())
+                    .unwrap_or(i64::MAX)
+                    .max(1);
+                client.wait(i64::from(n), ms).await.map(Some)
+            }
+        }
+    }
+
+    fn check_durable(&self, acked: Option<i64>) -> Result<()> {
+        match (self.inner.wait_replicas, acked) {
+            (Some((n, timeout)), Some(acked)) if acked < i64::from(n) => Err(Error::new(
+                ErrorKind::NotDurable,
+                format!(
+                    "only {acked} of {n} replicas confirmed the session write within {timeout:?}; \
+                     check replication health"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    async fn create_by(
+        &self,
+        key: &str,
+        fields: &[(String, Bytes)],
+        ttl: Duration,
+        deadline: Instant,
+    ) -> Result<bool> {
+        let args = ttl_and_pairs(ttl, fields);
+        let n = self
+            .run(&self.inner.create, &[key], &args, deadline)
+            .await?;
+        Ok(n == scripts::APPLIED)
+    }
+
+    async fn delete_by(&self, key: &str, deadline: Instant) -> Result<bool> {
+        self.inner.gate.wait(deadline).await?;
+        let mut existed = false;
+        loop {
+            let epoch = self.inner.gate.epoch();
+            let (n, acked) = self
+                .with_client(key, deadline, |client| async move {
+                    let n: i64 = client.del(key).await?;
+                    Ok((n, self.wait(&client, deadline).await?))
+                })
+                .await?;
+            existed |= n > 0;
+            if self.inner.gate.epoch() == epoch {
+                return self.check_durable(acked).map(|()| existed);
+            }
+            // As for scripts: a delete that overlapped a failover is repeated on the new master,
+            // as often as failovers overlap it, but never past the deadline.
+            if Instant::now() >= deadline {
+                return Err(self.timed_out());
+            }
+            self.inner.gate.wait(deadline).await?;
+        }
+    }
+
+    async fn regenerate_by(
+        &self,
+        old: &str,
+        new: &str,
+        fields: &[(String, Bytes)],
+        ttl: Duration,
+        deadline: Instant,
+    ) -> Result<Regenerated> {
+        let same_node = match &self.inner.backend {
+            Backend::Pool(_) => true,
+            Backend::Cluster(_) => {
+                fred::util::redis_keyslot(old.as_bytes())
+                    == fred::util::redis_keyslot(new.as_bytes())
+            }
+        };
+        if same_node {
+            let args = ttl_and_pairs(ttl, fields);
+            let n = self
+                .run(&self.inner.regenerate, &[old, new], &args, deadline)
+                .await?;
+            return Ok(match n {
+                scripts::APPLIED => Regenerated::Moved,
+                scripts::REGENERATE_NEW_TAKEN => Regenerated::NewTaken,
+                scripts::REGENERATE_OLD_GONE => Regenerated::OldGone,
+                other => {
+                    return Err(Error::new(
+                        ErrorKind::Redis,
+                        format!("the regenerate script answered {other}, expected 0, 1 or 2"),
+                    ))
+                }
+            });
+        }
+        // The keys live in different slots (so usually on different primaries) and no Redis
+        // command or script may span them. Fail closed instead: delete the old key first, its
+        // answer says whether the session still existed, and create the new one only then. A
+        // failure between the two steps loses the session (the user signs in again) but can never
+        // leave two live copies or resurrect a destroyed one. The unlikely id collision leaves
+        // the old session deleted; the caller's retry then answers OldGone.
+        if !self.delete_by(old, deadline).await? {
+            return Ok(Regenerated::OldGone);
+        }
+        Ok(if self.create_by(new, fields, ttl, deadline).await? {
+            Regenerated::Moved
+        } else {
+            Regenerated::NewTaken
+        })
+    }
+}
+
+/// Script arguments `ttl_ms, field, value, …` (the create and regenerate layout).
+fn ttl_and_pairs(ttl: Duration, pairs: &[(String, Bytes)]) -> Vec<Value> {
+    let mut args = Vec::with_capacity(1 + 2 * pairs.len());
+    args.push(ttl_ms(ttl));
+    push_pairs(&mut args, pairs);
+    args
+}
+
+fn ttl_ms(ttl: Duration) -> Value {
+    Value::Integer(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).max(1))
+}
+
+fn push_pairs(args: &mut Vec<Value>, pairs: &[(String, Bytes)]) {
+    for (field, value) in pairs {
+        args.push(Value::String(field.as_str().into()));
+        args.push(Value::Bytes(value.clone()));
+    }
+}
+
+/// The fields of an HGETALL reply (fred hands it over as a map); `None` for a missing key.
+/// Values stay slices of the read buffer.
+fn hash_fields(value: Value) -> Result<Option<Fields>> {
+    let map = match value {
+        Value::Map(map) => map.inner(),
+        Value::Null => return Ok(None),
+        _ => {
+            return Err(Error::new(
+                ErrorKind::Decode,
+                "HGETALL answered something other than a map",
+            ))
+        }
+    };
+    if map.is_empty() {
+        return Ok(None);
+    }
+    let mut fields = HashMap::with_capacity(map.len());
+    for (name, value) in map {
+        let name = name.into_string().ok_or_else(|| {
+            Error::new(ErrorKind::Decode, "a stored field name is not valid UTF-8")
+        })?;
+        let value = value.into_bytes().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Decode,
+                "HGETALL answered a value that is not a string",
+            )
+        })?;
+        fields.insert(name, value);
+    }
+    Ok(Some(fields))
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn load(&self, key: &str) -> Result<Option<Fields>> {
+        let deadline = self.deadline();
+        // The typed command, not a raw one: fred flushes custom commands (and scripts) at once,
+        // while typed ones share a write with whatever else is queued on the connection, which
+        // under load halves the system calls per command on both sides.
+        let value: Value = self
+            .bounded(
+                deadline,
+                self.with_client(
+                    key,
+                    deadline,
+                    |client| async move { client.hgetall(key).await },
+                ),
+            )
+            .await?;
+        hash_fields(value)
+    }
+
+    async fn create(&self, key: &str, fields: &[(String, Bytes)], ttl: Duration) -> Result<bool> {
+        let deadline = self.deadline();
+        self.bounded(deadline, self.create_by(key, fields, ttl, deadline))
+            .await
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        set: &[(String, Bytes)],
+        delete: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        let deadline = self.deadline();
+        let mut args = Vec::with_capacity(2 + 2 * set.len() + delete.len());
+        args.push(ttl.map_or(Value::Integer(0), ttl_ms));
+        args.push(Value::Integer(set.len() as i64));
+        push_pairs(&mut args, set);
+        args.extend(delete.iter().map(|f| Value::String(f.as_str().into())));
+        let n = self
+            .bounded(
+                deadline,
+                self.run(&self.inner.update, &[key], &args, deadline),
+            )
+            .await?;
+        Ok(n == scripts::APPLIED)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let deadline = self.deadline();
+        self.bounded(deadline, self.delete_by(key, deadline)).await
+    }
+
+    async fn regenerate(
+        &self,
+        old: &str,
+        new: &str,
+        fields: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<Regenerated> {
+        let deadline = self.deadline();
+        self.bounded(
+            deadline,
+            self.regenerate_by(old, new, fields, ttl, deadline),
+        )
+        .await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let deadline = self.deadline();
+        // Every connection must answer: one dead primary is enough to fail some requests. All of
+        // them share the call's deadline, so stalled nodes cost one timeout in all, not one each.
+        let clients = match &self.inner.backend {
+            Backend::Pool(pool) => pool.clients().to_vec(),
+            Backend::Cluster(router) => router.primaries(),
+        };
+        let pings = async {
+            for client in &clients {
+                let _: String = client.ping(None).await?;
+            }
+            Ok(())
+        };
+        self.bounded(deadline, pings).await
+    }
+}

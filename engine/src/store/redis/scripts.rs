@@ -1,0 +1,160 @@
+//! The Lua scripts behind the check-and-write steps, each with its SHA1 and its rule for a write
+//! that is applied twice (once on the old master, once on the new one, after a sentinel failover
+//! overlapped it). No I/O here: `RedisStore::run` sends them.
+
+use fred::bytes_utils::Str;
+
+/// The answer every script gives when it did its write.
+pub(super) const APPLIED: i64 = 1;
+
+/// Creates the session only if its key is absent (NX), then sets its TTL, in one atomic step.
+/// ARGV: ttl_ms, then field/value pairs. Returns 1 when written, 0 when the key exists.
+pub(super) const CREATE_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+";
+
+/// Changes only a session that still exists: a save that races a destroy must not recreate it.
+/// HSET doubles as the existence check, so a save that does not renew and touches an existing
+/// field is one command: a missing key is created by it holding exactly the `n` fields just added
+/// (every field new, and nothing else in the hash), and is deleted again in the same atomic step,
+/// before any client can read it (replicas and keyspace notifications still see the HSET and
+/// DEL). Only when every field is new does HLEN tell the two cases apart. ARGV: ttl_ms (`0` keeps
+/// the TTL), n (number of pairs to set), n field/value pairs, then fields to delete. Returns 1
+/// when changed, 0 when the key is gone.
+pub(super) const UPDATE_LUA: &str = r"
+local n = tonumber(ARGV[2])
+if n > 0 then
+  if redis.call('HSET', KEYS[1], unpack(ARGV, 3, 2 + 2 * n)) == n
+      and redis.call('HLEN', KEYS[1]) == n then
+    redis.call('DEL', KEYS[1])
+    return 0
+  end
+elseif redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+if #ARGV > 2 + 2 * n then redis.call('HDEL', KEYS[1], unpack(ARGV, 3 + 2 * n)) end
+if ARGV[1] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 1
+";
+
+/// Moves a session from KEYS[1] (old) to KEYS[2] (new), failing closed: the new hash exists only
+/// if the old one still did. The NewTaken check comes first so a collision leaves the old session
+/// alone. ARGV: ttl_ms, then field/value pairs. Returns [`APPLIED`] when moved,
+/// [`REGENERATE_NEW_TAKEN`] or [`REGENERATE_OLD_GONE`].
+pub(super) const REGENERATE_LUA: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('DEL', KEYS[1]) == 0 then return 2 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+";
+
+/// [`REGENERATE_LUA`]: the new key already exists; nothing changed.
+pub(super) const REGENERATE_NEW_TAKEN: i64 = 0;
+/// [`REGENERATE_LUA`]: the old key no longer existed; nothing was created.
+pub(super) const REGENERATE_OLD_GONE: i64 = 2;
+
+/// Which answer counts when a write overlapped a sentinel failover and was run a second time on
+/// the new master (the first run may or may not have reached it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reapply {
+    /// For writes that only succeed once (create, regenerate): if the first run succeeded, the
+    /// re-run finds that very write (its key exists, or the old key is gone) and answers "not
+    /// done"; the first answer is the true one. Otherwise the re-run's answer counts.
+    KeepFirstSuccess,
+    /// For idempotent writes (update): the re-run's answer describes the new master's state.
+    TakeLatest,
+}
+
+impl Reapply {
+    /// The answer to report, given the first run's and the re-run's.
+    pub(super) fn combine(self, first: i64, again: i64) -> i64 {
+        match self {
+            Reapply::KeepFirstSuccess if first == APPLIED => first,
+            Reapply::KeepFirstSuccess | Reapply::TakeLatest => again,
+        }
+    }
+}
+
+/// One Lua script: its source (for EVAL after NOSCRIPT), its SHA1 (for EVALSHA) and its re-apply
+/// rule.
+#[derive(Debug)]
+pub(super) struct Script {
+    pub(super) source: &'static str,
+    /// Reference-counted, so each call clones a pointer rather than the 40 hex digits.
+    pub(super) sha1: Str,
+    pub(super) reapply: Reapply,
+}
+
+impl Script {
+    fn new(source: &'static str, reapply: Reapply) -> Self {
+        Script {
+            source,
+            sha1: Str::from(fred::util::sha1_hash(source)),
+            reapply,
+        }
+    }
+
+    pub(super) fn create() -> Self {
+        Self::new(CREATE_LUA, Reapply::KeepFirstSuccess)
+    }
+
+    pub(super) fn update() -> Self {
+        Self::new(UPDATE_LUA, Reapply::TakeLatest)
+    }
+
+    pub(super) fn regenerate() -> Self {
+        Self::new(REGENERATE_LUA, Reapply::KeepFirstSuccess)
+    }
+}
+
+/// Every script source, for preloading on each primary.
+pub(super) const ALL: [&str; 3] = [CREATE_LUA, UPDATE_LUA, REGENERATE_LUA];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_and_regenerate_keep_the_first_success() {
+        // create: written, then the re-run finds its own key.
+        assert_eq!(Script::create().reapply.combine(1, 0), 1);
+        // create: the first run lost (key existed or never reached the new master); re-run counts.
+        assert_eq!(Script::create().reapply.combine(0, 1), 1);
+        assert_eq!(Script::create().reapply.combine(0, 0), 0);
+        let regen = Script::regenerate().reapply;
+        // Moved, then the re-run finds the new key it wrote: still Moved.
+        assert_eq!(regen.combine(APPLIED, REGENERATE_NEW_TAKEN), APPLIED);
+        assert_eq!(regen.combine(APPLIED, REGENERATE_OLD_GONE), APPLIED);
+        // The first run did not reach the new master: the re-run's answer counts.
+        assert_eq!(regen.combine(REGENERATE_OLD_GONE, APPLIED), APPLIED);
+        assert_eq!(
+            regen.combine(REGENERATE_NEW_TAKEN, REGENERATE_NEW_TAKEN),
+            REGENERATE_NEW_TAKEN
+        );
+        assert_eq!(
+            regen.combine(REGENERATE_OLD_GONE, REGENERATE_OLD_GONE),
+            REGENERATE_OLD_GONE
+        );
+    }
+
+    #[test]
+    fn update_takes_the_latest_answer() {
+        let update = Script::update().reapply;
+        // Updated on the old master, but the session is gone on the new one: report gone.
+        assert_eq!(update.combine(1, 0), 0);
+        assert_eq!(update.combine(0, 1), 1);
+        assert_eq!(update.combine(1, 1), 1);
+    }
+
+    #[test]
+    fn each_script_has_its_own_sha() {
+        let script = Script::create();
+        assert_eq!(script.sha1.len(), 40);
+        assert_eq!(&*script.sha1, fred::util::sha1_hash(CREATE_LUA));
+        assert_ne!(Script::update().sha1, Script::regenerate().sha1);
+    }
+}
