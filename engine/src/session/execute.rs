@@ -58,13 +58,6 @@ pub(super) async fn execute(
             }
         }
     }
-    if matches!(st.life, Lifecycle::Destroyed { .. }) {
-        // Every step ran: the destroyed session is gone and nothing new was stored.
-        st.life = Lifecycle::Fresh {
-            id: None,
-            stale_cookie: false,
-        };
-    }
     let stored = match &st.life {
         Lifecycle::Loaded(stored) => Some(stored),
         _ => None,
@@ -110,8 +103,14 @@ async fn run_step(
                 .await
                 .inspect_err(|_| metrics.write(op.as_str(), "error"))?;
             if !updated {
+                // Destroyed (or expired) by someone else since it was loaded: stay destroyed.
+                // Its data must not reach the store again, not even through a second commit.
                 metrics.write(op.as_str(), "gone");
-                st.life = fresh();
+                st.life = Lifecycle::Fresh {
+                    id: None,
+                    stale_cookie: true,
+                };
+                st.data.clear();
                 st.original.clear();
                 return Ok(Outcome::Gone);
             }
@@ -169,7 +168,10 @@ async fn run_step(
                         // Destroyed (or expired) since it was loaded: fail closed. Its data
                         // belongs to a session that no longer exists and must not come back.
                         metrics.write(op, "gone");
-                        st.life = fresh();
+                        st.life = Lifecycle::Fresh {
+                            id: None,
+                            stale_cookie: true,
+                        };
                         st.data.clear();
                         st.original.clear();
                         return Ok(Outcome::Gone);
@@ -194,6 +196,11 @@ async fn run_step(
                 .await
                 .inspect_err(|_| metrics.write(op, "error"))?;
             metrics.write(op, "ok");
+            // Deleted: a later commit of this handle has nothing left to delete, but still
+            // clears the cookie and never stores an empty session (the state stays `Destroyed`).
+            if let Lifecycle::Destroyed { old, .. } = &mut st.life {
+                *old = None;
+            }
             Ok(Outcome::Done)
         }
     }
@@ -235,13 +242,6 @@ fn collision() -> Error {
         ErrorKind::IdCollision,
         format!("{CREATE_ATTEMPTS} fresh session ids all collided; check the OS random source"),
     )
-}
-
-fn fresh() -> Lifecycle {
-    Lifecycle::Fresh {
-        id: None,
-        stale_cookie: false,
-    }
 }
 
 fn encoded_size(st: &State) -> usize {

@@ -254,6 +254,7 @@ impl Session {
             Ok(Some((meta, fields))) if meta.is_live(plan::epoch_ms(SystemTime::now())) => {
                 self.engine.metrics().load("hit");
                 st.life = Lifecycle::Loaded(Stored { id, key, meta });
+                st.found_at_load = true;
                 st.data = fields;
                 Ok(st)
             }
@@ -352,7 +353,8 @@ impl Session {
         Ok(())
     }
 
-    /// Whether [`Session::destroy`] was called in this request and its commit has not completed.
+    /// Whether [`Session::destroy`] was called in this request and no new session was stored
+    /// since (fields inserted after a destroy start one at commit).
     /// A failed commit of a destroyed session must never look like a success: the HTTP layer
     /// clears the cookie and answers 503 whatever its failure policy.
     pub async fn is_destroyed(&self) -> bool {
@@ -454,5 +456,80 @@ mod tests {
         session.destroy().await.unwrap();
         let debug = format!("{session:?}");
         assert!(!debug.contains(&id.to_string()), "{debug}");
+    }
+}
+
+#[cfg(test)]
+mod commit_tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    async fn stored(engine: &SessionEngine) -> SessionId {
+        let s = engine.session(None);
+        s.insert("user", "ada").await.unwrap();
+        let CookieAction::Set { id, .. } = s.commit().await.unwrap().cookie else {
+            panic!("a new session sets a cookie")
+        };
+        id
+    }
+
+    #[tokio::test]
+    async fn a_save_that_finds_the_session_gone_never_brings_it_back() {
+        let store = MemoryStore::new();
+        let engine = SessionEngine::new(store.clone(), SessionConfig::default());
+        let id = stored(&engine).await;
+        let b = engine.session(Some(id));
+        assert!(!b.is_new().await.unwrap());
+        let a = engine.session(Some(id));
+        a.destroy().await.unwrap();
+        a.commit().await.unwrap();
+        b.insert("cart", &1u32).await.unwrap();
+        assert_eq!(b.commit().await.unwrap().cookie, CookieAction::Clear);
+        // A second commit (a handler committing before the layer does) stays destroyed.
+        assert_eq!(b.commit().await.unwrap().cookie, CookieAction::Clear);
+        assert!(store.is_empty(), "nothing recreated");
+        assert_eq!(b.get::<String>("user").await.unwrap(), None);
+        assert!(
+            !b.is_new().await.unwrap(),
+            "is_new tells what the load found"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_destroyed_session_stays_destroyed_across_commits() {
+        let store = MemoryStore::new();
+        let config = SessionConfig::default().with_save_new_empty(true);
+        let engine = SessionEngine::new(store.clone(), config);
+        let id = stored(&engine).await;
+        let s = engine.session(Some(id));
+        s.destroy().await.unwrap();
+        let first = s.commit().await.unwrap();
+        assert_eq!((first.cookie, first.writes), (CookieAction::Clear, 1));
+        let second = s.commit().await.unwrap();
+        assert_eq!(
+            (second.cookie, second.writes),
+            (CookieAction::Clear, 0),
+            "no second delete, no empty session, the cookie still cleared"
+        );
+        assert!(s.is_destroyed().await);
+        assert!(s.is_new().await.unwrap());
+        assert!(store.is_empty());
+        // Fields inserted after the destroy start a new session.
+        s.insert("fresh", &1u32).await.unwrap();
+        assert!(matches!(
+            s.commit().await.unwrap().cookie,
+            CookieAction::Set { .. }
+        ));
+        assert!(!s.is_destroyed().await);
+        assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn is_new_survives_the_commit_that_creates_the_session() {
+        let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+        let s = engine.session(None);
+        s.insert("a", &1u32).await.unwrap();
+        s.commit().await.unwrap();
+        assert!(s.is_new().await.unwrap());
     }
 }

@@ -34,8 +34,9 @@ impl fmt::Debug for Stored {
 /// Loaded ──regenerate──▶ Regenerated { old }      Regenerated ──regenerate──▶ Regenerated (new id)
 /// any ──destroy──▶ Destroyed { old }              (old: the stored or requested session, if any)
 /// Fresh | Destroyed ──regenerate──▶ same state with a new id
-/// commit: Loaded ─update gone──▶ Fresh;  Fresh/Destroyed ─create──▶ Loaded;
-///         Regenerated ─moved──▶ Loaded, ─old gone──▶ Fresh (data dropped);  Destroyed ──▶ Fresh
+/// commit: Loaded ─update gone──▶ Fresh (data dropped);  Fresh/Destroyed ─create──▶ Loaded;
+///         Regenerated ─moved──▶ Loaded, ─old gone──▶ Fresh (data dropped);
+///         Destroyed ─deleted──▶ Destroyed with nothing left to delete
 /// ```
 #[derive(Debug)]
 pub(crate) enum Lifecycle {
@@ -93,6 +94,9 @@ pub(crate) struct State {
     /// The value each field had before its first change since the load (`None`: absent); a
     /// field that was never changed is not here, so loading costs no copy.
     pub(crate) original: HashMap<String, Option<Bytes>>,
+    /// The load found a live session (cleared by a destroy): what `is_new` reports, whatever
+    /// later commits do in this request.
+    pub(crate) found_at_load: bool,
 }
 
 impl fmt::Debug for State {
@@ -118,6 +122,7 @@ impl State {
             life: Lifecycle::Unloaded,
             data: HashMap::new(),
             original: HashMap::new(),
+            found_at_load: false,
         }
     }
 
@@ -131,10 +136,7 @@ impl State {
 
     /// Whether the session did not exist when this request began, or was destroyed since.
     pub(crate) fn is_new(&self) -> bool {
-        !matches!(
-            self.life,
-            Lifecycle::Loaded(_) | Lifecycle::Regenerated { .. }
-        )
+        !self.found_at_load
     }
 
     /// The session's id, minting one for a session that has none yet.
@@ -168,6 +170,7 @@ impl State {
                 .map(|id| DestroyedKey(requested_key(id))),
         };
         self.life = Lifecycle::Destroyed { old, id: None };
+        self.found_at_load = false;
         self.data.clear();
         self.original.clear();
     }

@@ -70,6 +70,10 @@ impl FredSettings {
     }
 }
 
+/// The longest command or connect timeout: longer ones only risk overflowing time arithmetic
+/// (in this crate and in the client's) and never end a stalled call anyway.
+const LONGEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Configures and connects a [`RedisStore`].
 ///
 /// Accepted URLs: `redis://host:port[/db]`, `rediss://…` (TLS through rustls),
@@ -111,15 +115,17 @@ impl RedisStoreBuilder {
     /// a sentinel failover, waits for a reconnecting cluster primary, redirections, re-applied
     /// writes and `WAIT` all count against it. A call that reaches it fails with
     /// [`ErrorKind::Timeout`], so a stalled Redis makes requests fail after this long instead of
-    /// hanging. A write that timed out may still have been applied.
+    /// hanging. A write that timed out may still have been applied. Values over a day (such as
+    /// `Duration::MAX` for "no timeout") are taken as a day, and zero as one millisecond.
     pub fn with_command_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.command_timeout = timeout;
+        self.settings.command_timeout = timeout.clamp(Duration::from_millis(1), LONGEST_TIMEOUT);
         self
     }
 
-    /// Upper bound on establishing a connection (default 2 s).
+    /// Upper bound on establishing a connection (default 2 s; at most a day, like the command
+    /// timeout).
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.connect_timeout = timeout;
+        self.settings.connect_timeout = timeout.clamp(Duration::from_millis(1), LONGEST_TIMEOUT);
         self
     }
 

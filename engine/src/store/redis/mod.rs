@@ -115,7 +115,10 @@ impl RedisStore {
 
     /// The deadline of a call that starts now.
     fn deadline(&self) -> Instant {
-        Instant::now() + self.inner.command_timeout
+        let now = Instant::now();
+        // `Duration::MAX` ("no timeout") must not overflow: cap it at about a century.
+        now.checked_add(self.inner.command_timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
     }
 
     /// Runs one whole store call against `deadline`: whatever `call` is doing then (a held
@@ -165,8 +168,10 @@ impl RedisStore {
         args: &[Value],
         deadline: Instant,
     ) -> Result<i64> {
-        self.inner.gate.wait(deadline).await?;
+        // The epoch is read before the gate is looked at (a pause sets the flag, then moves the
+        // epoch): a pause landing in between either holds this write or shows as a change.
         let epoch = self.inner.gate.epoch();
+        self.inner.gate.wait(deadline).await?;
         let first = self.run_once(script, keys, args, deadline).await?;
         if self.inner.gate.epoch() == epoch {
             return Ok(first);
@@ -253,10 +258,11 @@ impl RedisStore {
     }
 
     async fn delete_by(&self, key: &str, deadline: Instant) -> Result<bool> {
-        self.inner.gate.wait(deadline).await?;
         let mut existed = false;
         loop {
+            // As in `run`: the epoch before the gate.
             let epoch = self.inner.gate.epoch();
+            self.inner.gate.wait(deadline).await?;
             let (n, acked) = self
                 .with_client(key, deadline, |client| async move {
                     let n: i64 = client.del(key).await?;
@@ -272,7 +278,6 @@ impl RedisStore {
             if Instant::now() >= deadline {
                 return Err(self.timed_out());
             }
-            self.inner.gate.wait(deadline).await?;
         }
     }
 

@@ -78,11 +78,21 @@ impl WriteGate {
     }
 
     pub(super) fn pause(&self) {
+        // The flag is set before the epoch moves: a writer reads the epoch before looking at the
+        // flag, so it either is held or sees the epoch change and re-applies.
         if !self.tx.send_replace(true) {
-            self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            let this_pause = self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
             let tx = Arc::downgrade(&self.tx);
+            let epoch = Arc::downgrade(&self.epoch);
             tokio::spawn(async move {
                 tokio::time::sleep(MAX_PAUSE).await;
+                // Only the pause that started this timer: a later one has its own.
+                let current = epoch
+                    .upgrade()
+                    .map(|e| e.load(std::sync::atomic::Ordering::Acquire));
+                if current != Some(this_pause) {
+                    return;
+                }
                 if let Some(tx) = tx.upgrade() {
                     if tx.send_replace(false) {
                         tracing::warn!(

@@ -429,8 +429,10 @@ mod tests {
             wake: Arc::new(Notify::new()),
         };
         let target = Server::new("127.0.0.1", 3);
+        let first = router.pool_at(&target).next().id().to_owned();
         for _ in 0..5 {
-            let _ = router.pool_at(&target);
+            // The same pool each time, not a new one replacing the cached entry.
+            assert_eq!(router.pool_at(&target).next().id(), first);
         }
         let _ = router.pool_at(&Server::new("127.0.0.1", 4));
         assert_eq!(router.stray_count(), 2);
