@@ -620,15 +620,18 @@ async fn regenerate_fails_closed_after_concurrent_destroy(env: &Env, config: Ses
             "nothing stored under either id"
         );
     }
-    // Committing again does not bring the data back either.
-    assert_eq!(b.commit().await.unwrap().cookie, CookieAction::Keep);
+    // Committing again does not bring the data back either, and still clears the cookie.
+    assert_eq!(b.commit().await.unwrap().cookie, CookieAction::Clear);
     assert!(env
         .store
         .load(&engine.key(&new_id))
         .await
         .unwrap()
         .is_none());
-    assert!(b.is_new().await.unwrap());
+    assert!(
+        !b.is_new().await.unwrap(),
+        "is_new tells what the load found at the start of the request"
+    );
     assert_eq!(b.get::<String>("user").await.unwrap(), None);
 }
 

@@ -357,8 +357,11 @@ impl Session {
     /// since (fields inserted after a destroy start one at commit).
     /// A failed commit of a destroyed session must never look like a success: the HTTP layer
     /// clears the cookie and answers 503 whatever its failure policy.
+    ///
+    /// A destroy with nothing to end (no cookie presented, nothing stored) does not count.
     pub async fn is_destroyed(&self) -> bool {
-        matches!(self.state.lock().await.life, Lifecycle::Destroyed { .. })
+        let st = self.state.lock().await;
+        matches!(&st.life, Lifecycle::Destroyed { old, .. } if old.is_some() || st.requested.is_some())
     }
 
     /// Moves the session's data to a new id (call it on login or privilege change: the defence

@@ -43,6 +43,17 @@ struct Topology {
     nodes: HashMap<Server, Pool>,
 }
 
+/// How long a pool made for a MOVED target outside the slot map is kept although a refresh does
+/// not list its node as a primary: the refresh may have read the map before the failover that
+/// sent the MOVED. Older strays are quit, so at most one per address lingers, this long.
+const STRAY_GRACE: Duration = Duration::from_secs(5);
+
+/// A pool for a node met through MOVED before the slot map named it.
+struct Stray {
+    pool: Pool,
+    created: std::time::Instant,
+}
+
 pub(super) struct ClusterRouter {
     config: Config,
     settings: FredSettings,
@@ -51,7 +62,7 @@ pub(super) struct ClusterRouter {
     /// Pools for MOVED targets that the slot map does not list as primaries yet (a promoted
     /// replica before the next refresh). Cached so each such node gets one pool, however many
     /// redirections point at it; a refresh adopts it into the topology or quits it.
-    strays: Mutex<HashMap<Server, Pool>>,
+    strays: Mutex<HashMap<Server, Stray>>,
     /// For ASK redirections during slot migration.
     fallback: Pool,
     /// Its own Arc, so the refresh task can wait on it without keeping the router alive.
@@ -224,13 +235,20 @@ impl ClusterRouter {
                     // A node first met through MOVED keeps its pool once it is a known primary.
                     None => strays
                         .remove(&server)
-                        .unwrap_or_else(|| self.node_pool(&server)),
+                        .map_or_else(|| self.node_pool(&server), |stray| stray.pool),
                 };
                 nodes.insert(server, pool);
             }
             // Strays the slot map does not list as primaries, and primaries that are no longer
-            // (failed or demoted): stop reconnecting to them.
-            retired.extend(strays.drain().map(|(_, pool)| pool));
+            // (failed or demoted): stop reconnecting to them. A young stray is kept: the map this
+            // refresh read may predate the MOVED that created it (a failover in progress), and
+            // quitting it would strand the command it is serving until its deadline.
+            let now = std::time::Instant::now();
+            let (old, young): (HashMap<_, _>, HashMap<_, _>) = std::mem::take(&mut *strays)
+                .into_iter()
+                .partition(|(_, stray)| now.duration_since(stray.created) >= STRAY_GRACE);
+            *strays = young;
+            retired.extend(old.into_values().map(|stray| stray.pool));
             retired.extend(
                 current
                     .nodes
@@ -274,7 +292,11 @@ impl ClusterRouter {
         }
         strays
             .entry(server.clone())
-            .or_insert_with(|| self.node_pool(server))
+            .or_insert_with(|| Stray {
+                pool: self.node_pool(server),
+                created: std::time::Instant::now(),
+            })
+            .pool
             .clone()
     }
 
@@ -373,7 +395,7 @@ impl ClusterRouter {
 
     pub(super) async fn quit(&self) {
         let mut pools: Vec<Pool> = self.topology.read().nodes.values().cloned().collect();
-        pools.extend(self.strays.lock().drain().map(|(_, pool)| pool));
+        pools.extend(self.strays.lock().drain().map(|(_, stray)| stray.pool));
         for pool in pools {
             let _ = pool.quit().await;
         }
