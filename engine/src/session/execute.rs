@@ -106,12 +106,7 @@ async fn run_step(
                 // Destroyed (or expired) by someone else since it was loaded: stay destroyed.
                 // Its data must not reach the store again, not even through a second commit.
                 metrics.write(op.as_str(), "gone");
-                st.life = Lifecycle::Fresh {
-                    id: None,
-                    stale_cookie: true,
-                };
-                st.data.clear();
-                st.original.clear();
+                st.gone();
                 return Ok(Outcome::Gone);
             }
             metrics.write(op.as_str(), "ok");
@@ -168,12 +163,7 @@ async fn run_step(
                         // Destroyed (or expired) since it was loaded: fail closed. Its data
                         // belongs to a session that no longer exists and must not come back.
                         metrics.write(op, "gone");
-                        st.life = Lifecycle::Fresh {
-                            id: None,
-                            stale_cookie: true,
-                        };
-                        st.data.clear();
-                        st.original.clear();
+                        st.gone();
                         return Ok(Outcome::Gone);
                     }
                     _ if attempts == CREATE_ATTEMPTS => {

@@ -152,14 +152,7 @@ pub(crate) fn plan(state: &State, config: &SessionConfig, now: SystemTime) -> Pl
                 WriteOp::Create,
                 meta,
                 now_ms,
-                |fields, ttl| {
-                    vec![Step::Create {
-                        id: *id,
-                        fields,
-                        meta,
-                        ttl,
-                    }]
-                },
+                |fields, ttl| vec![create(*id, fields, meta, ttl)],
             )
         }
         Lifecycle::Regenerated { old, id } => {
@@ -211,12 +204,7 @@ pub(crate) fn plan(state: &State, config: &SessionConfig, now: SystemTime) -> Pl
                 |fields, ttl| {
                     delete
                         .into_iter()
-                        .chain([Step::Create {
-                            id: *id,
-                            fields,
-                            meta,
-                            ttl,
-                        }])
+                        .chain([create(*id, fields, meta, ttl)])
                         .collect()
                 },
             )
@@ -308,6 +296,15 @@ fn with_fields(
         cookie: PlannedCookie::Set {
             expires: from_epoch_ms(meta.expires_ms),
         },
+    }
+}
+
+fn create(id: Option<SessionId>, fields: Vec<(String, Bytes)>, meta: Meta, ttl: Duration) -> Step {
+    Step::Create {
+        id,
+        fields,
+        meta,
+        ttl,
     }
 }
 

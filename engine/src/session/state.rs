@@ -175,6 +175,17 @@ impl State {
         self.original.clear();
     }
 
+    /// The commit found the session gone (destroyed or expired by someone else): the handle is
+    /// fresh with a cookie to clear, and its data is dropped so no later commit can store it.
+    pub(crate) fn gone(&mut self) {
+        self.life = Lifecycle::Fresh {
+            id: None,
+            stale_cookie: true,
+        };
+        self.data.clear();
+        self.original.clear();
+    }
+
     /// `regenerate()` on a loaded state: the data is to move to a new id at commit.
     pub(crate) fn regenerate(&mut self) {
         self.life = match std::mem::replace(&mut self.life, Lifecycle::Unloaded) {
