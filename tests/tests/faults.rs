@@ -217,13 +217,7 @@ async fn sentinel_graceful_failover() {
     let sessions: Arc<Vec<_>> = Arc::new(ids.iter().map(|id| (*id, 0)).collect());
     let driver = Driver::start(&engine, &sessions, 6, Duration::from_secs(30));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let old = set.master_port();
-    let started = Instant::now();
-    let new = tokio::task::block_in_place(|| {
-        set.failover();
-        set.wait_master_change(old, Duration::from_secs(20))
-    });
-    let took = started.elapsed();
+    let (old, new, took) = sentinel_failover(&set);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let samples = driver.finish().await;
     let (n, failed) = failures(&samples);
@@ -307,6 +301,17 @@ fn slot_owner(port: u16, slot: u16) -> Option<u16> {
         });
         owns.then(|| f[1].split(['@', ':']).nth(1)?.parse().ok()).flatten()
     })
+}
+
+/// `SENTINEL FAILOVER`, waiting for the new master: (old port, new port, time taken).
+fn sentinel_failover(set: &RedisSentinelSet) -> (u16, u16, Duration) {
+    let old = set.master_port();
+    let started = Instant::now();
+    let new = tokio::task::block_in_place(|| {
+        set.failover();
+        set.wait_master_change(old, Duration::from_secs(20))
+    });
+    (old, new, started.elapsed())
 }
 
 fn percentile(samples: &[Sample], q: f64) -> Duration {
@@ -650,13 +655,7 @@ async fn sentinel_failover_store_calls_end_within_the_command_timeout() {
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = hammer(&store, 4, &stop);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let old = set.master_port();
-    let started = Instant::now();
-    let new = tokio::task::block_in_place(|| {
-        set.failover();
-        set.wait_master_change(old, Duration::from_secs(20))
-    });
-    let took = started.elapsed();
+    let (old, new, took) = sentinel_failover(&set);
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
     let (latencies, errors) = finish_hammer(tasks).await;

@@ -253,18 +253,22 @@ async fn demo_on_sentinel() {
     e2e(&topology, "e2e-sentinel").await;
 }
 
+/// The demo example binary next to this test binary (`cargo test --workspace` builds it).
+fn demo_exe() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join("demo"))
+        .filter(|p| p.exists())
+        .expect("the demo example is built by `cargo test --workspace` (target/*/examples/demo)")
+}
+
 /// The demo binary itself, driven by its documented flags and environment variables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_binary_contract() {
     use std::io::{BufRead, BufReader};
     let server = RedisServer::start();
-    let exe = std::env::current_exe().unwrap();
-    let demo = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("examples").join("demo"))
-        .filter(|p| p.exists())
-        .expect("the demo example is built by `cargo test --workspace` (target/*/examples/demo)");
+    let demo = demo_exe();
     let mut child = std::process::Command::new(&demo)
         .args([
             "--listen",
@@ -387,13 +391,7 @@ async fn hostile_cookies_never_reach_redis() {
 /// Bad configuration makes the demo binary exit 1 with a message, never panic.
 #[test]
 fn demo_binary_refuses_bad_configuration() {
-    let exe = std::env::current_exe().unwrap();
-    let demo = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("examples").join("demo"))
-        .filter(|p| p.exists())
-        .expect("the demo example is built by `cargo test --workspace` (target/*/examples/demo)");
+    let demo = demo_exe();
     for (args, expected) in [
         (&["--ttl", "300000000000"][..], "400 days"),
         (&["--secret", "short"][..], "cookie secret #1 is 5 bytes"),
