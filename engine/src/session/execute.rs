@@ -125,13 +125,9 @@ async fn run_step(
             meta,
             ttl,
         } => {
-            let id = create(engine, id, &fields, ttl, writes).await?;
+            let (id, key) = create(engine, id, &fields, ttl, writes).await?;
             metrics.size(encoded_size(st));
-            st.life = Lifecycle::Loaded(Stored {
-                id,
-                key: engine.key(&id),
-                meta,
-            });
+            st.life = Lifecycle::Loaded(Stored { id, key, meta });
             st.original.clear();
             Ok(Outcome::Done)
         }
@@ -196,14 +192,15 @@ async fn run_step(
     }
 }
 
-/// Creates the session under `id` (or a fresh id), minting another on a collision.
+/// Creates the session under `id` (or a fresh id), minting another on a collision. Answers
+/// the id with its key (derived once: a keyed hash per derivation).
 async fn create(
     engine: &SessionEngine,
     id: Option<SessionId>,
     fields: &[(String, Bytes)],
     ttl: Duration,
     writes: &mut u8,
-) -> Result<SessionId> {
+) -> Result<(SessionId, String)> {
     let metrics = engine.metrics();
     let op = WriteOp::Create.as_str();
     let mut id = id.unwrap_or_else(SessionId::generate);
@@ -215,7 +212,7 @@ async fn create(
             .inspect_err(|_| metrics.write(op, "error"))?;
         if created {
             metrics.write(op, "ok");
-            return Ok(id);
+            return Ok((id, key));
         }
         if attempt < CREATE_ATTEMPTS {
             tracing::warn!("new session id collided with an existing session; minting another");

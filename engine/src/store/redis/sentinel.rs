@@ -108,12 +108,19 @@ impl WriteGate {
         self.tx.send_replace(false);
     }
 
-    /// Returns at once while open (one shared read lock, no allocation); while paused, waits for the gate to reopen,
-    /// failing with [`ErrorKind::Timeout`] if `deadline` comes first.
-    pub(super) async fn wait(&self, deadline: Instant) -> Result<()> {
+    /// Returns `false` at once while open (one shared read lock, no allocation); while paused,
+    /// waits for the gate to reopen and returns `true` (the caller then bounds what follows by
+    /// the deadline too), failing with [`ErrorKind::Timeout`] if `deadline` comes first.
+    pub(super) async fn wait(&self, deadline: Instant) -> Result<bool> {
         if !*self.tx.borrow() {
-            return Ok(());
+            return Ok(false);
         }
+        // Boxed: the held path (a watch receiver and a timer) is rare, and inline it would make
+        // every write's future larger.
+        Box::pin(self.held(deadline)).await.map(|()| true)
+    }
+
+    async fn held(&self, deadline: Instant) -> Result<()> {
         let mut rx = self.tx.subscribe();
         let reopened = tokio::time::timeout_at(deadline, rx.wait_for(|paused| !paused))
             .await
