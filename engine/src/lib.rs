@@ -30,5 +30,5 @@ pub use crate::{
     id::{SessionId, ENCODED_LEN as SESSION_ID_LEN},
     key::{KeyDeriver, KeySchema},
     session::{Committed, CookieAction, Session, SessionEngine},
-    store::{MemoryStore, RedisStore, RedisStoreBuilder, Regenerated, SessionStore},
+    store::{MemoryStore, NearCache, RedisStore, RedisStoreBuilder, Regenerated, SessionStore},
 };

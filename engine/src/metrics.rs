@@ -20,6 +20,21 @@ pub const STORE_DURATION_SECONDS: &str = "tessera_store_operation_duration_secon
 /// Histogram: encoded session size in bytes, recorded on each write of session data.
 pub const SESSION_SIZE_BYTES: &str = "tessera_session_size_bytes";
 
+/// Counter: near-cache look-ups, label `result` = `hit` | `miss`.
+pub const NEAR_CACHE_REQUESTS_TOTAL: &str = "tessera_near_cache_requests_total";
+/// Counter: keys invalidated by Redis (client tracking) in the near cache.
+pub const NEAR_CACHE_INVALIDATIONS_TOTAL: &str = "tessera_near_cache_invalidations_total";
+/// Counter: near-cache flushes, label `cause` = `null_invalidation` | `lagged` |
+/// `stream_closed` | `reconnect` | `connection_error` | `heartbeat` | `topology` | `redirect`.
+pub const NEAR_CACHE_FLUSHES_TOTAL: &str = "tessera_near_cache_flushes_total";
+/// Gauge: entries in the near cache.
+pub const NEAR_CACHE_ENTRIES: &str = "tessera_near_cache_entries";
+/// Gauge: bytes of session data (keys, field names and values) in the near cache.
+pub const NEAR_CACHE_BYTES: &str = "tessera_near_cache_bytes";
+/// Gauge: 1 while a node connection's invalidation stream is confirmed, 0 while the cache
+/// bypasses it; label `node` = the server's `host:port`.
+pub const NEAR_CACHE_STREAM_HEALTHY: &str = "tessera_near_cache_stream_healthy";
+
 /// Registers descriptions, so exporters show help text. Safe to call more than once.
 pub fn describe() {
     metrics::describe_counter!(LOADS_TOTAL, "Session loads by outcome (hit, miss, error).");
@@ -37,6 +52,28 @@ pub fn describe() {
         SESSION_SIZE_BYTES,
         metrics::Unit::Bytes,
         "Encoded size of sessions as written."
+    );
+    metrics::describe_counter!(
+        NEAR_CACHE_REQUESTS_TOTAL,
+        "Near-cache look-ups by result (hit, miss)."
+    );
+    metrics::describe_counter!(
+        NEAR_CACHE_INVALIDATIONS_TOTAL,
+        "Keys Redis invalidated in the near cache (client tracking)."
+    );
+    metrics::describe_counter!(
+        NEAR_CACHE_FLUSHES_TOTAL,
+        "Near-cache flushes by cause."
+    );
+    metrics::describe_gauge!(NEAR_CACHE_ENTRIES, "Entries in the near cache.");
+    metrics::describe_gauge!(
+        NEAR_CACHE_BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of session data in the near cache."
+    );
+    metrics::describe_gauge!(
+        NEAR_CACHE_STREAM_HEALTHY,
+        "1 while a node connection's invalidation stream is confirmed, 0 while bypassed."
     );
 }
 

@@ -13,7 +13,7 @@ mod redis;
 
 pub use self::{
     memory::MemoryStore,
-    redis::{RedisStore, RedisStoreBuilder},
+    redis::{NearCache, RedisStore, RedisStoreBuilder},
 };
 
 /// A stored session: field name to encoded value, the meta field included.

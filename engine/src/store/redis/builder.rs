@@ -10,7 +10,11 @@ use fred::{
     types::config::ReconnectError,
 };
 
-use super::{cluster::ClusterRouter, scripts, sentinel, Backend, RedisStore};
+use super::{
+    cluster::ClusterRouter,
+    near::{Near, NearCache},
+    scripts, sentinel, Backend, RedisStore,
+};
 use crate::error::{Error, ErrorKind, Result};
 
 /// URL schemes the store accepts.
@@ -30,6 +34,8 @@ pub(super) struct FredSettings {
     pub(super) command_timeout: Duration,
     pub(super) connect_timeout: Duration,
     pub(super) reconnect_max_delay: Duration,
+    /// fred's per-client broadcast capacity (invalidations among them).
+    pub(super) broadcast_capacity: usize,
 }
 
 impl FredSettings {
@@ -38,12 +44,14 @@ impl FredSettings {
         let mut builder = Builder::from_config(config);
         let command_timeout = self.command_timeout;
         let connect_timeout = self.connect_timeout;
+        let broadcast_capacity = self.broadcast_capacity;
         let max_delay = u32::try_from(self.reconnect_max_delay.as_millis()).unwrap_or(u32::MAX);
         builder
             .with_performance_config(|perf| {
                 // The store bounds each call as a whole; this only keeps fred's own internal
                 // commands (and anything the store forgets to bound) from hanging.
                 perf.default_command_timeout = command_timeout;
+                perf.broadcast_channel_capacity = broadcast_capacity;
             })
             .with_connection_config(|conn| {
                 conn.connection_timeout = connect_timeout;
@@ -86,7 +94,12 @@ pub struct RedisStoreBuilder {
     watch_sentinel: bool,
     wait_replicas: Option<(u32, Duration)>,
     tls_roots: Option<Vec<u8>>,
+    near: Option<NearCache>,
 }
+
+/// The invalidation channel's capacity per connection with the near cache on (fred's default
+/// is 32). Overflowing it is safe (the connection's entries are flushed) but costs hits.
+const INVALIDATION_CAPACITY: usize = 4096;
 
 impl RedisStoreBuilder {
     pub(super) fn new(url: String) -> Self {
@@ -97,11 +110,22 @@ impl RedisStoreBuilder {
                 command_timeout: Duration::from_secs(1),
                 connect_timeout: Duration::from_secs(2),
                 reconnect_max_delay: Duration::from_secs(1),
+                broadcast_capacity: 32,
             },
             watch_sentinel: true,
             wait_replicas: None,
             tls_roots: None,
+            near: None,
         }
+    }
+
+    /// Turns on the near cache: sessions kept in this process, served with no Redis command, and
+    /// kept coherent by Redis itself (client tracking over RESP3, which this switches every
+    /// connection to). See [`NearCache`] for its bounds and the staleness bound, and the README
+    /// for what it cannot cover. Needs Redis 6 or later.
+    pub fn with_near_cache(mut self, cache: NearCache) -> Self {
+        self.near = Some(cache);
+        self
     }
 
     /// Number of multiplexed connections (per node) to spread commands over (default 2).
@@ -163,6 +187,14 @@ impl RedisStoreBuilder {
     /// within the connect timeout.
     pub async fn connect(self) -> Result<RedisStore> {
         let mut config = self.config()?;
+        let near = match &self.near {
+            Some(cache) => {
+                cache.validate()?;
+                config.version = fred::types::RespVersion::RESP3;
+                Some(Near::new(cache))
+            }
+            None => None,
+        };
         if let Some(pem) = &self.tls_roots {
             if config.tls.is_none() {
                 return Err(Error::new(
@@ -172,9 +204,15 @@ impl RedisStoreBuilder {
             }
             config.tls = Some(tls_config(pem)?);
         }
-        let settings = &self.settings;
+        let mut settings = self.settings.clone();
+        if near.is_some() {
+            settings.broadcast_capacity = INVALIDATION_CAPACITY;
+        }
+        let settings = &settings;
         let backend = if config.server.is_clustered() {
-            Backend::Cluster(ClusterRouter::connect(config.clone(), settings.clone()).await?)
+            Backend::Cluster(
+                ClusterRouter::connect(config.clone(), settings.clone(), near.clone()).await?,
+            )
         } else {
             let pool = settings
                 .fred_builder(config.clone())
@@ -230,12 +268,21 @@ impl RedisStoreBuilder {
             ),
             _ => Vec::new(),
         };
+        if let Some(near) = &near {
+            let clients = match &backend {
+                Backend::Pool(pool) => pool.clients().to_vec(),
+                Backend::Cluster(router) => router.all_clients(),
+            };
+            near.warm(&clients);
+            near.watch_gate(&gate);
+        }
         Ok(RedisStore::from_parts(
             backend,
             gate,
             settings.command_timeout,
             self.wait_replicas,
             watchers,
+            near,
         ))
     }
 

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 use self::{
     cluster::ClusterRouter,
-    scripts::Script,
+    near::{FlushCause, Near},
+    scripts::{Answer, Script},
     sentinel::{Watcher, WriteGate},
 };
 use super::{Fields, Regenerated, SessionStore};
@@ -26,10 +27,14 @@ use crate::error::{Error, ErrorKind, Result};
 
 mod builder;
 mod cluster;
+mod near;
 mod scripts;
 mod sentinel;
 
-pub use self::builder::RedisStoreBuilder;
+pub use self::{
+    builder::RedisStoreBuilder,
+    near::NearCache,
+};
 
 /// Awaits a store call within its deadline. On a cluster, the call as a whole runs under a timer
 /// (refreshes and redirections may each take a command timeout), boxed, as the router's future is
@@ -45,6 +50,9 @@ macro_rules! within_deadline {
         }
     };
 }
+
+// After the macro, which it uses.
+mod tracked;
 
 /// How commands reach Redis: one fred pool (standalone, sentinel), or per-primary pools behind
 /// the cluster router.
@@ -64,6 +72,8 @@ struct Inner {
     create: Script,
     update: Script,
     regenerate: Script,
+    /// The near cache and its scripts (load, create, update), when on.
+    near: Option<(Arc<Near>, [Script; 3])>,
     _watchers: Vec<Watcher>,
 }
 
@@ -102,6 +112,7 @@ impl RedisStore {
         command_timeout: Duration,
         wait_replicas: Option<(u32, Duration)>,
         watchers: Vec<Watcher>,
+        near: Option<Arc<Near>>,
     ) -> Self {
         RedisStore {
             inner: Arc::new(Inner {
@@ -112,6 +123,7 @@ impl RedisStore {
                 create: Script::create(),
                 update: Script::update(),
                 regenerate: Script::regenerate(),
+                near: near.map(|near| (near, Script::tracked_set())),
                 _watchers: watchers,
             }),
         }
@@ -161,41 +173,62 @@ impl RedisStore {
         )
     }
 
-    /// Runs `f` on a client that serves `key`.
-    async fn with_client<R, F, Fut>(&self, key: &str, deadline: Instant, f: F) -> Result<R>
+    /// Runs `f` on a client that serves `key`: `pin` when given (the near cache's connection for
+    /// the key; on a cluster, a redirection then flushes the cache and routes afresh).
+    async fn with_client<R, F, Fut>(
+        &self,
+        key: &str,
+        deadline: Instant,
+        pin: Option<&Client>,
+        f: F,
+    ) -> Result<R>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = std::result::Result<R, fred::error::Error>>,
     {
-        match &self.inner.backend {
-            Backend::Pool(pool) => Ok(f(pool.next().clone()).await?),
+        match (&self.inner.backend, pin) {
+            (Backend::Pool(pool), pin) => {
+                Ok(f(pin.unwrap_or_else(|| pool.next()).clone()).await?)
+            }
+            (Backend::Cluster(router), Some(pin)) => match f(pin.clone()).await {
+                Ok(v) => Ok(v),
+                Err(err) if ClusterRouter::is_redirect(&err) => {
+                    if let Some((near, _)) = &self.inner.near {
+                        near.flush_all(FlushCause::Redirect);
+                    }
+                    Box::pin(router.call(key, deadline, f)).await
+                }
+                Err(err) => Err(err.into()),
+            },
             // Boxed: the router's future (refreshes, redirections, their timers) is several
             // times the size of a command's, and held inline it would make every store call's
             // future that large, standalone ones included; moving it measured about 13k
             // instructions per request.
-            Backend::Cluster(router) => Box::pin(router.call(key, deadline, f)).await,
+            (Backend::Cluster(router), None) => Box::pin(router.call(key, deadline, f)).await,
         }
     }
 
     /// Runs a write script on the node that serves `keys[0]` (all keys must share its slot).
     /// Writes wait while the sentinel gate is closed; a write that overlapped a failover is run
     /// again on the new master and the script's [`scripts::Reapply`] rule picks the answer.
-    async fn run(
+    async fn run<R: Answer>(
         &self,
         script: &Script,
         keys: &[&str],
         args: &[Value],
         deadline: Instant,
-    ) -> Result<i64> {
+        pin: Option<&Client>,
+    ) -> Result<R> {
         // The epoch is read before the gate is looked at (a pause sets the flag, then moves the
         // epoch): a pause landing in between either holds this write or shows as a change.
         let epoch = self.inner.gate.epoch();
         let first = if self.inner.gate.wait(deadline).await? {
             // Held by a failover: what is left of the call bounds the script (boxed, as below).
-            Box::pin(self.bounded(deadline, self.run_once(script, keys, args, deadline))).await?
+            let once = self.run_once(script, keys, args, deadline, pin);
+            Box::pin(self.bounded(deadline, once)).await?
         } else {
             // Bounded by fred's command timeout, which starts now.
-            self.run_once(script, keys, args, deadline).await?
+            self.run_once(script, keys, args, deadline, pin).await?
         };
         if self.inner.gate.epoch() == epoch {
             return Ok(first);
@@ -206,30 +239,33 @@ impl RedisStore {
         // command future is several kilobytes, and every copy of it inline costs each write.
         let again = Box::pin(self.bounded(deadline, async {
             self.inner.gate.wait(deadline).await?;
-            self.run_once(script, keys, args, deadline).await
+            self.run_once(script, keys, args, deadline, pin).await
         }))
         .await?;
-        Ok(script.reapply.combine(first, again))
+        Ok(script.reapply.pick(first, again))
     }
 
     /// `EVALSHA`, falling back to `EVAL` (which also caches the script) on a node that has not
     /// seen it yet, e.g. after a restart or failover. Arguments are copied per attempt (values are
     /// reference-counted bytes), since fred takes them by value.
-    async fn run_once(
+    async fn run_once<R: Answer>(
         &self,
         script: &Script,
         keys: &[&str],
         args: &[Value],
         deadline: Instant,
-    ) -> Result<i64> {
+        pin: Option<&Client>,
+    ) -> Result<R> {
         let keys_of = || keys.iter().copied().collect::<MultipleKeys>();
-        self.with_client(keys[0], deadline, |client| async move {
-            let result: std::result::Result<i64, _> = client
+        self.with_client(keys[0], deadline, pin, |client| async move {
+            let result: std::result::Result<R, _> = client
                 .evalsha(script.sha1.clone(), keys_of(), args.to_vec())
                 .await;
             let n = match result {
                 Err(err) if err.details().starts_with("NOSCRIPT") => {
-                    client.eval(script.source, keys_of(), args.to_vec()).await?
+                    client
+                        .eval(script.source.clone(), keys_of(), args.to_vec())
+                        .await?
                 }
                 other => other?,
             };
@@ -279,8 +315,8 @@ impl RedisStore {
         deadline: Instant,
     ) -> Result<bool> {
         let args = ttl_and_pairs(ttl, fields);
-        let n = self
-            .run(&self.inner.create, &[key], &args, deadline)
+        let n: i64 = self
+            .run(&self.inner.create, &[key], &args, deadline, None)
             .await?;
         Ok(n == scripts::APPLIED)
     }
@@ -301,7 +337,7 @@ impl RedisStore {
 
     /// One `DEL` (and `WAIT`): how many keys it removed, and the replicas that acknowledged.
     async fn delete_once(&self, key: &str, deadline: Instant) -> Result<(i64, Option<i64>)> {
-        self.with_client(key, deadline, |client| async move {
+        self.with_client(key, deadline, None, |client| async move {
             let n: i64 = client.del(key).await?;
             Ok((n, self.wait(&client, deadline).await?))
         })
@@ -342,8 +378,8 @@ impl RedisStore {
         };
         if same_node {
             let args = ttl_and_pairs(ttl, fields);
-            let n = self
-                .run(&self.inner.regenerate, &[old, new], &args, deadline)
+            let n: i64 = self
+                .run(&self.inner.regenerate, &[old, new], &args, deadline, None)
                 .await?;
             return Ok(match n {
                 scripts::APPLIED => Regenerated::Moved,
@@ -428,6 +464,9 @@ fn hash_fields(value: Value) -> Result<Option<Fields>> {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn load(&self, key: &str) -> Result<Option<Fields>> {
+        if let Some((near, [load, ..])) = &self.inner.near {
+            return self.load_near(near, load, key).await;
+        }
         // The typed command, not a raw one: fred flushes custom commands (and scripts) at once,
         // while typed ones share a write with whatever else is queued on the connection, which
         // under load halves the system calls per command on both sides.
@@ -450,6 +489,9 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, key: &str, fields: &[(String, Bytes)], ttl: Duration) -> Result<bool> {
+        if let Some((near, [_, create, _])) = &self.inner.near {
+            return self.create_near(near, create, key, fields, ttl).await;
+        }
         let deadline = self.deadline();
         within_deadline!(self, deadline, self.create_by(key, fields, ttl, deadline))
     }
@@ -467,17 +509,24 @@ impl SessionStore for RedisStore {
         args.push(Value::Integer(set.len() as i64));
         push_pairs(&mut args, set);
         args.extend(delete.iter().map(|f| Value::String(f.as_str().into())));
-        let n = within_deadline!(
+        if let Some((near, [.., update])) = &self.inner.near {
+            return self.update_near(near, update, key, &args).await;
+        }
+        let n: i64 = within_deadline!(
             self,
             deadline,
-            self.run(&self.inner.update, &[key], &args, deadline)
+            self.run(&self.inner.update, &[key], &args, deadline, None)
         )?;
         Ok(n == scripts::APPLIED)
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
         let deadline = self.deadline();
-        within_deadline!(self, deadline, self.delete_by(key, deadline))
+        let result = within_deadline!(self, deadline, self.delete_by(key, deadline));
+        if let Some((near, _)) = &self.inner.near {
+            near.invalidate(key);
+        }
+        result
     }
 
     async fn regenerate(
@@ -488,11 +537,16 @@ impl SessionStore for RedisStore {
         ttl: Duration,
     ) -> Result<Regenerated> {
         let deadline = self.deadline();
-        within_deadline!(
+        let result = within_deadline!(
             self,
             deadline,
             self.regenerate_by(old, new, fields, ttl, deadline)
-        )
+        );
+        if let Some((near, _)) = &self.inner.near {
+            near.invalidate(old);
+            near.invalidate(new);
+        }
+        result
     }
 
     async fn ping(&self) -> Result<()> {

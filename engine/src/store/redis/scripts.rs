@@ -57,6 +57,28 @@ pub(super) const REGENERATE_NEW_TAKEN: i64 = 0;
 /// [`REGENERATE_LUA`]: the old key no longer existed; nothing was created.
 pub(super) const REGENERATE_OLD_GONE: i64 = 2;
 
+/// The near cache's load: the remaining TTL and the hash in one atomic read, which also makes
+/// Redis track the key for this connection. Returns `{pttl}` when the key is missing (-2) or has
+/// no TTL (-1), else `{pttl, {field, value, ...}}`.
+pub(super) const LOAD_TRACKED_LUA: &str = r"
+local t = redis.call('PTTL', KEYS[1])
+if t < 0 then return {t} end
+return {t, redis.call('HGETALL', KEYS[1])}
+";
+
+/// The ending of a tracked write: the write's status, then the state it left (re-reading the
+/// hash re-tracks it, since `NOLOOP` untracked it for this connection), other writers' fields
+/// included.
+const TRACKED_RETURN: &str = "return {1, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])}";
+
+/// `source` with its answers as tables: `return 0` becomes `{0}`, the final `return 1` becomes
+/// [`TRACKED_RETURN`].
+fn tracked(source: &str) -> String {
+    source
+        .replace("return 0", "return {0}")
+        .replace("return 1\n", &format!("{TRACKED_RETURN}\n"))
+}
+
 /// Which answer counts when a write overlapped a sentinel failover and was run a second time on
 /// the new master (the first run may or may not have reached it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,10 +93,39 @@ pub(super) enum Reapply {
 
 impl Reapply {
     /// The answer to report, given the first run's and the re-run's.
+    #[cfg(test)]
     pub(super) fn combine(self, first: i64, again: i64) -> i64 {
+        self.pick(first, again)
+    }
+
+    /// The reply to report, by the status each run answered.
+    pub(super) fn pick<R: Answer>(self, first: R, again: R) -> R {
         match self {
-            Reapply::KeepFirstSuccess if first == APPLIED => first,
+            Reapply::KeepFirstSuccess if first.status() == APPLIED => first,
             Reapply::KeepFirstSuccess | Reapply::TakeLatest => again,
+        }
+    }
+}
+
+/// A script's reply: a status alone (the plain scripts), or a table that starts with it (the
+/// near cache's, which add the state they left).
+pub(super) trait Answer: fred::types::FromValue + Send {
+    fn status(&self) -> i64;
+}
+
+impl Answer for i64 {
+    fn status(&self) -> i64 {
+        *self
+    }
+}
+
+impl Answer for fred::types::Value {
+    fn status(&self) -> i64 {
+        match self {
+            fred::types::Value::Array(items) => {
+                items.first().and_then(|v| v.as_i64()).unwrap_or(-1)
+            }
+            other => other.as_i64().unwrap_or(-1),
         }
     }
 }
@@ -83,17 +134,18 @@ impl Reapply {
 /// rule.
 #[derive(Debug)]
 pub(super) struct Script {
-    pub(super) source: &'static str,
+    pub(super) source: Str,
     /// Reference-counted, so each call clones a pointer rather than the 40 hex digits.
     pub(super) sha1: Str,
     pub(super) reapply: Reapply,
 }
 
 impl Script {
-    fn new(source: &'static str, reapply: Reapply) -> Self {
+    fn new(source: impl Into<Str>, reapply: Reapply) -> Self {
+        let source = source.into();
         Script {
+            sha1: Str::from(fred::util::sha1_hash(&source)),
             source,
-            sha1: Str::from(fred::util::sha1_hash(source)),
             reapply,
         }
     }
@@ -108,6 +160,15 @@ impl Script {
 
     pub(super) fn regenerate() -> Self {
         Self::new(REGENERATE_LUA, Reapply::KeepFirstSuccess)
+    }
+
+    /// The near cache's scripts: load, create and update, each ending with the state read.
+    pub(super) fn tracked_set() -> [Self; 3] {
+        [
+            Self::new(LOAD_TRACKED_LUA, Reapply::TakeLatest),
+            Self::new(tracked(CREATE_LUA), Reapply::KeepFirstSuccess),
+            Self::new(tracked(UPDATE_LUA), Reapply::TakeLatest),
+        ]
     }
 }
 
@@ -148,6 +209,18 @@ mod tests {
         assert_eq!(update.combine(1, 0), 0);
         assert_eq!(update.combine(0, 1), 1);
         assert_eq!(update.combine(1, 1), 1);
+    }
+
+    #[test]
+    fn tracked_scripts_answer_tables_and_end_with_the_state() {
+        let [_, create, update] = Script::tracked_set();
+        for script in [&create, &update] {
+            assert!(!script.source.contains("return 0\n"));
+            assert!(script.source.contains("return {0}"));
+            assert!(script.source.trim_end().ends_with(TRACKED_RETURN));
+        }
+        assert_eq!(create.reapply, Reapply::KeepFirstSuccess);
+        assert_eq!(update.reapply, Reapply::TakeLatest);
     }
 
     #[test]

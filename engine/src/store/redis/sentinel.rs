@@ -104,6 +104,11 @@ impl WriteGate {
         }
     }
 
+    /// Follows the gate: `true` while a failover holds writes.
+    pub(super) fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.tx.subscribe()
+    }
+
     pub(super) fn resume(&self) {
         self.tx.send_replace(false);
     }

@@ -23,7 +23,10 @@ use parking_lot::{Mutex, RwLock};
 use tokio::{sync::Notify, time::Instant};
 
 use self::parse::{classify, slot_map, Redirect};
-use super::builder::FredSettings;
+use super::{
+    builder::FredSettings,
+    near::{FlushCause, Near},
+};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Least time between two CLUSTER SLOTS refreshes.
@@ -67,6 +70,8 @@ pub(super) struct ClusterRouter {
     fallback: Pool,
     /// Its own Arc, so the refresh task can wait on it without keeping the router alive.
     wake: Arc<Notify>,
+    /// The near cache, flushed whenever the slot map changes.
+    near: Option<Arc<Near>>,
 }
 
 impl Drop for ClusterRouter {
@@ -88,7 +93,11 @@ impl std::fmt::Debug for ClusterRouter {
 mod parse;
 
 impl ClusterRouter {
-    pub(super) async fn connect(config: Config, settings: FredSettings) -> Result<Arc<Self>> {
+    pub(super) async fn connect(
+        config: Config,
+        settings: FredSettings,
+        near: Option<Arc<Near>>,
+    ) -> Result<Arc<Self>> {
         let seeds = match &config.server {
             ServerConfig::Clustered { hosts, .. } => hosts.clone(),
             _ => unreachable!("the cluster router is only built for cluster URLs"),
@@ -110,6 +119,7 @@ impl ClusterRouter {
             strays: Mutex::new(HashMap::new()),
             fallback,
             wake: Arc::new(Notify::new()),
+            near,
         });
         tokio::time::timeout(connect_timeout, router.refresh())
             .await
@@ -256,7 +266,14 @@ impl ClusterRouter {
                     .filter(|(server, _)| !nodes.contains_key(*server))
                     .map(|(_, pool)| pool.clone()),
             );
+            let changed = !same_slots(&current.routing, &routing);
             *self.topology.write() = Arc::new(Topology { routing, nodes });
+            if changed {
+                // Some slot has a new owner, whose writes the old owner's tracking never hears.
+                if let Some(near) = &self.near {
+                    near.flush_all(FlushCause::Topology);
+                }
+            }
         }
         for pool in retired {
             tokio::spawn(async move {
@@ -384,6 +401,32 @@ impl ClusterRouter {
     }
 
     /// Every current primary's first client, for health checks and script loading.
+    /// The one connection that carries `key`'s loads and writes while the near cache is on
+    /// (tracking with NOLOOP is per connection): a fixed client of its primary's pool, if that
+    /// primary is known and connected.
+    pub(super) fn pinned(&self, key: &str) -> Option<Client> {
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let pool = self.pool_for(slot)?;
+        let clients = pool.clients();
+        let client = &clients[usize::from(slot) % clients.len()];
+        client.is_connected().then(|| client.clone())
+    }
+
+    /// Whether `err` says the command belongs on another node (or the node may be gone).
+    pub(super) fn is_redirect(err: &fred::error::Error) -> bool {
+        !matches!(classify(err), Redirect::None)
+    }
+
+    /// Every client of every primary's pool.
+    pub(super) fn all_clients(&self) -> Vec<Client> {
+        self.topology
+            .read()
+            .nodes
+            .values()
+            .flat_map(|p| p.clients().to_vec())
+            .collect()
+    }
+
     pub(super) fn primaries(&self) -> Vec<Client> {
         self.topology
             .read()
@@ -461,4 +504,18 @@ mod tests {
         router.quit().await;
         assert_eq!(router.stray_count(), 0);
     }
+}
+
+/// Whether two slot maps give every slot the same primary.
+fn same_slots(a: &ClusterRouting, b: &ClusterRouting) -> bool {
+    let ranges = |r: &ClusterRouting| {
+        let mut v: Vec<(u16, u16, Server)> = r
+            .slots()
+            .iter()
+            .map(|s| (s.start, s.end, s.primary.clone()))
+            .collect();
+        v.sort_by_key(|(start, _, _)| *start);
+        v
+    };
+    ranges(a) == ranges(b)
 }

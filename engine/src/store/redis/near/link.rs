@@ -1,0 +1,371 @@
+//! One tracked connection: its invalidation stream, its heartbeat and its health. An entry is
+//! served only while the link that loaded it is confirmed healthy and unchanged since (its
+//! generation), so every loss of the stream flushes that link's entries in O(1).
+
+use std::{
+    sync::{
+        atomic::{AtomicI64, AtomicU64, Ordering},
+        Arc, Weak,
+    },
+    time::Duration,
+};
+
+use fred::{
+    interfaces::{ClientInterface, ClientLike, EventInterface, TrackingInterface},
+    prelude::Client,
+    types::Value,
+};
+use tokio::{sync::broadcast::error::RecvError, time::Instant};
+
+use super::{FlushCause, Near};
+
+/// Why a link stopped being healthy, and what brought it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Health {
+    /// Tracking has not been confirmed on the current connection: nothing is cached or served.
+    Unconfirmed,
+    /// Tracking confirmed by the heartbeat sent at `confirmed_at`; entries serve until that
+    /// moment plus the staleness bound.
+    Confirmed,
+}
+
+/// A tracked fred client (one connection) of the store.
+pub(in crate::store::redis) struct Link {
+    pub(super) client: Client,
+    /// The server it talks to, for metric labels.
+    pub(super) node: String,
+    /// Bumped at every loss of the stream and every flush: entries of older generations are dead.
+    generation: AtomicU64,
+    /// Invalidations handled so far: a load or write whose reply races one is not cached.
+    seq: AtomicU64,
+    /// Entries serve while `Near::clock()` is below this (milliseconds); 0 while unconfirmed.
+    serve_until_ms: AtomicU64,
+    /// The connection id (`CLIENT ID`) tracking was confirmed on; -1 while unconfirmed.
+    tracked_conn: AtomicI64,
+}
+
+/// What a load or write read of its link before it was sent. It may cache its reply only if the
+/// link is still that generation, handled no invalidation meanwhile, and still talks over the
+/// connection that was tracked.
+#[derive(Debug, Clone, Copy)]
+pub(in crate::store::redis) struct Ticket {
+    generation: u64,
+    seq: u64,
+    conn: i64,
+}
+
+impl Ticket {
+    pub(super) fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("node", &self.node)
+            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    pub(super) fn new(client: Client) -> Self {
+        let node = client
+            .active_connections()
+            .first()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".to_owned());
+        Link {
+            client,
+            node,
+            generation: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            serve_until_ms: AtomicU64::new(0),
+            tracked_conn: AtomicI64::new(-1),
+        }
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn health(&self, now_ms: u64) -> Health {
+        if now_ms < self.serve_until_ms.load(Ordering::SeqCst) {
+            Health::Confirmed
+        } else {
+            Health::Unconfirmed
+        }
+    }
+
+    /// Whether an entry of `generation` may be served at `now_ms`.
+    pub(super) fn serves(&self, generation: u64, now_ms: u64) -> bool {
+        self.generation() == generation && self.health(now_ms) == Health::Confirmed
+    }
+
+    /// The current connection's id, as fred last read it.
+    fn conn_id(&self) -> i64 {
+        self.client
+            .connection_ids()
+            .into_values()
+            .next()
+            .unwrap_or(-1)
+    }
+
+    /// A ticket for a load or write about to be sent, if the link is healthy.
+    pub(super) fn ticket(&self, now_ms: u64) -> Option<Ticket> {
+        let generation = self.generation();
+        if self.health(now_ms) != Health::Confirmed {
+            return None;
+        }
+        let conn = self.tracked_conn.load(Ordering::SeqCst);
+        Some(Ticket {
+            generation,
+            seq: self.seq.load(Ordering::SeqCst),
+            conn,
+        })
+    }
+
+    /// Whether the reply to a request sent under `ticket` may be cached now.
+    pub(super) fn still(&self, ticket: &Ticket, now_ms: u64) -> bool {
+        self.seq.load(Ordering::SeqCst) == ticket.seq
+            && self.serves(ticket.generation, now_ms)
+            && self.tracked_conn.load(Ordering::SeqCst) == ticket.conn
+            && self.conn_id() == ticket.conn
+    }
+
+    /// Every entry of this link is dead from now on, and nothing is served until tracking is
+    /// confirmed again.
+    fn lose(&self) {
+        self.serve_until_ms.store(0, Ordering::SeqCst);
+        self.tracked_conn.store(-1, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Every entry of this link is dead from now on (a null invalidation, a lagged stream), but
+    /// the stream itself is fine.
+    fn flush(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Turns tracking on for the current connection (default mode, `NOLOOP`, invalidations on
+    /// the same connection) and confirms it. Answers the connection id it is on.
+    async fn enable(&self, timeout: Duration) -> Option<i64> {
+        let on = async {
+            self.client
+                .client_tracking::<(), _, _>("on", None, Vec::<String>::new(), false, false, false, true)
+                .await?;
+            confirmed(&self.client).await
+        };
+        match tokio::time::timeout(timeout, on).await {
+            Ok(Ok(true)) => Some(self.conn_id()),
+            _ => None,
+        }
+    }
+}
+
+/// Whether `CLIENT TRACKINGINFO` on this connection says tracking is on, with no redirection,
+/// and the node is a primary (a demoted one no longer hears its new primary's writes as its own).
+async fn confirmed(client: &Client) -> std::result::Result<bool, fred::error::Error> {
+    let info: Value = client.client_trackinginfo().await?;
+    let role: Value = client
+        .custom(fred::cmd!("ROLE"), Vec::<Value>::new())
+        .await?;
+    let primary = match role {
+        Value::Array(items) => items
+            .first()
+            .and_then(|v| v.as_str())
+            .is_some_and(|s| s == "master"),
+        _ => false,
+    };
+    Ok(primary && tracking_on(&info))
+}
+
+fn tracking_on(info: &Value) -> bool {
+    let Value::Map(map) = info else {
+        return false;
+    };
+    let mut on = false;
+    let mut redirect_none = true;
+    for (name, value) in map.iter() {
+        match name.as_str().as_deref() {
+            Some("flags") => {
+                if let Value::Array(flags) = value {
+                    on = flags
+                        .iter()
+                        .any(|f| f.as_str().is_some_and(|s| s == "on"));
+                }
+            }
+            Some("redirect") => redirect_none = value.as_i64().is_some_and(|r| r == -1),
+            _ => {}
+        }
+    }
+    on && redirect_none
+}
+
+/// Starts the link's tasks: the invalidation reader, the reconnect/error watcher and the
+/// heartbeat. They hold the cache weakly and end once it is dropped.
+pub(super) fn spawn(near: &Arc<Near>, link: &Arc<Link>) {
+    let period = near.max_stale / 4;
+    // Subscribed before tracking is enabled, so no invalidation can be missed.
+    let mut invalidations = link.client.invalidation_rx();
+    let mut reconnects = link.client.reconnect_rx();
+    let mut errors = link.client.error_rx();
+    let weak_near = Arc::downgrade(near);
+    let weak_link = Arc::downgrade(link);
+    tokio::spawn({
+        let (weak_near, weak_link) = (weak_near.clone(), weak_link.clone());
+        async move {
+            loop {
+                let event = invalidations.recv().await;
+                let (Some(near), Some(link)) = (weak_near.upgrade(), weak_link.upgrade()) else {
+                    return;
+                };
+                match event {
+                    Ok(inv) if inv.keys.is_empty() => {
+                        // `invalidate null`: FLUSHALL, FLUSHDB, a full resync.
+                        link.flush();
+                        near.flushed(&link, FlushCause::NullInvalidation);
+                    }
+                    Ok(inv) => {
+                        link.seq.fetch_add(1, Ordering::SeqCst);
+                        for key in &inv.keys {
+                            if let Some(key) = key.as_str() {
+                                near.invalidate(key);
+                            }
+                        }
+                        near.metrics.invalidations(inv.keys.len() as u64);
+                    }
+                    Err(RecvError::Lagged(_)) => {
+                        // Invalidations were dropped unseen: anything may be stale.
+                        link.flush();
+                        near.flushed(&link, FlushCause::Lagged);
+                    }
+                    Err(RecvError::Closed) => {
+                        link.lose();
+                        near.flushed(&link, FlushCause::StreamClosed);
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    tokio::spawn({
+        let (weak_near, weak_link) = (weak_near.clone(), weak_link.clone());
+        async move {
+            loop {
+                let cause = tokio::select! {
+                    r = reconnects.recv() => match r {
+                        Err(RecvError::Closed) => return,
+                        _ => FlushCause::Reconnect,
+                    },
+                    r = errors.recv() => match r {
+                        Err(RecvError::Closed) => return,
+                        _ => FlushCause::ConnectionError,
+                    },
+                };
+                let (Some(near), Some(link)) = (weak_near.upgrade(), weak_link.upgrade()) else {
+                    return;
+                };
+                link.lose();
+                near.flushed(&link, cause);
+                // The heartbeat turns tracking back on for the new connection.
+                near.wake_heartbeats.notify_waiters();
+            }
+        }
+    });
+    tokio::spawn(heartbeat(weak_near, weak_link, period));
+}
+
+/// Confirms the stream every `period`: a heartbeat answered proves that every invalidation sent
+/// before it has arrived (one connection, in order), so entries serve until the heartbeat's send
+/// time plus the bound. A heartbeat that fails or says tracking is off loses the link, and the
+/// next one turns tracking back on.
+async fn heartbeat(near: Weak<Near>, link: Weak<Link>, period: Duration) {
+    let mut failures = 0u32;
+    loop {
+        let (wake, max_stale, timeout) = {
+            let Some(near) = near.upgrade() else { return };
+            (near.wake_heartbeats.clone(), near.max_stale, near.max_stale / 2)
+        };
+        let Some(this) = link.upgrade() else { return };
+        let sent = Instant::now();
+        let sent_ms = Near::clock_at(sent);
+        let confirmed_conn = this.tracked_conn.load(Ordering::SeqCst);
+        let ok = if confirmed_conn >= 0 && this.conn_id() == confirmed_conn {
+            matches!(
+                tokio::time::timeout(timeout, confirmed(&this.client)).await,
+                Ok(Ok(true))
+            ) && this.conn_id() == confirmed_conn
+        } else {
+            match this.enable(timeout).await {
+                Some(conn) if conn >= 0 => {
+                    this.tracked_conn.store(conn, Ordering::SeqCst);
+                    true
+                }
+                _ => false,
+            }
+        };
+        let Some(near) = near.upgrade() else { return };
+        if ok {
+            failures = 0;
+            let until = sent_ms + max_stale.as_millis() as u64;
+            this.serve_until_ms.fetch_max(until, Ordering::SeqCst);
+            near.metrics.stream_health(&this.node, true);
+        } else {
+            failures += 1;
+            if this.tracked_conn.load(Ordering::SeqCst) >= 0
+                || this.serve_until_ms.load(Ordering::SeqCst) > 0
+            {
+                this.lose();
+                near.flushed(&this, FlushCause::Heartbeat);
+            }
+            near.metrics.stream_health(&this.node, false);
+            // A quit client (a retired cluster pool) never comes back: stop watching it.
+            if failures > 20 && !this.client.is_connected() && near.retire(&this) {
+                return;
+            }
+        }
+        drop((this, near));
+        let next = sent + period;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = wake.notified() => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: Vec<(&str, Value)>) -> Value {
+        let map: fred::types::Map = pairs
+            .into_iter()
+            .map(|(k, v)| (fred::types::Key::from(k), v))
+            .collect::<std::collections::HashMap<_, _>>()
+            .try_into()
+            .unwrap();
+        Value::Map(map)
+    }
+
+    #[test]
+    fn tracking_info_is_read_strictly() {
+        let on = map(vec![
+            ("flags", Value::Array(vec!["on".into(), "noloop".into()])),
+            ("redirect", Value::Integer(-1)),
+        ]);
+        assert!(tracking_on(&on));
+        let off = map(vec![
+            ("flags", Value::Array(vec!["off".into()])),
+            ("redirect", Value::Integer(-1)),
+        ]);
+        assert!(!tracking_on(&off));
+        let redirected = map(vec![
+            ("flags", Value::Array(vec!["on".into()])),
+            ("redirect", Value::Integer(7)),
+        ]);
+        assert!(!tracking_on(&redirected));
+        assert!(!tracking_on(&Value::Null));
+    }
+}

@@ -1,0 +1,385 @@
+//! The near cache: session hashes kept in this process and kept coherent by Redis itself
+//! (server-assisted client-side caching, `CLIENT TRACKING` in default mode over RESP3, with
+//! `NOLOOP`). The rules, each enforced here or in [`link`]:
+//!
+//! 1. An entry serves only while the link (connection) that loaded it is confirmed healthy and
+//!    of the same generation; any loss of its stream bumps the generation, which kills every
+//!    entry of that link at once, and nothing is cached again until tracking is confirmed on
+//!    the new connection.
+//! 2. A heartbeat confirms each stream; entries serve until the last answered heartbeat's send
+//!    time plus `max_stale`, so a silently dead connection stops serving within that bound.
+//! 3. A reply is cached only if its link handled no invalidation between the request's send and
+//!    the insert (checked again after the insert, so a racing invalidation always wins).
+//! 4. A key's loads and writes go through one connection (`NOLOOP` is per connection); a write
+//!    ends by re-reading the hash, which re-tracks it and gives the exact state to cache.
+//! 5. An entry never outlives the key's TTL as Redis reported it; the engine's own deadline
+//!    checks run on every hit exactly as on a load.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use fred::{interfaces::ClientLike, prelude::Client};
+use parking_lot::RwLock;
+use quick_cache::{sync::Cache, Weighter};
+use tokio::{sync::Notify, time::Instant};
+
+pub(super) use self::link::{Link, Ticket};
+use crate::{
+    error::{Error, ErrorKind, Result},
+    store::Fields,
+};
+
+mod link;
+mod metrics;
+
+pub(super) use self::metrics::NearMetrics;
+
+/// Why entries were flushed (the `cause` label of the flush counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum FlushCause {
+    /// `invalidate null`: FLUSHALL, FLUSHDB or a replica's full resync.
+    NullInvalidation,
+    /// The invalidation channel overflowed: some invalidations were never seen.
+    Lagged,
+    /// The invalidation channel closed.
+    StreamClosed,
+    /// The connection was re-established (tracking is off on the new one).
+    Reconnect,
+    /// The connection reported an error.
+    ConnectionError,
+    /// A heartbeat failed, timed out, or found tracking off or the node not a primary.
+    Heartbeat,
+    /// A sentinel failover or a cluster slot-map change.
+    Topology,
+    /// A command met MOVED or ASK: its slot is served elsewhere now.
+    Redirect,
+}
+
+impl FlushCause {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            FlushCause::NullInvalidation => "null_invalidation",
+            FlushCause::Lagged => "lagged",
+            FlushCause::StreamClosed => "stream_closed",
+            FlushCause::Reconnect => "reconnect",
+            FlushCause::ConnectionError => "connection_error",
+            FlushCause::Heartbeat => "heartbeat",
+            FlushCause::Topology => "topology",
+            FlushCause::Redirect => "redirect",
+        }
+    }
+}
+
+/// The options of the near cache; see [`RedisStoreBuilder::with_near_cache`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tessera_engine::NearCache;
+///
+/// let cache = NearCache::new(100_000)
+///     .with_max_bytes(256 << 20)
+///     .with_max_stale(Duration::from_millis(500));
+/// # let _ = cache;
+/// ```
+///
+/// [`RedisStoreBuilder::with_near_cache`]: crate::RedisStoreBuilder::with_near_cache
+#[derive(Debug, Clone)]
+pub struct NearCache {
+    max_entries: usize,
+    max_bytes: u64,
+    max_stale: Duration,
+}
+
+impl NearCache {
+    /// The default staleness bound: how long entries keep serving after the last confirmation of
+    /// their invalidation stream.
+    pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(1);
+    /// Shortest accepted staleness bound (the heartbeat runs every quarter of it).
+    pub const MIN_MAX_STALE: Duration = Duration::from_millis(40);
+    /// Longest accepted staleness bound.
+    pub const MAX_MAX_STALE: Duration = Duration::from_secs(60);
+
+    /// At most `max_entries` sessions (and, by default, 4 KiB per entry on average in bytes).
+    pub fn new(max_entries: usize) -> Self {
+        NearCache {
+            max_entries,
+            max_bytes: (max_entries as u64).saturating_mul(4096),
+            max_stale: Self::DEFAULT_MAX_STALE,
+        }
+    }
+
+    /// At most this many bytes of session data (field names and values).
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// The staleness bound: when an invalidation stream cannot be confirmed for this long
+    /// (a dead or half-open connection), its entries stop serving (default 1 s, between 40 ms
+    /// and 60 s).
+    pub fn with_max_stale(mut self, max_stale: Duration) -> Self {
+        self.max_stale = max_stale;
+        self
+    }
+
+    pub(super) fn validate(&self) -> Result<()> {
+        if self.max_entries == 0 || self.max_bytes == 0 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "the near cache needs room for at least one entry and one byte",
+            ));
+        }
+        if !(Self::MIN_MAX_STALE..=Self::MAX_MAX_STALE).contains(&self.max_stale) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "the near cache's staleness bound must be between {:?} and \
+                     {:?}, not {:?}",
+                    Self::MIN_MAX_STALE,
+                    Self::MAX_MAX_STALE,
+                    self.max_stale
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone)]
+struct Entry {
+    fields: Arc<Fields>,
+    link: Arc<Link>,
+    generation: u64,
+    /// The topology epoch it was loaded in.
+    epoch: u64,
+    /// Milliseconds on [`Near::clock`]: the key's TTL as Redis reported it.
+    expires_ms: u64,
+    weight: u64,
+}
+
+/// Weighs an entry by its bytes, but never below the average the entry bound allows, so the
+/// one weight capacity enforces both bounds: at most `max_entries` entries and `max_bytes`
+/// bytes.
+#[derive(Clone)]
+struct ByBytes;
+
+impl Weighter<String, Entry> for ByBytes {
+    fn weight(&self, _key: &String, entry: &Entry) -> u64 {
+        entry.weight
+    }
+}
+
+/// The near cache of one store.
+pub(super) struct Near {
+    cache: Cache<String, Entry, ByBytes>,
+    min_weight: u64,
+    max_stale: Duration,
+    links: RwLock<std::collections::HashMap<String, Arc<Link>>>,
+    /// Bumped by topology changes: entries of older epochs are dead.
+    epoch: std::sync::atomic::AtomicU64,
+    wake_heartbeats: Arc<Notify>,
+    metrics: NearMetrics,
+}
+
+impl std::fmt::Debug for Near {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Near")
+            .field("entries", &self.cache.len())
+            .field("max_stale", &self.max_stale)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Process-wide origin of the millisecond clock the links and entries share.
+fn origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+impl Near {
+    pub(super) fn new(config: &NearCache) -> Arc<Self> {
+        let min_weight = (config.max_bytes / config.max_entries as u64).max(1);
+        let capacity = config.max_bytes.max(min_weight);
+        Arc::new(Near {
+            cache: Cache::with_weighter(config.max_entries, capacity, ByBytes),
+            min_weight,
+            max_stale: config.max_stale,
+            links: RwLock::new(Default::default()),
+            epoch: Default::default(),
+            wake_heartbeats: Arc::new(Notify::new()),
+            metrics: NearMetrics::default(),
+        })
+    }
+
+    /// Milliseconds since the process's origin (never 0 after the first call).
+    pub(super) fn clock() -> u64 {
+        Self::clock_at(Instant::now())
+    }
+
+    fn clock_at(at: Instant) -> u64 {
+        at.saturating_duration_since(origin()).as_millis() as u64 + 1
+    }
+
+    /// The link of `client`, created (and its tracking started) on first use.
+    pub(super) fn link(self: &Arc<Self>, client: &Client) -> Arc<Link> {
+        if let Some(link) = self.links.read().get(client.id()) {
+            return link.clone();
+        }
+        let mut links = self.links.write();
+        links
+            .entry(client.id().to_owned())
+            .or_insert_with(|| {
+                let link = Arc::new(Link::new(client.clone()));
+                link::spawn(self, &link);
+                link
+            })
+            .clone()
+    }
+
+    /// Starts links for these clients now (rather than on first use), so their tracking is
+    /// confirmed before traffic arrives.
+    pub(super) fn warm(self: &Arc<Self>, clients: &[Client]) {
+        for client in clients {
+            self.link(client);
+        }
+    }
+
+    /// Flushes everything whenever a sentinel failover closes the write gate: the promoted
+    /// replica knows nothing of this process's tracking on the old master.
+    pub(super) fn watch_gate(self: &Arc<Self>, gate: &super::sentinel::WriteGate) {
+        let mut rx = gate.subscribe();
+        let near = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while rx.changed().await.is_ok() {
+                let paused = *rx.borrow_and_update();
+                let Some(near) = near.upgrade() else { return };
+                if paused {
+                    near.flush_all(FlushCause::Topology);
+                }
+            }
+        });
+    }
+
+    /// Forgets a link whose client was quit. Answers whether it was still registered.
+    fn retire(&self, link: &Link) -> bool {
+        self.links.write().remove(link.client.id()).is_some()
+    }
+
+    /// The cached fields of `key`, if an entry may serve now.
+    pub(super) fn get(&self, key: &str) -> Option<Fields> {
+        let Some(entry) = self.cache.get(key) else {
+            self.metrics.miss();
+            return None;
+        };
+        let now = Self::clock();
+        if now >= entry.expires_ms
+            || entry.epoch != self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+            || !entry.link.serves(entry.generation, now)
+        {
+            self.cache.remove(key);
+            self.metrics.miss();
+            return None;
+        }
+        self.metrics.hit();
+        Some((*entry.fields).clone())
+    }
+
+    /// A ticket for a request about to go out on `link`; `None` when its reply must not be
+    /// cached (the link is not confirmed).
+    pub(super) fn ticket(&self, link: &Link) -> Option<(Ticket, u64)> {
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
+        link.ticket(Self::clock()).map(|t| (t, epoch))
+    }
+
+    /// Caches `fields` for `key` as read through `link` under `ticket`, expiring after `pttl`
+    /// (Redis's remaining TTL in milliseconds; a key without TTL is not cached). Removes any
+    /// entry instead when the reply may be stale.
+    pub(super) fn admit(
+        &self,
+        key: &str,
+        link: &Arc<Link>,
+        ticket: Option<(Ticket, u64)>,
+        fields: &Fields,
+        pttl: i64,
+    ) {
+        let Some((ticket, epoch)) = ticket else {
+            self.cache.remove(key);
+            return;
+        };
+        let now = Self::clock();
+        let fresh = |now| {
+            link.still(&ticket, now)
+                && epoch == self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        if pttl <= 0 || !fresh(now) {
+            self.cache.remove(key);
+            return;
+        }
+        let bytes: u64 = fields
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum::<u64>()
+            + key.len() as u64;
+        let entry = Entry {
+            fields: Arc::new(fields.clone()),
+            link: link.clone(),
+            generation: ticket.generation(),
+            epoch,
+            expires_ms: now.saturating_add(pttl as u64),
+            weight: bytes.max(self.min_weight),
+        };
+        self.cache.insert(key.to_owned(), entry);
+        // An invalidation handled between the check and the insert found nothing to remove:
+        // look again, and let it win.
+        if !fresh(Self::clock()) {
+            self.cache.remove(key);
+        }
+        self.metrics.size(self.cache.len(), self.cache.weight());
+    }
+
+    /// Drops `key`'s entry (an invalidation, or this instance changed or deleted it).
+    pub(super) fn invalidate(&self, key: &str) {
+        self.cache.remove(key);
+    }
+
+    /// Kills every entry (a sentinel failover, a slot-map change, a redirection).
+    pub(super) fn flush_all(&self, cause: FlushCause) {
+        self.epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.cache.clear();
+        self.metrics.flush(cause);
+        self.metrics.size(0, 0);
+        self.wake_heartbeats.notify_waiters();
+    }
+
+    /// Records that `link`'s entries were killed (its generation moved) and frees their memory.
+    fn flushed(&self, link: &Arc<Link>, cause: FlushCause) {
+        self.metrics.flush(cause);
+        let current = link.generation();
+        self.cache
+            .retain(|_, entry| !Arc::ptr_eq(&entry.link, link) || entry.generation == current);
+        self.metrics.size(self.cache.len(), self.cache.weight());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds_are_checked() {
+        assert!(NearCache::new(0).validate().is_err());
+        assert!(NearCache::new(10).with_max_bytes(0).validate().is_err());
+        assert!(NearCache::new(10)
+            .with_max_stale(Duration::from_millis(1))
+            .validate()
+            .is_err());
+        assert!(NearCache::new(10)
+            .with_max_stale(Duration::from_secs(3600))
+            .validate()
+            .is_err());
+        assert!(NearCache::new(10).validate().is_ok());
+    }
+}

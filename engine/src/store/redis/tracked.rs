@@ -1,0 +1,241 @@
+//! The store calls with the near cache on: a hit costs no command, a miss is one tracked load
+//! script, and a write is one script that answers the state it left, which is cached when no
+//! invalidation raced it. Everything else (deadlines, the sentinel gate, re-apply, WAIT) is the
+//! plain path's, in `super`.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use fred::{prelude::Client, types::Value};
+
+use super::{
+    near::{Near, Ticket},
+    scripts::{self, Answer, Script},
+    ttl_and_pairs, Backend, RedisStore,
+};
+use crate::{
+    error::{Error, ErrorKind, Result},
+    store::Fields,
+};
+
+/// A write about to go out on the key's pinned connection, with what the cache needs to admit
+/// its answer.
+struct Pinned {
+    client: Option<Client>,
+    link: Option<Arc<super::near::Link>>,
+    ticket: Option<(Ticket, u64)>,
+}
+
+impl RedisStore {
+    /// The one connection of `key` while the near cache is on (tracking with `NOLOOP` is per
+    /// connection, so a key's loads and writes must share one): fixed by its slot.
+    pub(super) fn pin(&self, key: &str) -> Option<Client> {
+        match &self.inner.backend {
+            Backend::Pool(pool) => {
+                let clients = pool.clients();
+                let slot = usize::from(fred::util::redis_keyslot(key.as_bytes()));
+                Some(clients[slot % clients.len()].clone())
+            }
+            Backend::Cluster(router) => router.pinned(key),
+        }
+    }
+
+    fn pinned(&self, near: &Arc<Near>, key: &str) -> Pinned {
+        let client = self.pin(key);
+        let link = client.as_ref().map(|c| near.link(c));
+        let ticket = link.as_ref().and_then(|l| near.ticket(l));
+        Pinned {
+            client,
+            link,
+            ticket,
+        }
+    }
+
+    /// A load with the near cache on.
+    pub(super) async fn load_near(
+        &self,
+        near: &Arc<Near>,
+        script: &Script,
+        key: &str,
+    ) -> Result<Option<Fields>> {
+        if let Some(fields) = near.get(key) {
+            return Ok(Some(fields));
+        }
+        let pinned = self.pinned(near, key);
+        let deadline = self.deadline();
+        let reply: Value = within_deadline!(
+            self,
+            deadline,
+            self.with_client(key, deadline, pinned.client.as_ref(), |client| async move {
+                eval_on(&client, script, &[key], &[]).await
+            })
+        )?;
+        let Value::Array(items) = reply else {
+            return Err(malformed());
+        };
+        let (pttl, fields) = state(&items)?;
+        self.admit(near, key, &pinned, fields.as_ref(), pttl);
+        Ok(fields)
+    }
+
+    /// An update with the near cache on: `args` as for the plain update script.
+    pub(super) async fn update_near(
+        &self,
+        near: &Arc<Near>,
+        script: &Script,
+        key: &str,
+        args: &[Value],
+    ) -> Result<bool> {
+        let deadline = self.deadline();
+        let pinned = self.pinned(near, key);
+        let result: Result<Value> = within_deadline!(
+            self,
+            deadline,
+            self.run(script, &[key], args, deadline, pinned.client.as_ref())
+        );
+        self.written(near, key, &pinned, result)
+    }
+
+    /// A create with the near cache on (one attempt; the executor retries collisions).
+    pub(super) async fn create_near(
+        &self,
+        near: &Arc<Near>,
+        script: &Script,
+        key: &str,
+        fields: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<bool> {
+        let deadline = self.deadline();
+        let pinned = self.pinned(near, key);
+        let args = ttl_and_pairs(ttl, fields);
+        let result: Result<Value> = within_deadline!(
+            self,
+            deadline,
+            self.run(script, &[key], &args, deadline, pinned.client.as_ref())
+        );
+        self.written(near, key, &pinned, result)
+    }
+
+    /// Caches what a tracked write answered, or drops the entry when that is not known to be
+    /// the current state (an error, the session gone, a reply racing an invalidation).
+    fn written(
+        &self,
+        near: &Arc<Near>,
+        key: &str,
+        pinned: &Pinned,
+        result: Result<Value>,
+    ) -> Result<bool> {
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(err) => {
+                // Unknown whether it applied: nothing cached may stand.
+                near.invalidate(key);
+                return Err(err);
+            }
+        };
+        if reply.status() != scripts::APPLIED {
+            near.invalidate(key);
+            return Ok(false);
+        }
+        let Value::Array(items) = reply else {
+            near.invalidate(key);
+            return Err(malformed());
+        };
+        match state(&items[1..]) {
+            Ok((pttl, fields)) => self.admit(near, key, pinned, fields.as_ref(), pttl),
+            Err(err) => {
+                near.invalidate(key);
+                return Err(err);
+            }
+        }
+        Ok(true)
+    }
+
+    fn admit(
+        &self,
+        near: &Arc<Near>,
+        key: &str,
+        pinned: &Pinned,
+        fields: Option<&Fields>,
+        pttl: i64,
+    ) {
+        match (fields, &pinned.link) {
+            (Some(fields), Some(link)) => near.admit(key, link, pinned.ticket, fields, pttl),
+            _ => near.invalidate(key),
+        }
+    }
+}
+
+/// `EVALSHA`, or `EVAL` after `NOSCRIPT`, on `client` (a read: no WAIT).
+async fn eval_on<R: Answer>(
+    client: &Client,
+    script: &Script,
+    keys: &[&str],
+    args: &[Value],
+) -> std::result::Result<R, fred::error::Error> {
+    let keys_of = || keys.iter().copied().collect::<fred::types::MultipleKeys>();
+    match client
+        .evalsha(script.sha1.clone(), keys_of(), args.to_vec())
+        .await
+    {
+        Err(err) if err.details().starts_with("NOSCRIPT") => {
+            client
+                .eval(script.source.clone(), keys_of(), args.to_vec())
+                .await
+        }
+        other => other,
+    }
+}
+
+use fred::interfaces::LuaInterface as _;
+
+fn malformed() -> Error {
+    Error::new(
+        ErrorKind::Decode,
+        "a near-cache script answered something other than its table",
+    )
+}
+
+/// `{pttl}` or `{pttl, {field, value, ...}}`: the TTL and the fields (`None`: no such session).
+fn state(items: &[Value]) -> Result<(i64, Option<Fields>)> {
+    let pttl = items.first().and_then(Value::as_i64).ok_or_else(malformed)?;
+    let Some(Value::Array(flat)) = items.get(1) else {
+        return Ok((pttl, None));
+    };
+    if flat.is_empty() {
+        return Ok((pttl, None));
+    }
+    if flat.len() % 2 != 0 {
+        return Err(malformed());
+    }
+    let mut fields = HashMap::with_capacity(flat.len() / 2);
+    for pair in flat.chunks_exact(2) {
+        let name = pair[0].as_string().ok_or_else(|| {
+            Error::new(ErrorKind::Decode, "a stored field name is not valid UTF-8")
+        })?;
+        let value = pair[1].as_bytes().map(Bytes::copy_from_slice).ok_or_else(|| {
+            Error::new(ErrorKind::Decode, "a stored value is not a string")
+        })?;
+        fields.insert(name, value);
+    }
+    Ok((pttl, Some(fields)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_parse_strictly() {
+        assert_eq!(state(&[Value::Integer(-2)]).unwrap(), (-2, None));
+        let (pttl, fields) = state(&[
+            Value::Integer(500),
+            Value::Array(vec!["a".into(), Value::Bytes(Bytes::from_static(b"\x01"))]),
+        ])
+        .unwrap();
+        assert_eq!(pttl, 500);
+        assert_eq!(fields.unwrap()["a"], Bytes::from_static(b"\x01"));
+        assert!(state(&[]).is_err());
+        assert!(state(&[Value::Integer(5), Value::Array(vec!["a".into()])]).is_err());
+    }
+}
