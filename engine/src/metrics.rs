@@ -61,10 +61,7 @@ pub fn describe() {
         NEAR_CACHE_INVALIDATIONS_TOTAL,
         "Keys Redis invalidated in the near cache (client tracking)."
     );
-    metrics::describe_counter!(
-        NEAR_CACHE_FLUSHES_TOTAL,
-        "Near-cache flushes by cause."
-    );
+    metrics::describe_counter!(NEAR_CACHE_FLUSHES_TOTAL, "Near-cache flushes by cause.");
     metrics::describe_gauge!(NEAR_CACHE_ENTRIES, "Entries in the near cache.");
     metrics::describe_gauge!(
         NEAR_CACHE_BYTES,

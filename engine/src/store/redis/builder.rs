@@ -242,9 +242,14 @@ impl RedisStoreBuilder {
             Backend::Pool(pool) => vec![pool.next().clone()],
             Backend::Cluster(router) => router.primaries(),
         };
+        let mut sources: Vec<fred::bytes_utils::Str> =
+            scripts::ALL.iter().map(|s| (*s).into()).collect();
+        if near.is_some() {
+            sources.extend(scripts::Script::tracked_set().map(|s| s.source));
+        }
         for client in primaries {
-            for source in scripts::ALL {
-                if let Err(err) = client.script_load::<(), _>(source).await {
+            for source in &sources {
+                if let Err(err) = client.script_load::<(), _>(source.clone()).await {
                     tracing::warn!(%err, "could not preload session scripts; they load on first use");
                 }
             }

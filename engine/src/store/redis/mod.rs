@@ -31,10 +31,7 @@ mod near;
 mod scripts;
 mod sentinel;
 
-pub use self::{
-    builder::RedisStoreBuilder,
-    near::NearCache,
-};
+pub use self::{builder::RedisStoreBuilder, near::NearCache};
 
 /// Awaits a store call within its deadline. On a cluster, the call as a whole runs under a timer
 /// (refreshes and redirections may each take a command timeout), boxed, as the router's future is
@@ -129,6 +126,14 @@ impl RedisStore {
         }
     }
 
+    /// With the near cache on: whether every connection's invalidation stream is confirmed
+    /// right now, so loads are being cached (`None` with the cache off). Tracking is confirmed
+    /// within moments of connecting; until then, and whenever a stream is lost, the store reads
+    /// through to Redis.
+    pub fn near_cache_confirmed(&self) -> Option<bool> {
+        self.inner.near.as_ref().map(|(near, _)| near.confirmed())
+    }
+
     /// Closes all connections.
     pub async fn quit(&self) -> Result<()> {
         match &self.inner.backend {
@@ -187,9 +192,7 @@ impl RedisStore {
         Fut: Future<Output = std::result::Result<R, fred::error::Error>>,
     {
         match (&self.inner.backend, pin) {
-            (Backend::Pool(pool), pin) => {
-                Ok(f(pin.unwrap_or_else(|| pool.next()).clone()).await?)
-            }
+            (Backend::Pool(pool), pin) => Ok(f(pin.unwrap_or_else(|| pool.next()).clone()).await?),
             (Backend::Cluster(router), Some(pin)) => match f(pin.clone()).await {
                 Ok(v) => Ok(v),
                 Err(err) if ClusterRouter::is_redirect(&err) => {

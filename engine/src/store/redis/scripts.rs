@@ -69,7 +69,8 @@ return {t, redis.call('HGETALL', KEYS[1])}
 /// The ending of a tracked write: the write's status, then the state it left (re-reading the
 /// hash re-tracks it, since `NOLOOP` untracked it for this connection), other writers' fields
 /// included.
-const TRACKED_RETURN: &str = "return {1, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])}";
+const TRACKED_RETURN: &str =
+    "return {1, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])}";
 
 /// `source` with its answers as tables: `return 0` becomes `{0}`, the final `return 1` becomes
 /// [`TRACKED_RETURN`].

@@ -20,7 +20,8 @@ use crate::{
 
 /// A write about to go out on the key's pinned connection, with what the cache needs to admit
 /// its answer.
-struct Pinned {
+struct Pinned<'a> {
+    op: super::near::Op<'a>,
     client: Option<Client>,
     link: Option<Arc<super::near::Link>>,
     ticket: Option<(Ticket, u64)>,
@@ -40,11 +41,13 @@ impl RedisStore {
         }
     }
 
-    fn pinned(&self, near: &Arc<Near>, key: &str) -> Pinned {
+    fn pinned<'a>(&self, near: &'a Arc<Near>, key: &'a str) -> Pinned<'a> {
+        let op = near.begin(key);
         let client = self.pin(key);
         let link = client.as_ref().map(|c| near.link(c));
         let ticket = link.as_ref().and_then(|l| near.ticket(l));
         Pinned {
+            op,
             client,
             link,
             ticket,
@@ -122,7 +125,7 @@ impl RedisStore {
         &self,
         near: &Arc<Near>,
         key: &str,
-        pinned: &Pinned,
+        pinned: &Pinned<'_>,
         result: Result<Value>,
     ) -> Result<bool> {
         let reply = match result {
@@ -155,12 +158,14 @@ impl RedisStore {
         &self,
         near: &Arc<Near>,
         key: &str,
-        pinned: &Pinned,
+        pinned: &Pinned<'_>,
         fields: Option<&Fields>,
         pttl: i64,
     ) {
         match (fields, &pinned.link) {
-            (Some(fields), Some(link)) => near.admit(key, link, pinned.ticket, fields, pttl),
+            (Some(fields), Some(link)) => {
+                near.admit(key, link, pinned.ticket, &pinned.op, fields, pttl)
+            }
             _ => near.invalidate(key),
         }
     }
@@ -198,7 +203,10 @@ fn malformed() -> Error {
 
 /// `{pttl}` or `{pttl, {field, value, ...}}`: the TTL and the fields (`None`: no such session).
 fn state(items: &[Value]) -> Result<(i64, Option<Fields>)> {
-    let pttl = items.first().and_then(Value::as_i64).ok_or_else(malformed)?;
+    let pttl = items
+        .first()
+        .and_then(Value::as_i64)
+        .ok_or_else(malformed)?;
     let Some(Value::Array(flat)) = items.get(1) else {
         return Ok((pttl, None));
     };
@@ -213,9 +221,10 @@ fn state(items: &[Value]) -> Result<(i64, Option<Fields>)> {
         let name = pair[0].as_string().ok_or_else(|| {
             Error::new(ErrorKind::Decode, "a stored field name is not valid UTF-8")
         })?;
-        let value = pair[1].as_bytes().map(Bytes::copy_from_slice).ok_or_else(|| {
-            Error::new(ErrorKind::Decode, "a stored value is not a string")
-        })?;
+        let value = pair[1]
+            .as_bytes()
+            .map(Bytes::copy_from_slice)
+            .ok_or_else(|| Error::new(ErrorKind::Decode, "a stored value is not a string"))?;
         fields.insert(name, value);
     }
     Ok((pttl, Some(fields)))

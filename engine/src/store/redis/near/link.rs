@@ -11,7 +11,7 @@ use std::{
 };
 
 use fred::{
-    interfaces::{ClientInterface, ClientLike, EventInterface, TrackingInterface},
+    interfaces::{ClientInterface, ClientLike, ConfigInterface, EventInterface, TrackingInterface},
     prelude::Client,
     types::Value,
 };
@@ -153,7 +153,15 @@ impl Link {
     async fn enable(&self, timeout: Duration) -> Option<i64> {
         let on = async {
             self.client
-                .client_tracking::<(), _, _>("on", None, Vec::<String>::new(), false, false, false, true)
+                .client_tracking::<(), _, _>(
+                    "on",
+                    None,
+                    Vec::<String>::new(),
+                    false,
+                    false,
+                    false,
+                    true,
+                )
                 .await?;
             confirmed(&self.client).await
         };
@@ -165,7 +173,11 @@ impl Link {
 }
 
 /// Whether `CLIENT TRACKINGINFO` on this connection says tracking is on, with no redirection,
-/// and the node is a primary (a demoted one no longer hears its new primary's writes as its own).
+/// the node is a primary (a demoted one no longer hears its new primary's writes as its own),
+/// and the server's tracking table is not full. A full table evicts tracked keys by
+/// invalidating them, except (measured on Redis 7.0) for the connection whose command triggered
+/// the eviction when it uses `NOLOOP`: that one is untracked silently. So the cache is bypassed
+/// while the table is near its limit.
 async fn confirmed(client: &Client) -> std::result::Result<bool, fred::error::Error> {
     let info: Value = client.client_trackinginfo().await?;
     let role: Value = client
@@ -178,7 +190,51 @@ async fn confirmed(client: &Client) -> std::result::Result<bool, fred::error::Er
             .is_some_and(|s| s == "master"),
         _ => false,
     };
-    Ok(primary && tracking_on(&info))
+    if !(primary && tracking_on(&info)) {
+        return Ok(false);
+    }
+    let stats: String = client.info(Some(fred::types::InfoKind::Stats)).await?;
+    // CONFIG may be renamed or refused (managed Redis): then only the default limit is known.
+    let limit = match client
+        .config_get::<Value, _>("tracking-table-max-keys")
+        .await
+    {
+        Ok(value) => config_number(&value).unwrap_or(DEFAULT_TRACKING_TABLE_MAX_KEYS),
+        Err(_) => DEFAULT_TRACKING_TABLE_MAX_KEYS,
+    };
+    Ok(!table_full(
+        info_number(&stats, "tracking_total_keys"),
+        limit,
+    ))
+}
+
+/// Redis's default `tracking-table-max-keys`.
+const DEFAULT_TRACKING_TABLE_MAX_KEYS: u64 = 1_000_000;
+
+/// Whether `keys` tracked keys are close enough to `limit` (0: no limit) that Redis may be
+/// evicting: above nine tenths of it.
+fn table_full(keys: Option<u64>, limit: u64) -> bool {
+    match keys {
+        Some(keys) if limit > 0 => keys.saturating_mul(10) >= limit.saturating_mul(9),
+        _ => false,
+    }
+}
+
+fn info_number(info: &str, name: &str) -> Option<u64> {
+    info.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k == name).then(|| v.trim().parse().ok())?
+    })
+}
+
+/// The value of a one-parameter `CONFIG GET` answer (a map in RESP3, a pair in RESP2).
+fn config_number(value: &Value) -> Option<u64> {
+    let text = match value {
+        Value::Map(map) => map.values().next()?.as_string()?,
+        Value::Array(items) => items.get(1)?.as_string()?,
+        _ => return None,
+    };
+    text.parse().ok()
 }
 
 fn tracking_on(info: &Value) -> bool {
@@ -191,12 +247,11 @@ fn tracking_on(info: &Value) -> bool {
         match name.as_str().as_deref() {
             Some("flags") => {
                 if let Value::Array(flags) = value {
-                    on = flags
-                        .iter()
-                        .any(|f| f.as_str().is_some_and(|s| s == "on"));
+                    on = flags.iter().any(|f| f.as_str().is_some_and(|s| s == "on"));
                 }
             }
-            Some("redirect") => redirect_none = value.as_i64().is_some_and(|r| r == -1),
+            // 0: tracking on without redirection (-1 is "tracking off").
+            Some("redirect") => redirect_none = value.as_i64().is_some_and(|r| r <= 0),
             _ => {}
         }
     }
@@ -286,7 +341,11 @@ async fn heartbeat(near: Weak<Near>, link: Weak<Link>, period: Duration) {
     loop {
         let (wake, max_stale, timeout) = {
             let Some(near) = near.upgrade() else { return };
-            (near.wake_heartbeats.clone(), near.max_stale, near.max_stale / 2)
+            (
+                near.wake_heartbeats.clone(),
+                near.max_stale,
+                near.max_stale / 2,
+            )
         };
         let Some(this) = link.upgrade() else { return };
         let sent = Instant::now();
@@ -350,10 +409,29 @@ mod tests {
     }
 
     #[test]
+    fn a_nearly_full_tracking_table_bypasses() {
+        assert!(!table_full(Some(10), 0));
+        assert!(!table_full(Some(89), 100));
+        assert!(table_full(Some(90), 100));
+        assert!(table_full(Some(500), 10));
+        assert!(!table_full(None, 10));
+        let info = "# Stats\r\ntracking_total_keys:42\r\ntracking_total_items:50\r\n";
+        assert_eq!(info_number(info, "tracking_total_keys"), Some(42));
+        assert_eq!(info_number(info, "missing"), None);
+        assert_eq!(
+            config_number(&Value::Array(vec![
+                "tracking-table-max-keys".into(),
+                "10".into()
+            ])),
+            Some(10)
+        );
+    }
+
+    #[test]
     fn tracking_info_is_read_strictly() {
         let on = map(vec![
             ("flags", Value::Array(vec!["on".into(), "noloop".into()])),
-            ("redirect", Value::Integer(-1)),
+            ("redirect", Value::Integer(0)),
         ]);
         assert!(tracking_on(&on));
         let off = map(vec![

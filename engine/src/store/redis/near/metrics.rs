@@ -6,8 +6,8 @@ use metrics::{Counter, Gauge};
 
 use super::FlushCause;
 use crate::metrics::{
-    NEAR_CACHE_BYTES, NEAR_CACHE_ENTRIES, NEAR_CACHE_FLUSHES_TOTAL,
-    NEAR_CACHE_INVALIDATIONS_TOTAL, NEAR_CACHE_REQUESTS_TOTAL, NEAR_CACHE_STREAM_HEALTHY,
+    NEAR_CACHE_BYTES, NEAR_CACHE_ENTRIES, NEAR_CACHE_FLUSHES_TOTAL, NEAR_CACHE_INVALIDATIONS_TOTAL,
+    NEAR_CACHE_REQUESTS_TOTAL, NEAR_CACHE_STREAM_HEALTHY,
 };
 
 #[derive(Debug, Default)]
@@ -54,7 +54,10 @@ impl NearMetrics {
 
     /// Once per heartbeat and node.
     pub(super) fn stream_health(&self, node: &str, healthy: bool) {
-        metrics::gauge!(NEAR_CACHE_STREAM_HEALTHY, "node" => node.to_owned())
-            .set(if healthy { 1.0 } else { 0.0 });
+        metrics::gauge!(NEAR_CACHE_STREAM_HEALTHY, "node" => node.to_owned()).set(if healthy {
+            1.0
+        } else {
+            0.0
+        });
     }
 }

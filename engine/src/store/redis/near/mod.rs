@@ -21,7 +21,9 @@ use std::{
 };
 
 use fred::{interfaces::ClientLike, prelude::Client};
-use parking_lot::RwLock;
+use std::collections::HashMap;
+
+use parking_lot::{Mutex, RwLock};
 use quick_cache::{sync::Cache, Weighter};
 use tokio::{sync::Notify, time::Instant};
 
@@ -176,11 +178,43 @@ pub(super) struct Near {
     cache: Cache<String, Entry, ByBytes>,
     min_weight: u64,
     max_stale: Duration,
-    links: RwLock<std::collections::HashMap<String, Arc<Link>>>,
+    links: RwLock<HashMap<String, Arc<Link>>>,
     /// Bumped by topology changes: entries of older epochs are dead.
     epoch: std::sync::atomic::AtomicU64,
     wake_heartbeats: Arc<Notify>,
     metrics: NearMetrics,
+    /// This instance's loads and writes in flight, per key (sharded): a reply may be cached only
+    /// if its request overlapped no other one of the same key, since their replies reach the
+    /// cache in any order.
+    ops: [Mutex<HashMap<String, Ops>>; OP_SHARDS],
+}
+
+const OP_SHARDS: usize = 32;
+
+#[derive(Debug, Default)]
+struct Ops {
+    in_flight: u32,
+    started: u64,
+}
+
+/// One load or write of a key in flight; see [`Near::begin`].
+pub(super) struct Op<'a> {
+    near: &'a Near,
+    key: &'a str,
+    started: u64,
+    alone: bool,
+}
+
+impl Drop for Op<'_> {
+    fn drop(&mut self) {
+        let mut shard = self.near.shard(self.key).lock();
+        if let Some(ops) = shard.get_mut(self.key) {
+            ops.in_flight -= 1;
+            if ops.in_flight == 0 {
+                shard.remove(self.key);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Near {
@@ -210,7 +244,27 @@ impl Near {
             epoch: Default::default(),
             wake_heartbeats: Arc::new(Notify::new()),
             metrics: NearMetrics::default(),
+            ops: std::array::from_fn(|_| Mutex::new(HashMap::new())),
         })
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Ops>> {
+        let slot = usize::from(fred::util::redis_keyslot(key.as_bytes()));
+        &self.ops[slot % OP_SHARDS]
+    }
+
+    /// Registers a load or write of `key` about to be sent.
+    pub(super) fn begin<'a>(&'a self, key: &'a str) -> Op<'a> {
+        let mut shard = self.shard(key).lock();
+        let ops = shard.entry(key.to_owned()).or_default();
+        ops.in_flight += 1;
+        ops.started += 1;
+        Op {
+            near: self,
+            key,
+            started: ops.started,
+            alone: ops.in_flight == 1,
+        }
     }
 
     /// Milliseconds since the process's origin (never 0 after the first call).
@@ -262,6 +316,16 @@ impl Near {
         });
     }
 
+    /// Whether every link's stream is confirmed now (and there is at least one).
+    pub(super) fn confirmed(&self) -> bool {
+        let now = Self::clock();
+        let links = self.links.read();
+        !links.is_empty()
+            && links
+                .values()
+                .all(|l| l.health(now) == link::Health::Confirmed)
+    }
+
     /// Forgets a link whose client was quit. Answers whether it was still registered.
     fn retire(&self, link: &Link) -> bool {
         self.links.write().remove(link.client.id()).is_some()
@@ -301,6 +365,7 @@ impl Near {
         key: &str,
         link: &Arc<Link>,
         ticket: Option<(Ticket, u64)>,
+        op: &Op<'_>,
         fields: &Fields,
         pttl: i64,
     ) {
@@ -330,7 +395,21 @@ impl Near {
             expires_ms: now.saturating_add(pttl as u64),
             weight: bytes.max(self.min_weight),
         };
-        self.cache.insert(key.to_owned(), entry);
+        {
+            // Under the key's shard lock: no other request of this key may start or finish
+            // between the check and the insert.
+            let shard = self.shard(key).lock();
+            let alone = op.alone
+                && shard
+                    .get(key)
+                    .is_some_and(|ops| ops.in_flight == 1 && ops.started == op.started);
+            if !alone {
+                drop(shard);
+                self.cache.remove(key);
+                return;
+            }
+            self.cache.insert(key.to_owned(), entry);
+        }
         // An invalidation handled between the check and the insert found nothing to remove:
         // look again, and let it win.
         if !fresh(Self::clock()) {
@@ -346,8 +425,7 @@ impl Near {
 
     /// Kills every entry (a sentinel failover, a slot-map change, a redirection).
     pub(super) fn flush_all(&self, cause: FlushCause) {
-        self.epoch
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache.clear();
         self.metrics.flush(cause);
         self.metrics.size(0, 0);

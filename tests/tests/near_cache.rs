@@ -1,0 +1,309 @@
+//! The near cache against real redis-server processes: every coherence rule, with two or more
+//! engine instances that each have their own connections, and Redis changed behind their backs.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tessera_engine::{
+    CookieAction, NearCache, RedisStore, SessionConfig, SessionEngine, SessionId,
+};
+use tessera_tests::{
+    suite::{run_suite, Env},
+    support::{command_stats, redis_cli, reset_stats, RedisServer},
+};
+
+/// The staleness bound these tests configure (the heartbeat runs every quarter of it).
+const BOUND: Duration = Duration::from_millis(400);
+
+async fn cached_store(url: &str) -> RedisStore {
+    let store = RedisStore::builder(url)
+        .with_near_cache(NearCache::new(10_000).with_max_stale(BOUND))
+        .connect()
+        .await
+        .unwrap();
+    wait_confirmed(&store).await;
+    store
+}
+
+async fn wait_confirmed(store: &RedisStore) {
+    let start = Instant::now();
+    while store.near_cache_confirmed() != Some(true) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "tracking was never confirmed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn engine(url: &str) -> SessionEngine {
+    SessionEngine::new(cached_store(url).await, SessionConfig::default())
+}
+
+async fn create(engine: &SessionEngine, n: u64) -> SessionId {
+    let session = engine.session(None);
+    session.insert("n", &n).await.unwrap();
+    match session.commit().await.unwrap().cookie {
+        CookieAction::Set { id, .. } => id,
+        other => panic!("a new session sets a cookie, not {other:?}"),
+    }
+}
+
+async fn read(engine: &SessionEngine, id: &SessionId) -> Option<u64> {
+    engine.session(Some(id.clone())).get("n").await.unwrap()
+}
+
+async fn write(engine: &SessionEngine, id: &SessionId, n: u64) {
+    let session = engine.session(Some(id.clone()));
+    session.insert("n", &n).await.unwrap();
+    session.commit().await.unwrap();
+}
+
+/// Session commands the engine sent since the last reset: scripts (commandstats also counts
+/// the commands inside them, so those are left out) and plain reads outside scripts.
+fn session_commands(port: u16) -> u64 {
+    let stats = command_stats(port);
+    let scripts: u64 = ["evalsha", "eval"]
+        .iter()
+        .filter_map(|c| stats.get(*c))
+        .sum();
+    // Each tracked script reads the hash once; reads beyond that were sent on their own.
+    let reads = stats.get("hgetall").copied().unwrap_or(0);
+    scripts + reads.saturating_sub(scripts)
+}
+
+/// Polls `engine` until `check` holds for its read of `id`, for at most `within`; answers how
+/// long it took.
+async fn until(
+    engine: &SessionEngine,
+    id: &SessionId,
+    within: Duration,
+    check: impl Fn(Option<u64>) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    loop {
+        let seen = read(engine, id).await;
+        if check(seen) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "still {seen:?} after {within:?}: a stale entry outlived the bound"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_on_standalone_redis_with_the_near_cache() {
+    let server = RedisServer::start();
+    let store = cached_store(&server.url()).await;
+    let port = server.port();
+    // No command counts (the suite's expect one read per request; the budget with the cache is
+    // checked below): every behaviour must be the same as without the cache.
+    run_suite(&Env::redis(
+        "standalone+near-cache",
+        Arc::new(store),
+        vec![],
+        move |_| port,
+    ))
+    .await;
+}
+
+/// Rule 4 and the command budget: repeat reads cost nothing, a write is one script, and a read
+/// after this instance's own write is served from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeat_reads_cost_no_commands_and_a_write_costs_one() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let a = engine(&server.url()).await;
+    let id = create(&a, 1).await;
+    assert_eq!(read(&a, &id).await, Some(1));
+    reset_stats(port);
+    for _ in 0..100 {
+        assert_eq!(read(&a, &id).await, Some(1));
+    }
+    assert_eq!(session_commands(port), 0, "repeat reads went to Redis");
+    write(&a, &id, 2).await;
+    assert_eq!(
+        session_commands(port),
+        1,
+        "a cached write is one script: {:?}",
+        command_stats(port)
+    );
+    assert_eq!(read(&a, &id).await, Some(2), "read your writes");
+    assert_eq!(
+        session_commands(port),
+        1,
+        "a read after the own write asked Redis"
+    );
+}
+
+/// Rule 3's neighbour: an acknowledged write on A is seen by B once the invalidation arrives.
+/// Measures the window over many write→read pairs and asserts it stays under the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_on_one_instance_reach_the_others_within_the_bound() {
+    let server = RedisServer::start();
+    let a = engine(&server.url()).await;
+    let b = engine(&server.url()).await;
+    let ids: Vec<SessionId> = {
+        let mut ids = Vec::new();
+        for _ in 0..16 {
+            ids.push(create(&a, 0).await);
+        }
+        ids
+    };
+    for id in &ids {
+        assert_eq!(read(&b, id).await, Some(0));
+    }
+    let pairs = 2_000u64;
+    let mut windows = Vec::with_capacity(pairs as usize);
+    for i in 1..=pairs {
+        let id = &ids[(i as usize) % ids.len()];
+        write(&a, id, i).await;
+        windows.push(until(&b, id, BOUND * 2, |seen| seen == Some(i)).await);
+    }
+    windows.sort();
+    let p = |q: f64| windows[((windows.len() - 1) as f64 * q) as usize];
+    println!(
+        "write→read window over {pairs} pairs: p50 {:?}, p99 {:?}, max {:?}",
+        p(0.5),
+        p(0.99),
+        windows[windows.len() - 1]
+    );
+    assert!(windows[windows.len() - 1] < BOUND);
+}
+
+/// Destroy on A: B's next request gets no session; DEL, HSET, FLUSHALL and expiry done behind
+/// both instances' backs evict too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outside_changes_evict_cached_sessions() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let a = engine(&server.url()).await;
+    let b = engine(&server.url()).await;
+
+    let id = create(&a, 1).await;
+    assert_eq!(read(&b, &id).await, Some(1));
+    let session = a.session(Some(id.clone()));
+    session.destroy().await.unwrap();
+    session.commit().await.unwrap();
+    until(&b, &id, BOUND, |seen| seen.is_none()).await;
+
+    // A field changed from redis-cli, then the key deleted.
+    let id = create(&a, 1).await;
+    assert_eq!(read(&b, &id).await, Some(1));
+    redis_cli(port, &["HDEL", &a.key(&id), "n"]);
+    until(&b, &id, BOUND, |seen| seen.is_none()).await;
+    write(&a, &id, 2).await;
+    until(&b, &id, BOUND, |seen| seen == Some(2)).await;
+    redis_cli(port, &["DEL", &a.key(&id)]);
+    until(&b, &id, BOUND, |seen| seen.is_none()).await;
+
+    // FLUSHALL: one `invalidate null` for every tracked key.
+    let id = create(&a, 3).await;
+    assert_eq!(read(&b, &id).await, Some(3));
+    assert_eq!(read(&a, &id).await, Some(3));
+    redis_cli(port, &["FLUSHALL"]);
+    until(&a, &id, BOUND, |seen| seen.is_none()).await;
+    until(&b, &id, BOUND, |seen| seen.is_none()).await;
+
+    // Expiry: Redis deletes the key late, but the entry dies at its TTL.
+    let id = create(&a, 4).await;
+    redis_cli(port, &["PEXPIRE", &a.key(&id), "300"]);
+    until(&b, &id, BOUND, |seen| seen.is_none()).await;
+    assert!(read(&b, &id).await.is_none());
+}
+
+/// Rule 1: a killed connection loses its stream; after the reconnect nothing stale is served
+/// (tracking is off on the new connection until confirmed again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_connection_flushes_and_tracking_comes_back() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let a = engine(&server.url()).await;
+    let b = engine(&server.url()).await;
+    let id = create(&a, 1).await;
+    assert_eq!(read(&b, &id).await, Some(1));
+    redis_cli(port, &["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    // Writes that B's (new) connection cannot have been told about.
+    write(&a, &id, 2).await;
+    until(&b, &id, BOUND * 2, |seen| seen == Some(2)).await;
+    // Tracking is back: repeat reads are cached again.
+    tokio::time::sleep(BOUND).await;
+    assert_eq!(read(&b, &id).await, Some(2));
+    reset_stats(port);
+    assert_eq!(read(&b, &id).await, Some(2));
+    assert_eq!(session_commands(port), 0, "tracking did not come back");
+    write(&a, &id, 3).await;
+    until(&b, &id, BOUND, |seen| seen == Some(3)).await;
+}
+
+/// Rule 3: loads racing writes from another instance, thousands of times: once writes stop and
+/// the invalidations are in, no reader holds a stale value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_racing_invalidations_never_cache_a_stale_value() {
+    let server = RedisServer::start();
+    let a = Arc::new(engine(&server.url()).await);
+    let b = Arc::new(engine(&server.url()).await);
+    let mut ids = Vec::new();
+    for _ in 0..64 {
+        ids.push(create(&a, 0).await);
+    }
+    let ids = Arc::new(ids);
+    for round in 1..=40u64 {
+        let writer = {
+            let (a, ids) = (a.clone(), ids.clone());
+            tokio::spawn(async move {
+                for id in ids.iter() {
+                    write(&a, id, round).await;
+                }
+            })
+        };
+        let reader = {
+            let (b, ids) = (b.clone(), ids.clone());
+            tokio::spawn(async move {
+                for id in ids.iter().rev() {
+                    read(&b, id).await;
+                }
+            })
+        };
+        writer.await.unwrap();
+        reader.await.unwrap();
+        // The invalidations of the last writes are in flight for at most a few milliseconds.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for id in ids.iter() {
+            assert_eq!(
+                read(&b, id).await,
+                Some(round),
+                "round {round}: stale entry"
+            );
+        }
+    }
+}
+
+/// A tiny tracking table makes Redis evict tracked keys by invalidating them: that must stay
+/// safe, with 0 stale reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_tracking_table_invalidates_safely() {
+    let server = RedisServer::start();
+    let port = server.port();
+    redis_cli(port, &["CONFIG", "SET", "tracking-table-max-keys", "10"]);
+    let a = engine(&server.url()).await;
+    let b = engine(&server.url()).await;
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        ids.push(create(&a, i).await);
+    }
+    for round in 1..=3u64 {
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(read(&b, id).await, Some(round * 1000 - 1000 + i as u64));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            write(&a, id, round * 1000 + i as u64).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
