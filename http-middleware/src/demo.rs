@@ -11,7 +11,9 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tessera_engine::{KeySchema, MemoryStore, RedisStore, Session, SessionConfig, SessionEngine};
+use tessera_engine::{
+    KeySchema, MemoryStore, NearCache, RedisStore, Session, SessionConfig, SessionEngine,
+};
 use tokio::net::TcpListener;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -54,6 +56,14 @@ pub struct DemoArgs {
     /// Per-command Redis timeout in milliseconds.
     #[arg(long, env = "TESSERA_REDIS_TIMEOUT_MS", default_value_t = 1000)]
     pub redis_timeout_ms: u64,
+    /// Sessions kept in the near cache (served with no Redis command, kept coherent by Redis
+    /// client tracking); 0 turns it off. Needs --redis (Redis 6 or later).
+    #[arg(long, env = "TESSERA_NEAR_CACHE_ENTRIES", default_value_t = 0)]
+    pub near_cache_entries: usize,
+    /// The near cache's staleness bound in milliseconds: entries stop serving when their
+    /// invalidation stream has not been confirmed for this long (40 to 60000).
+    #[arg(long, env = "TESSERA_NEAR_CACHE_MAX_STALE_MS", default_value_t = 1000)]
+    pub near_cache_max_stale_ms: u64,
 }
 
 impl DemoArgs {
@@ -91,7 +101,15 @@ impl DemoArgs {
             secrets: vec!["a test secret that is long enough to sign with".into()],
             cookie_secure: false,
             redis_timeout_ms: 1000,
+            near_cache_entries: 0,
+            near_cache_max_stale_ms: 1000,
         }
+    }
+
+    /// Turns the near cache on with room for `entries` sessions.
+    pub fn with_near_cache(mut self, entries: usize) -> Self {
+        self.near_cache_entries = entries;
+        self
     }
 
     /// Uses the Redis at `url`.
@@ -133,13 +151,22 @@ pub async fn build_engine(args: &DemoArgs) -> Result<SessionEngine, BoxError> {
         .with_key_schema(KeySchema::new(&args.key_schema)?)
         .with_idle_ttl(Duration::from_secs(args.ttl.max(1)))?;
     Ok(match &args.redis {
+        None if args.near_cache_entries > 0 => {
+            return Err(
+                "--near-cache-entries needs --redis: the memory store is already local".into(),
+            )
+        }
         None => SessionEngine::new(MemoryStore::new(), config),
         Some(url) => {
-            let store = RedisStore::builder(url.clone())
-                .with_command_timeout(Duration::from_millis(args.redis_timeout_ms.max(1)))
-                .connect()
-                .await?;
-            SessionEngine::new(store, config)
+            let mut builder = RedisStore::builder(url.clone())
+                .with_command_timeout(Duration::from_millis(args.redis_timeout_ms.max(1)));
+            if args.near_cache_entries > 0 {
+                builder = builder.with_near_cache(
+                    NearCache::new(args.near_cache_entries)
+                        .with_max_stale(Duration::from_millis(args.near_cache_max_stale_ms)),
+                );
+            }
+            SessionEngine::new(builder.connect().await?, config)
         }
     })
 }

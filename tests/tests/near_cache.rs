@@ -52,11 +52,11 @@ async fn create(engine: &SessionEngine, n: u64) -> SessionId {
 }
 
 async fn read(engine: &SessionEngine, id: &SessionId) -> Option<u64> {
-    engine.session(Some(id.clone())).get("n").await.unwrap()
+    engine.session(Some(*id)).get("n").await.unwrap()
 }
 
 async fn write(engine: &SessionEngine, id: &SessionId, n: u64) {
-    let session = engine.session(Some(id.clone()));
+    let session = engine.session(Some(*id));
     session.insert("n", &n).await.unwrap();
     session.commit().await.unwrap();
 }
@@ -187,7 +187,7 @@ async fn outside_changes_evict_cached_sessions() {
 
     let id = create(&a, 1).await;
     assert_eq!(read(&b, &id).await, Some(1));
-    let session = a.session(Some(id.clone()));
+    let session = a.session(Some(id));
     session.destroy().await.unwrap();
     session.commit().await.unwrap();
     until(&b, &id, BOUND, |seen| seen.is_none()).await;

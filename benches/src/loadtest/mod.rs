@@ -95,16 +95,32 @@ impl fmt::Display for Scenario {
 pub enum System {
     /// The Tessera demo service.
     Tessera,
+    /// The Tessera demo service with the near cache on.
+    #[value(name = "tessera-cached")]
+    TesseraCached,
     /// One raw Redis command per request.
     Rawget,
     /// `tower-sessions` with `tower-sessions-redis-store`.
     #[value(name = "tower-sessions")]
     TowerSessions,
+    /// The same server stack with no Redis and no session at all: the ceiling.
+    Hello,
 }
 
 impl System {
     /// Every system, in report order.
-    pub const ALL: [System; 3] = [System::Tessera, System::Rawget, System::TowerSessions];
+    pub const ALL: [System; 5] = [
+        System::Tessera,
+        System::TesseraCached,
+        System::Rawget,
+        System::TowerSessions,
+        System::Hello,
+    ];
+
+    /// Whether this is one of Tessera's configurations (the ratios put them over the others).
+    pub fn is_tessera(self) -> bool {
+        matches!(self, System::Tessera | System::TesseraCached)
+    }
 
     /// The name used on the command line and in the report.
     pub fn name(self) -> &'static str {
@@ -112,6 +128,8 @@ impl System {
             System::Tessera => "tessera",
             System::Rawget => "rawget",
             System::TowerSessions => "tower-sessions",
+            System::TesseraCached => "tessera-cached",
+            System::Hello => "hello",
         }
     }
 }
@@ -155,7 +173,7 @@ pub struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "tessera,rawget,tower-sessions"
+        default_value = "tessera,tessera-cached,rawget,tower-sessions,hello"
     )]
     pub systems: Vec<System>,
     /// Sessions created beforehand for `read` and `write` to rotate over.
@@ -699,7 +717,7 @@ mod tests {
         let quick = Config::quick();
         assert_eq!(quick.connections, 8);
         assert_eq!(quick.duration, Duration::from_secs(1));
-        assert_eq!(quick.systems.len(), 3);
+        assert_eq!(quick.systems.len(), System::ALL.len());
         assert!(quick.svg.is_none());
         assert!(Config::quick().with_load(0, 1).validate().is_err());
     }

@@ -268,28 +268,35 @@ impl Report {
         out
     }
 
-    /// Tessera's req/s over each baseline's, per scenario (empty if Tessera or no baseline ran).
+    /// Each Tessera configuration's req/s over each baseline's, per scenario (empty if no
+    /// Tessera configuration or no baseline ran).
     pub fn ratios_table(&self) -> String {
-        let baselines: Vec<System> = self
-            .systems()
-            .into_iter()
-            .filter(|s| *s != System::Tessera)
+        let systems = self.systems();
+        let ours: Vec<System> = systems.iter().copied().filter(|s| s.is_tessera()).collect();
+        let baselines: Vec<System> = systems
+            .iter()
+            .copied()
+            .filter(|s| !s.is_tessera())
             .collect();
-        if baselines.is_empty() || !self.systems().contains(&System::Tessera) {
+        if baselines.is_empty() || ours.is_empty() {
             return String::new();
         }
         let mut out = format!("{:<8}", "scenario");
-        for b in &baselines {
-            let _ = write!(out, " {:>24}", format!("tessera/{b}"));
+        for o in &ours {
+            for b in &baselines {
+                let _ = write!(out, " {:>28}", format!("{o}/{b}"));
+            }
         }
         out.push('\n');
         for scenario in self.scenarios() {
             let _ = write!(out, "{:<8}", scenario.name());
-            for b in &baselines {
-                let cell = self
-                    .ratio(System::Tessera, *b, scenario)
-                    .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
-                let _ = write!(out, " {cell:>24}");
+            for o in &ours {
+                for b in &baselines {
+                    let cell = self
+                        .ratio(*o, *b, scenario)
+                        .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
+                    let _ = write!(out, " {cell:>28}");
+                }
             }
             out.push('\n');
         }
@@ -307,10 +314,12 @@ impl Report {
     }
 
     fn draw(&self, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
-        const COLORS: [RGBColor; 3] = [
+        const COLORS: [RGBColor; 5] = [
             RGBColor(0x2b, 0x6c, 0xb0),
+            RGBColor(0x1b, 0x9e, 0x77),
             RGBColor(0x9a, 0x9a, 0x9a),
             RGBColor(0xe0, 0x8a, 0x1e),
+            RGBColor(0x55, 0x55, 0x55),
         ];
         let scenarios = self.scenarios();
         let systems = self.systems();

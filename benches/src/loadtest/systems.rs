@@ -1,4 +1,4 @@
-//! The three systems, each served by [`tessera_middleware::demo::serve`] on a free loopback port,
+//! The systems, each served by [`tessera_middleware::demo::serve`] on a free loopback port,
 //! so they share the HTTP server and differ only in what they do per request.
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
@@ -27,6 +27,10 @@ const TTL: Duration = Duration::from_secs(3600);
 const POOL_SIZE: usize = 2;
 /// The rawget baseline's cookie.
 const RAW_COOKIE: &str = "raw";
+/// The hello ceiling's cookie.
+const HELLO_COOKIE: &str = "hello";
+/// Near-cache room of `tessera-cached`: every session of a run fits.
+const NEAR_CACHE_ENTRIES: usize = 100_000;
 
 /// A system serving on `addr`.
 pub(crate) struct Running {
@@ -53,11 +57,14 @@ pub(crate) async fn start(system: System, url: &str, metrics: bool) -> Result<Ru
         Error::new(format!("{system}: {what} failed: {err}"))
     };
     let task = match system {
-        System::Tessera => {
-            let args = DemoArgs::for_tests()
+        System::Tessera | System::TesseraCached => {
+            let mut args = DemoArgs::for_tests()
                 .with_redis(url)
                 .with_secrets(vec![SECRET.to_owned()])
                 .with_ttl(TTL.as_secs());
+            if system == System::TesseraCached {
+                args = args.with_near_cache(NEAR_CACHE_ENTRIES);
+            }
             let engine = build_engine(&args)
                 .await
                 .map_err(|err| fail("connecting the engine", &err))?;
@@ -80,6 +87,12 @@ pub(crate) async fn start(system: System, url: &str, metrics: bool) -> Result<Ru
             let service = service_fn(move |req: Request<hyper::body::Incoming>| {
                 let pool = pool.clone();
                 async move { Ok::<_, Infallible>(rawget(&pool, &req).await) }
+            });
+            tokio::spawn(serve(listener, service))
+        }
+        System::Hello => {
+            let service = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                Ok::<_, Infallible>(hello(&req))
             });
             tokio::spawn(serve(listener, service))
         }
@@ -189,6 +202,29 @@ async fn rawget<B>(pool: &Pool, req: &Request<B>) -> Response<Full<Bytes>> {
         }
         Err(err) => text(StatusCode::SERVICE_UNAVAILABLE, format!("redis: {err}\n")),
     }
+}
+
+/// The ceiling: the same server and routes, no Redis, no session. A request without cookie gets
+/// one (so the harness can prime "sessions" as for the others); nothing is stored.
+fn hello<B>(req: &Request<B>) -> Response<Full<Bytes>> {
+    if !matches!(req.uri().path(), "/" | "/views") {
+        return text(StatusCode::NOT_FOUND, "not found\n".to_owned());
+    }
+    let mut response = views(1);
+    if cookie(req, HELLO_COOKIE).is_none() {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the OS random source works");
+        let value = format!(
+            "{HELLO_COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}",
+            URL_SAFE_NO_PAD.encode(bytes),
+            TTL.as_secs()
+        );
+        response.headers_mut().insert(
+            header::SET_COOKIE,
+            HeaderValue::try_from(value).expect("base64url is a valid header value"),
+        );
+    }
+    response
 }
 
 /// The demo's `/` and `/views` on a tower-sessions session.

@@ -163,11 +163,10 @@ impl Script {
         Self::new(REGENERATE_LUA, Reapply::KeepFirstSuccess)
     }
 
-    /// The near cache's scripts: load, create and update, each ending with the state read.
-    pub(super) fn tracked_set() -> [Self; 3] {
+    /// The near cache's scripts: load, and update ending with the state read.
+    pub(super) fn tracked_set() -> [Self; 2] {
         [
             Self::new(LOAD_TRACKED_LUA, Reapply::TakeLatest),
-            Self::new(tracked(CREATE_LUA), Reapply::KeepFirstSuccess),
             Self::new(tracked(UPDATE_LUA), Reapply::TakeLatest),
         ]
     }
@@ -214,14 +213,12 @@ mod tests {
 
     #[test]
     fn tracked_scripts_answer_tables_and_end_with_the_state() {
-        let [_, create, update] = Script::tracked_set();
-        for script in [&create, &update] {
-            assert!(!script.source.contains("return 0\n"));
-            assert!(script.source.contains("return {0}"));
-            assert!(script.source.trim_end().ends_with(TRACKED_RETURN));
-        }
-        assert_eq!(create.reapply, Reapply::KeepFirstSuccess);
+        let [load, update] = Script::tracked_set();
+        assert!(!update.source.contains("return 0\n"));
+        assert!(update.source.contains("return {0}"));
+        assert!(update.source.trim_end().ends_with(TRACKED_RETURN));
         assert_eq!(update.reapply, Reapply::TakeLatest);
+        assert!(load.source.contains("HGETALL"));
     }
 
     #[test]

@@ -3,15 +3,14 @@
 //! invalidation raced it. Everything else (deadlines, the sentinel gate, re-apply, WAIT) is the
 //! plain path's, in `super`.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
-use bytes::Bytes;
 use fred::{prelude::Client, types::Value};
 
 use super::{
     near::{Near, Ticket},
     scripts::{self, Answer, Script},
-    ttl_and_pairs, Backend, RedisStore,
+    Backend, RedisStore,
 };
 use crate::{
     error::{Error, ErrorKind, Result},
@@ -76,7 +75,7 @@ impl RedisStore {
         let Value::Array(items) = reply else {
             return Err(malformed());
         };
-        let (pttl, fields) = state(&items)?;
+        let (pttl, fields) = state(items.into_iter())?;
         self.admit(near, key, &pinned, fields.as_ref(), pttl);
         Ok(fields)
     }
@@ -95,26 +94,6 @@ impl RedisStore {
             self,
             deadline,
             self.run(script, &[key], args, deadline, pinned.client.as_ref())
-        );
-        self.written(near, key, &pinned, result)
-    }
-
-    /// A create with the near cache on (one attempt; the executor retries collisions).
-    pub(super) async fn create_near(
-        &self,
-        near: &Arc<Near>,
-        script: &Script,
-        key: &str,
-        fields: &[(String, Bytes)],
-        ttl: Duration,
-    ) -> Result<bool> {
-        let deadline = self.deadline();
-        let pinned = self.pinned(near, key);
-        let args = ttl_and_pairs(ttl, fields);
-        let result: Result<Value> = within_deadline!(
-            self,
-            deadline,
-            self.run(script, &[key], &args, deadline, pinned.client.as_ref())
         );
         self.written(near, key, &pinned, result)
     }
@@ -144,7 +123,7 @@ impl RedisStore {
             near.invalidate(key);
             return Err(malformed());
         };
-        match state(&items[1..]) {
+        match state(items.into_iter().skip(1)) {
             Ok((pttl, fields)) => self.admit(near, key, pinned, fields.as_ref(), pttl),
             Err(err) => {
                 near.invalidate(key);
@@ -202,12 +181,13 @@ fn malformed() -> Error {
 }
 
 /// `{pttl}` or `{pttl, {field, value, ...}}`: the TTL and the fields (`None`: no such session).
-fn state(items: &[Value]) -> Result<(i64, Option<Fields>)> {
+/// Values stay slices of the read buffer.
+fn state(mut items: impl Iterator<Item = Value>) -> Result<(i64, Option<Fields>)> {
     let pttl = items
-        .first()
-        .and_then(Value::as_i64)
+        .next()
+        .and_then(|v| v.as_i64())
         .ok_or_else(malformed)?;
-    let Some(Value::Array(flat)) = items.get(1) else {
+    let Some(Value::Array(flat)) = items.next() else {
         return Ok((pttl, None));
     };
     if flat.is_empty() {
@@ -217,13 +197,13 @@ fn state(items: &[Value]) -> Result<(i64, Option<Fields>)> {
         return Err(malformed());
     }
     let mut fields = HashMap::with_capacity(flat.len() / 2);
-    for pair in flat.chunks_exact(2) {
-        let name = pair[0].as_string().ok_or_else(|| {
+    let mut flat = flat.into_iter();
+    while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+        let name = name.into_string().ok_or_else(|| {
             Error::new(ErrorKind::Decode, "a stored field name is not valid UTF-8")
         })?;
-        let value = pair[1]
-            .as_bytes()
-            .map(Bytes::copy_from_slice)
+        let value = value
+            .into_bytes()
             .ok_or_else(|| Error::new(ErrorKind::Decode, "a stored value is not a string"))?;
         fields.insert(name, value);
     }
@@ -232,19 +212,29 @@ fn state(items: &[Value]) -> Result<(i64, Option<Fields>)> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     #[test]
     fn states_parse_strictly() {
-        assert_eq!(state(&[Value::Integer(-2)]).unwrap(), (-2, None));
-        let (pttl, fields) = state(&[
-            Value::Integer(500),
-            Value::Array(vec!["a".into(), Value::Bytes(Bytes::from_static(b"\x01"))]),
-        ])
+        assert_eq!(
+            state(vec![Value::Integer(-2)].into_iter()).unwrap(),
+            (-2, None)
+        );
+        let (pttl, fields) = state(
+            vec![
+                Value::Integer(500),
+                Value::Array(vec!["a".into(), Value::Bytes(Bytes::from_static(b"\x01"))]),
+            ]
+            .into_iter(),
+        )
         .unwrap();
         assert_eq!(pttl, 500);
         assert_eq!(fields.unwrap()["a"], Bytes::from_static(b"\x01"));
-        assert!(state(&[]).is_err());
-        assert!(state(&[Value::Integer(5), Value::Array(vec!["a".into()])]).is_err());
+        assert!(state(Vec::new().into_iter()).is_err());
+        assert!(
+            state(vec![Value::Integer(5), Value::Array(vec!["a".into()])].into_iter()).is_err()
+        );
     }
 }

@@ -466,6 +466,20 @@ async fn refresh_loop(router: Weak<ClusterRouter>) {
     }
 }
 
+/// Whether two slot maps give every slot the same primary.
+fn same_slots(a: &ClusterRouting, b: &ClusterRouting) -> bool {
+    let ranges = |r: &ClusterRouting| {
+        let mut v: Vec<(u16, u16, Server)> = r
+            .slots()
+            .iter()
+            .map(|s| (s.start, s.end, s.primary.clone()))
+            .collect();
+        v.sort_by_key(|(start, _, _)| *start);
+        v
+    };
+    ranges(a) == ranges(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -479,6 +493,7 @@ mod tests {
             command_timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_millis(100),
             reconnect_max_delay: Duration::from_millis(100),
+            broadcast_capacity: 32,
         };
         let fallback = settings.fred_builder(config.clone()).build_pool(1).unwrap();
         let router = ClusterRouter {
@@ -492,6 +507,7 @@ mod tests {
             strays: Mutex::new(HashMap::new()),
             fallback,
             wake: Arc::new(Notify::new()),
+            near: None,
         };
         let target = Server::new("127.0.0.1", 3);
         let first = router.pool_at(&target).next().id().to_owned();
@@ -504,18 +520,4 @@ mod tests {
         router.quit().await;
         assert_eq!(router.stray_count(), 0);
     }
-}
-
-/// Whether two slot maps give every slot the same primary.
-fn same_slots(a: &ClusterRouting, b: &ClusterRouting) -> bool {
-    let ranges = |r: &ClusterRouting| {
-        let mut v: Vec<(u16, u16, Server)> = r
-            .slots()
-            .iter()
-            .map(|s| (s.start, s.end, s.primary.clone()))
-            .collect();
-        v.sort_by_key(|(start, _, _)| *start);
-        v
-    };
-    ranges(a) == ranges(b)
 }

@@ -126,12 +126,14 @@ impl Link {
         })
     }
 
-    /// Whether the reply to a request sent under `ticket` may be cached now.
-    pub(super) fn still(&self, ticket: &Ticket, now_ms: u64) -> bool {
+    /// Whether the reply to a request sent under `ticket` may be cached now. `reconnected`
+    /// also compares fred's current connection id (a lock and a copy, so once per admit): a
+    /// command fred retried on a new connection before the link heard of it must not count.
+    pub(super) fn still(&self, ticket: &Ticket, now_ms: u64, reconnected: bool) -> bool {
         self.seq.load(Ordering::SeqCst) == ticket.seq
             && self.serves(ticket.generation, now_ms)
             && self.tracked_conn.load(Ordering::SeqCst) == ticket.conn
-            && self.conn_id() == ticket.conn
+            && (!reconnected || self.conn_id() == ticket.conn)
     }
 
     /// Every entry of this link is dead from now on, and nothing is served until tracking is
@@ -244,7 +246,7 @@ fn tracking_on(info: &Value) -> bool {
     let mut on = false;
     let mut redirect_none = true;
     for (name, value) in map.iter() {
-        match name.as_str().as_deref() {
+        match name.as_str() {
             Some("flags") => {
                 if let Value::Array(flags) = value {
                     on = flags.iter().any(|f| f.as_str().is_some_and(|s| s == "on"));

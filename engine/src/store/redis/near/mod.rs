@@ -374,11 +374,11 @@ impl Near {
             return;
         };
         let now = Self::clock();
-        let fresh = |now| {
-            link.still(&ticket, now)
+        let fresh = |now, reconnected| {
+            link.still(&ticket, now, reconnected)
                 && epoch == self.epoch.load(std::sync::atomic::Ordering::SeqCst)
         };
-        if pttl <= 0 || !fresh(now) {
+        if pttl <= 0 || !fresh(now, true) {
             self.cache.remove(key);
             return;
         }
@@ -412,7 +412,7 @@ impl Near {
         }
         // An invalidation handled between the check and the insert found nothing to remove:
         // look again, and let it win.
-        if !fresh(Self::clock()) {
+        if !fresh(Self::clock(), false) {
             self.cache.remove(key);
         }
         self.metrics.size(self.cache.len(), self.cache.weight());
