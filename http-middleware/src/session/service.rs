@@ -15,7 +15,8 @@ use tower_service::Service;
 
 use super::layer::{FailurePolicy, Settings};
 use crate::{
-    signing::{find_session_cookie, Verified},
+    koa::{self, CookieMode, PairRead, Upgrade},
+    signing::{find_session_cookie, Rejection, Verified},
     status::{is_unavailable, status_of},
 };
 
@@ -53,7 +54,8 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
         let settings = self.settings.clone();
-        let verified = read_cookie(&settings, req.headers());
+        let read = read_cookies(&settings, req.headers());
+        let verified = read.verified;
         let session = match settings.policy {
             FailurePolicy::FailClosed => settings.engine.session(verified.map(|v| v.id)),
             FailurePolicy::FailOpen => settings.engine.session_fail_open(verified.map(|v| v.id)),
@@ -64,9 +66,23 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let own_work = started.elapsed();
         Box::pin(async move {
+            let mut upgraded = None;
+            if let (Some(old), Some(upgrade)) = (read.upgrade_from, settings.upgrade.as_ref()) {
+                match koa::upgrade_into(upgrade, old, &session).await {
+                    Ok(moved) => upgraded = moved.then_some(old),
+                    // Under either policy: serving on without the seed's data could hand out a
+                    // native cookie over the old one and lose the session.
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not read a session to upgrade");
+                        settings.metrics.request("store_error");
+                        let retry = Some(settings.retry_after);
+                        return Ok(error_response(StatusCode::SERVICE_UNAVAILABLE, retry));
+                    }
+                }
+            }
             let response = inner.call(req).await?;
             let commit_started = Instant::now();
-            let response = finish(&settings, &session, verified, response).await;
+            let response = finish(&settings, &session, read, upgraded, response).await;
             settings
                 .metrics
                 .middleware_duration(own_work + commit_started.elapsed());
@@ -75,10 +91,53 @@ where
     }
 }
 
-/// Finds and verifies the session cookie. Bad values are counted and ignored: the request gets a
+/// What the request's cookies said, before any store is asked.
+#[derive(Debug, Clone, Copy, Default)]
+struct CookieRead {
+    /// The session the request names.
+    verified: Option<Verified>,
+    /// The koa pair's `.sig` was wrong: answered with the `.sig` expired, as the seed does.
+    bad_koa_sig: bool,
+    /// Upgrade mode: a verified seed pair, its session to move.
+    upgrade_from: Option<SessionId>,
+}
+
+fn read_cookies(settings: &Settings, headers: &HeaderMap) -> CookieRead {
+    if let CookieMode::KoaPair(koa) = &settings.cookie_mode {
+        return match koa.read(headers) {
+            PairRead::Absent => CookieRead::default(),
+            PairRead::Verified(v) => CookieRead {
+                verified: Some(v),
+                ..CookieRead::default()
+            },
+            PairRead::BadSignature => {
+                settings.metrics.rejected_cookie(Rejection::BadSignature);
+                CookieRead {
+                    bad_koa_sig: true,
+                    ..CookieRead::default()
+                }
+            }
+        };
+    }
+    let native = find_session_cookie(&settings.keys, &settings.cookie_name, headers);
+    if let (Ok(None) | Err(_), Some(upgrade)) = (native, &settings.upgrade) {
+        if let PairRead::Verified(v) = upgrade.cookies.read(headers) {
+            return CookieRead {
+                upgrade_from: Some(v.id),
+                ..CookieRead::default()
+            };
+        }
+    }
+    CookieRead {
+        verified: read_cookie(settings, native),
+        ..CookieRead::default()
+    }
+}
+
+/// A native cookie lookup's result. Bad values are counted and ignored: the request gets a
 /// fresh session and the store is never asked about them.
-fn read_cookie(settings: &Settings, headers: &HeaderMap) -> Option<Verified> {
-    match find_session_cookie(&settings.keys, &settings.cookie_name, headers) {
+fn read_cookie(settings: &Settings, found: Result<Option<Verified>, Rejection>) -> Option<Verified> {
+    match found {
         Ok(found) => found,
         Err(r) => {
             settings.metrics.rejected_cookie(r);
@@ -88,12 +147,46 @@ fn read_cookie(settings: &Settings, headers: &HeaderMap) -> Option<Verified> {
     }
 }
 
+/// The Set-Cookie headers naming `id`.
+fn set_headers(
+    settings: &Settings,
+    id: &SessionId,
+    expires: SystemTime,
+) -> Result<Vec<HeaderValue>, InvalidHeaderValue> {
+    match &settings.cookie_mode {
+        CookieMode::Native => Ok(vec![build_cookie(settings, id, expires)?]),
+        CookieMode::KoaPair(koa) => koa.set_pair(id, expires),
+    }
+}
+
+/// The Set-Cookie headers that end the session in the browser.
+fn clear_headers(settings: &Settings) -> Result<Vec<HeaderValue>, InvalidHeaderValue> {
+    match &settings.cookie_mode {
+        CookieMode::Native => Ok(vec![clear_cookie(settings)?]),
+        CookieMode::KoaPair(koa) => koa.clear_pair(),
+    }
+}
+
+/// Clears the seed's pair after an upgrade; a `koa:sess` that the native cookie shares its name
+/// with is already replaced by it, so only the `.sig` is cleared then.
+fn clear_old_pair(settings: &Settings, upgrade: &Upgrade) -> Vec<HeaderValue> {
+    let old = &upgrade.cookies;
+    let headers = if old.name == settings.cookie_name {
+        old.clear_sig().map(|h| vec![h])
+    } else {
+        old.clear_pair()
+    };
+    headers.unwrap_or_default()
+}
+
 async fn finish<B: Default>(
     settings: &Settings,
     session: &Session,
-    verified: Option<Verified>,
+    read: CookieRead,
+    upgraded: Option<SessionId>,
     mut response: Response<B>,
 ) -> Response<B> {
+    let verified = read.verified;
     if verified.is_some_and(|v| v.stale_key) {
         // Re-issuing under the new key needs the session's real expiry (and whether it exists).
         let _ = session.is_new().await;
@@ -103,20 +196,38 @@ async fn finish<B: Default>(
     match session.commit().await {
         Ok(committed) => {
             let set_cookie = match committed.cookie {
-                CookieAction::Set { id, expires } => Some(build_cookie(settings, &id, expires)),
-                CookieAction::Clear => Some(clear_cookie(settings)),
-                _ if destroyed => Some(clear_cookie(settings)),
+                CookieAction::Set { id, expires } => Some(set_headers(settings, &id, expires)),
+                CookieAction::Clear => Some(clear_headers(settings)),
+                _ if destroyed => Some(clear_headers(settings)),
                 // A cookie signed by an older key is re-issued under the current one.
                 CookieAction::Keep => verified
                     .filter(|v| v.stale_key)
                     .zip(committed.expires)
-                    .map(|(v, expires)| build_cookie(settings, &v.id, expires)),
+                    .map(|(v, expires)| set_headers(settings, &v.id, expires)),
                 _ => None,
             };
-            match set_cookie.transpose() {
-                Ok(value) => {
-                    if let Some(value) = value {
+            let set_cookie = set_cookie.transpose().and_then(|headers| {
+                let mut headers = headers.unwrap_or_default();
+                if let (true, true, CookieMode::KoaPair(koa)) =
+                    (read.bad_koa_sig, headers.is_empty(), &settings.cookie_mode)
+                {
+                    headers.push(koa.clear_sig()?);
+                }
+                Ok(headers)
+            });
+            match set_cookie {
+                Ok(headers) => {
+                    for value in headers {
                         response.headers_mut().append(header::SET_COOKIE, value);
+                    }
+                    if let (Some(upgrade), Some(old)) = (&settings.upgrade, read.upgrade_from) {
+                        // Moved, or logged out in this very request: the old key goes either way.
+                        let moved = matches!(committed.cookie, CookieAction::Set { .. });
+                        if upgraded.is_none() || moved || destroyed {
+                            upgrade_done(settings, upgrade, upgraded, &mut response).await;
+                        } else {
+                            tracing::debug!(?old, "upgraded session not stored; old pair kept");
+                        }
                     }
                     settings.metrics.request("ok");
                     response
@@ -145,12 +256,31 @@ async fn finish<B: Default>(
                 (status == StatusCode::SERVICE_UNAVAILABLE).then_some(settings.retry_after);
             let mut response = error_response(status, retry_after);
             if plan.clear_cookie {
-                if let Ok(value) = clear_cookie(settings) {
+                for value in clear_headers(settings).unwrap_or_default() {
                     response.headers_mut().append(header::SET_COOKIE, value);
                 }
             }
             response
         }
+    }
+}
+
+/// After an upgrade's native session is stored (or when the seed pair named nothing to move):
+/// the old key is deleted and the old pair cleared. A failed delete keeps the pair's session
+/// readable by a later request (nothing is lost; that request moves it again).
+async fn upgrade_done<B>(
+    settings: &Settings,
+    upgrade: &Upgrade,
+    upgraded: Option<SessionId>,
+    response: &mut Response<B>,
+) {
+    if let Some(old) = upgraded {
+        if let Err(err) = koa::retire(upgrade, old).await {
+            tracing::warn!(error = %err, "upgraded a session but could not delete its old key");
+        }
+    }
+    for value in clear_old_pair(settings, upgrade) {
+        response.headers_mut().append(header::SET_COOKIE, value);
     }
 }
 
