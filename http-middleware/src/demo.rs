@@ -11,12 +11,15 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tessera_engine::{KeySchema, MemoryStore, RedisStore, Session, SessionConfig, SessionEngine};
+use tessera_engine::{
+    store::MemoryStringStore, KeySchema, MemoryStore, RedisStore, Session, SessionConfig,
+    SessionEngine,
+};
 use tokio::net::TcpListener;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{error_status, SessionLayer, SessionService, SigningKeys};
+use crate::{error_status, koa::KoaCompat, SessionLayer, SessionService, SigningKeys};
 
 /// Largest accepted `PUT /session/{field}` body.
 const MAX_BODY: usize = 64 * 1024;
@@ -54,6 +57,28 @@ pub struct DemoArgs {
     /// Per-command Redis timeout in milliseconds.
     #[arg(long, env = "TESSERA_REDIS_TIMEOUT_MS", default_value_t = 1000)]
     pub redis_timeout_ms: u64,
+    /// Compatibility profile: `koa-session-redis3` shares live sessions with a Koa app using
+    /// koa-session-redis3 1.3.4 (its cookie pair, `--secret` as its app.keys, `--key-schema` and
+    /// `--ttl` as its keySchema and ttl).
+    #[arg(long, env = "TESSERA_COMPAT", value_enum)]
+    pub compat: Option<Compat>,
+    /// With `--compat`: upgrade mode. Sessions are native; a request with the seed's cookie pair
+    /// has its session moved to the native layout (under `--native-key-schema`).
+    #[arg(long, env = "TESSERA_UPGRADE", default_value_t = false, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", requires = "compat")]
+    pub upgrade: bool,
+    /// Upgrade mode: the key prefix of the native sessions (`--key-schema` is the seed's).
+    #[arg(long, env = "TESSERA_NATIVE_KEY_SCHEMA", default_value = "tessera:sess:")]
+    pub native_key_schema: String,
+}
+
+/// The `--compat` profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[non_exhaustive]
+pub enum Compat {
+    /// koa-session-redis3 1.3.4 on koa 1.
+    #[value(name = "koa-session-redis3")]
+    KoaSessionRedis3,
 }
 
 impl DemoArgs {
@@ -91,7 +116,18 @@ impl DemoArgs {
             secrets: vec!["a test secret that is long enough to sign with".into()],
             cookie_secure: false,
             redis_timeout_ms: 1000,
+            compat: None,
+            upgrade: false,
+            native_key_schema: "tessera:sess:".into(),
         }
+    }
+
+    /// The koa-session-redis3 profile with the seed's `keySchema`; `upgrade` for upgrade mode.
+    pub fn with_koa_session_redis3(mut self, key_schema: &str, upgrade: bool) -> Self {
+        self.compat = Some(Compat::KoaSessionRedis3);
+        self.key_schema = key_schema.to_owned();
+        self.upgrade = upgrade;
+        self
     }
 
     /// Uses the Redis at `url`.
@@ -127,21 +163,74 @@ fn split_secret_lines(values: &[String]) -> Vec<String> {
 /// A configuration or start-up failure of the demo.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Builds the engine the arguments describe (connecting to Redis if a URL is given).
+/// Builds the engine the arguments describe (connecting to Redis if a URL is given): the native
+/// one, or with `--compat` (and no `--upgrade`) the seed's layout.
 pub async fn build_engine(args: &DemoArgs) -> Result<SessionEngine, BoxError> {
+    if args.compat.is_some() && !args.upgrade {
+        let compat = koa_compat(args)?;
+        return Ok(match connect(args).await? {
+            None => compat.engine(MemoryStringStore::new())?,
+            Some(store) => compat.engine(store)?,
+        });
+    }
+    let schema = if args.upgrade {
+        &args.native_key_schema
+    } else {
+        &args.key_schema
+    };
     let config = SessionConfig::default()
-        .with_key_schema(KeySchema::new(&args.key_schema)?)
+        .with_key_schema(KeySchema::new(schema)?)
         .with_idle_ttl(Duration::from_secs(args.ttl.max(1)))?;
-    Ok(match &args.redis {
+    Ok(match connect(args).await? {
         None => SessionEngine::new(MemoryStore::new(), config),
-        Some(url) => {
-            let store = RedisStore::builder(url.clone())
-                .with_command_timeout(Duration::from_millis(args.redis_timeout_ms.max(1)))
-                .connect()
-                .await?;
-            SessionEngine::new(store, config)
-        }
+        Some(store) => SessionEngine::new(store, config),
     })
+}
+
+async fn connect(args: &DemoArgs) -> Result<Option<RedisStore>, BoxError> {
+    let Some(url) = &args.redis else {
+        return Ok(None);
+    };
+    Ok(Some(
+        RedisStore::builder(url.clone())
+            .with_command_timeout(Duration::from_millis(args.redis_timeout_ms.max(1)))
+            .connect()
+            .await?,
+    ))
+}
+
+fn koa_compat(args: &DemoArgs) -> Result<KoaCompat, BoxError> {
+    if args.secrets.is_empty() {
+        return Err("--compat koa-session-redis3 needs the Koa app's keys: pass --secret".into());
+    }
+    Ok(KoaCompat::new(&args.secrets)?
+        .with_key_schema(&args.key_schema)?
+        .with_ttl(Duration::from_secs(args.ttl.max(1)))?
+        .with_secure(args.cookie_secure))
+}
+
+/// Builds the service for every mode: native, the koa-session-redis3 profile, or upgrade mode
+/// (the engine is built here, as [`build_engine`] does).
+pub async fn build_service(
+    args: &DemoArgs,
+    metrics: Option<PrometheusHandle>,
+) -> Result<SessionService<DemoApp>, BoxError> {
+    let engine = build_engine(args).await?;
+    if args.compat.is_none() {
+        return build_app(engine, args, metrics);
+    }
+    let compat = koa_compat(args)?;
+    let layer = if args.upgrade {
+        let layer = SessionLayer::new(engine.clone(), SigningKeys::new(&args.secrets)?)
+            .with_secure(args.cookie_secure)?;
+        match connect(args).await? {
+            None => layer.with_koa_session_redis3_upgrade(MemoryStringStore::new(), compat)?,
+            Some(store) => layer.with_koa_session_redis3_upgrade(store, compat)?,
+        }
+    } else {
+        compat.layer(engine.clone())?
+    };
+    Ok(layer.layer(DemoApp { engine, metrics }))
 }
 
 /// Builds the full service: the demo routes behind the session layer.
@@ -202,8 +291,7 @@ where
 /// connections.
 pub async fn run(args: DemoArgs) -> Result<(), BoxError> {
     let metrics = crate::install_prometheus_recorder()?;
-    let engine = build_engine(&args).await?;
-    let app = build_app(engine, &args, Some(metrics))?;
+    let app = build_service(&args, Some(metrics)).await?;
     let listener = TcpListener::bind(args.listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
     use std::io::Write as _;

@@ -111,6 +111,16 @@ impl KoaCompat {
         ))
     }
 
+    /// The profile's layer over an engine made by [`KoaCompat::engine`] (what
+    /// [`SessionLayer::koa_session_redis3`] does in one call).
+    pub fn layer(&self, engine: SessionEngine) -> Result<SessionLayer, Error> {
+        // Native signing keys are never used in this mode; the layer needs some.
+        let layer = SessionLayer::new(engine, crate::SigningKeys::random())
+            .with_secure(self.secure)?
+            .with_cookie_name(self.cookie_name.clone())?;
+        Ok(layer.with_koa_pair(self.cookies()))
+    }
+
     pub(crate) fn cookies(&self) -> KoaCookies {
         KoaCookies::new(self.keys.clone(), &self.cookie_name, self.secure)
     }
@@ -132,13 +142,7 @@ impl SessionLayer {
         strings: S,
         compat: KoaCompat,
     ) -> Result<SessionLayer, Error> {
-        let engine = compat.engine(strings)?;
-        let cookies = compat.cookies();
-        // Native keys are never used in this mode; the layer needs some.
-        let layer = SessionLayer::new(engine, crate::SigningKeys::random())
-            .with_secure(compat.secure)?
-            .with_cookie_name(compat.cookie_name.clone())?;
-        Ok(layer.with_koa_pair(cookies))
+        compat.layer(compat.engine(strings)?)
     }
 
     /// Upgrade mode, for after the Koa app is retired: this (native) layer also accepts the
