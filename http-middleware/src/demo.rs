@@ -210,14 +210,14 @@ fn koa_compat(args: &DemoArgs) -> Result<KoaCompat, BoxError> {
 }
 
 /// Builds the service for every mode: native, the koa-session-redis3 profile, or upgrade mode
-/// (the engine is built here, as [`build_engine`] does).
+/// (the engine is built here, as [`build_engine`] does, and returned beside the service).
 pub async fn build_service(
     args: &DemoArgs,
     metrics: Option<PrometheusHandle>,
-) -> Result<SessionService<DemoApp>, BoxError> {
+) -> Result<(SessionEngine, SessionService<DemoApp>), BoxError> {
     let engine = build_engine(args).await?;
     if args.compat.is_none() {
-        return build_app(engine, args, metrics);
+        return Ok((engine.clone(), build_app(engine, args, metrics)?));
     }
     let compat = koa_compat(args)?;
     let layer = if args.upgrade {
@@ -230,7 +230,7 @@ pub async fn build_service(
     } else {
         compat.layer(engine.clone())?
     };
-    Ok(layer.layer(DemoApp { engine, metrics }))
+    Ok((engine.clone(), layer.layer(DemoApp { engine, metrics })))
 }
 
 /// Builds the full service: the demo routes behind the session layer.
@@ -291,7 +291,7 @@ where
 /// connections.
 pub async fn run(args: DemoArgs) -> Result<(), BoxError> {
     let metrics = crate::install_prometheus_recorder()?;
-    let app = build_service(&args, Some(metrics)).await?;
+    let (_, app) = build_service(&args, Some(metrics)).await?;
     let listener = TcpListener::bind(args.listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
     use std::io::Write as _;

@@ -33,7 +33,7 @@ app.use(function *() {
     this.session.views = ++n;
     this.body = n + ' views';
   } else if (path === '/views') {
-    this.body = String(this.session.views || 0);
+    this.body = (this.session.views || 0) + ' views';
   } else if (path === '/session') {
     this.type = 'application/json';
     this.body = JSON.stringify(this.session);

@@ -147,8 +147,7 @@ pub fn write_number(out: &mut String, x: f64) {
     if x < 0.0 {
         out.push('-');
     }
-    // Rust's `{:e}` prints the shortest round-tripping digits, as ECMAScript requires.
-    let sci = format!("{:e}", x.abs());
+    let sci = shortest_closest(x.abs());
     let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
     let k = digits.len() as i64;
@@ -173,6 +172,24 @@ pub fn write_number(out: &mut String, x: f64) {
         out.push('e');
         out.push(if n - 1 >= 0 { '+' } else { '-' });
         out.push_str(&(n - 1).abs().to_string());
+    }
+}
+
+/// `x` in exponent form with the fewest digits that read back as `x` and, among those, the digits
+/// closest to `x` (ties to even), which is what ECMAScript asks for. Rust's `{:e}` finds the
+/// fewest digits but, when two such candidates are equally short, does not always pick the
+/// closest (1833589637483807.25 prints as `…807.3`, JavaScript says `…807.2`); its fixed-precision
+/// form is the correctly rounded one, so it is used whenever it still reads back as `x`.
+fn shortest_closest(x: f64) -> String {
+    let shortest = format!("{x:e}");
+    let digits = shortest
+        .split_once('e')
+        .map_or(shortest.len(), |(m, _)| m.chars().filter(char::is_ascii_digit).count());
+    let rounded = format!("{x:.prec$e}", prec = digits.saturating_sub(1));
+    if rounded.parse::<f64>().ok() == Some(x) {
+        rounded
+    } else {
+        shortest
     }
 }
 
@@ -426,6 +443,7 @@ mod tests {
             (5e-324, "5e-324"),
             (-2.5, "-2.5"),
             (0.30000000000000004, "0.30000000000000004"),
+            (1833589637483807.2, "1833589637483807.2"),
         ] {
             assert_eq!(num(x), js, "{x:e}");
         }
