@@ -34,7 +34,10 @@ pub struct SessionId(Repr);
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Repr {
     Native([u8; 16]),
-    Foreign { len: u8, text: [u8; MAX_FOREIGN_LEN] },
+    Foreign {
+        len: u8,
+        text: [u8; MAX_FOREIGN_LEN],
+    },
 }
 
 impl SessionId {
@@ -198,11 +201,23 @@ mod tests {
         let id = SessionId::from_foreign(seed).unwrap();
         assert_eq!((id.to_string().as_str(), id.is_native()), (seed, false));
         assert_eq!(id.as_bytes(), seed.as_bytes());
-        assert_ne!(id, SessionId::from_foreign("mx5kckqa0ohc9584335nwbg2").unwrap());
+        assert_ne!(
+            id,
+            SessionId::from_foreign("mx5kckqa0ohc9584335nwbg2").unwrap()
+        );
         let native = SessionId::generate();
-        assert_eq!(SessionId::from_foreign(&native.to_string()).unwrap(), native);
+        assert_eq!(
+            SessionId::from_foreign(&native.to_string()).unwrap(),
+            native
+        );
         let long = "a".repeat(MAX_FOREIGN_LEN + 1);
-        for bad in ["", "fifteen-chars-x", "has space in it!!", "semi;colon-in-it-x", &long] {
+        for bad in [
+            "",
+            "fifteen-chars-x",
+            "has space in it!!",
+            "semi;colon-in-it-x",
+            &long,
+        ] {
             assert!(SessionId::from_foreign(bad).is_err(), "{bad:?}");
         }
         assert!(!format!("{id:?}").contains(seed));

@@ -68,7 +68,11 @@ pub struct DemoArgs {
           num_args = 0..=1, default_missing_value = "true", requires = "compat")]
     pub upgrade: bool,
     /// Upgrade mode: the key prefix of the native sessions (`--key-schema` is the seed's).
-    #[arg(long, env = "TESSERA_NATIVE_KEY_SCHEMA", default_value = "tessera:sess:")]
+    #[arg(
+        long,
+        env = "TESSERA_NATIVE_KEY_SCHEMA",
+        default_value = "tessera:sess:"
+    )]
     pub native_key_schema: String,
 }
 
@@ -224,8 +228,8 @@ pub async fn build_service(
         let layer = SessionLayer::new(engine.clone(), SigningKeys::new(&args.secrets)?)
             .with_secure(args.cookie_secure)?;
         match connect(args).await? {
-            None => layer.with_koa_session_redis3_upgrade(MemoryStringStore::new(), compat)?,
-            Some(store) => layer.with_koa_session_redis3_upgrade(store, compat)?,
+            None => layer.with_koa_session_redis3_upgrade(MemoryStringStore::new(), &compat)?,
+            Some(store) => layer.with_koa_session_redis3_upgrade(store, &compat)?,
         }
     } else {
         compat.layer(engine.clone())?

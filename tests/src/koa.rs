@@ -24,7 +24,9 @@ pub fn app_dir() -> PathBuf {
 fn ensure_installed() {
     static DONE: OnceLock<()> = OnceLock::new();
     static LOCK: Mutex<()> = Mutex::new(());
-    let _guard = LOCK.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _guard = LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     DONE.get_or_init(|| {
         if app_dir().join("node_modules/koa-session-redis3").is_dir() {
             return;
@@ -118,7 +120,8 @@ impl Jar {
             if c.value().is_empty() || expired {
                 self.cookies.remove(c.name());
             } else {
-                self.cookies.insert(c.name().to_owned(), c.value().to_owned());
+                self.cookies
+                    .insert(c.name().to_owned(), c.value().to_owned());
             }
         }
     }

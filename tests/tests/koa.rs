@@ -56,7 +56,10 @@ impl Browser {
     }
 
     fn key(&self) -> String {
-        format!("{SCHEMA}:{}", self.jar.get("koa:sess").expect("a session cookie"))
+        format!(
+            "{SCHEMA}:{}",
+            self.jar.get("koa:sess").expect("a session cookie")
+        )
     }
 }
 
@@ -82,8 +85,13 @@ async fn a_counter_crosses_from_node_to_rust_and_back() {
     assert_eq!(b.get(p.rust.addr(), "/").await, "2 views");
     assert_eq!(b.get(p.node.addr(), "/").await, "3 views");
     assert_eq!(b.get(p.rust.addr(), "/views").await, "3 views");
-    assert_eq!(redis_cli(p.redis.port(), &["GET", &b.key()]), r#"{"views":3}"#);
-    let ttl: u64 = redis_cli(p.redis.port(), &["TTL", &b.key()]).parse().unwrap();
+    assert_eq!(
+        redis_cli(p.redis.port(), &["GET", &b.key()]),
+        r#"{"views":3}"#
+    );
+    let ttl: u64 = redis_cli(p.redis.port(), &["TTL", &b.key()])
+        .parse()
+        .unwrap();
     assert!(ttl > TTL - 5 && ttl <= TTL, "{ttl}");
 }
 
@@ -93,8 +101,14 @@ async fn a_session_started_on_rust_continues_on_node() {
     let mut b = Browser::new();
     let first = b.send(p.rust.addr(), Method::GET, "/", "").await;
     assert_eq!(first.body, "1 views");
-    let raw = first.raw_cookie("koa:sess").expect("the session cookie").to_owned();
-    assert!(raw.ends_with("; httponly") && raw.contains("; path=/; expires="), "{raw}");
+    let raw = first
+        .raw_cookie("koa:sess")
+        .expect("the session cookie")
+        .to_owned();
+    assert!(
+        raw.ends_with("; httponly") && raw.contains("; path=/; expires="),
+        "{raw}"
+    );
     assert!(first.raw_cookie("koa:sess.sig").is_some());
     assert_eq!(b.get(p.node.addr(), "/").await, "2 views");
     assert_eq!(b.get(p.rust.addr(), "/").await, "3 views");
@@ -104,7 +118,10 @@ async fn a_session_started_on_rust_continues_on_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_on_either_side_ends_the_session_on_both() {
     let p = pair(&[OLD_KEY]).await;
-    for (start, logout) in [(p.node.addr(), p.rust.addr()), (p.rust.addr(), p.node.addr())] {
+    for (start, logout) in [
+        (p.node.addr(), p.rust.addr()),
+        (p.rust.addr(), p.node.addr()),
+    ] {
         let mut b = Browser::new();
         b.get(start, "/").await;
         b.get(logout, "/").await;
@@ -112,11 +129,19 @@ async fn destroy_on_either_side_ends_the_session_on_both() {
         let out = b.send(logout, Method::POST, "/logout", "").await;
         assert_eq!(out.status, StatusCode::NO_CONTENT);
         for name in ["koa:sess", "koa:sess.sig"] {
-            let raw = out.raw_cookie(name).unwrap_or_else(|| panic!("{name} cleared"));
-            assert!(raw.contains("expires=Thu, 01 Jan 1970 00:00:00 GMT"), "{raw}");
+            let raw = out
+                .raw_cookie(name)
+                .unwrap_or_else(|| panic!("{name} cleared"));
+            assert!(
+                raw.contains("expires=Thu, 01 Jan 1970 00:00:00 GMT"),
+                "{raw}"
+            );
         }
         assert_eq!(redis_cli(p.redis.port(), &["EXISTS", &key]), "0");
-        assert!(b.jar.header().is_none(), "the browser holds no session cookie");
+        assert!(
+            b.jar.header().is_none(),
+            "the browser holds no session cookie"
+        );
         assert_eq!(b.get(start, "/views").await, "0 views");
         assert_eq!(b.get(logout, "/views").await, "0 views");
     }
@@ -134,18 +159,29 @@ async fn a_tampered_or_missing_sig_is_refused_by_both() {
         tampered.jar = good.clone();
         let sig = good.get("koa:sess.sig").unwrap();
         let flipped = if sig.starts_with('A') { "B" } else { "A" };
-        tampered.jar.set("koa:sess.sig", &format!("{flipped}{}", &sig[1..]));
+        tampered
+            .jar
+            .set("koa:sess.sig", &format!("{flipped}{}", &sig[1..]));
         let a = tampered.send(addr, Method::GET, "/views", "").await;
         assert_eq!(a.body, "0 views", "{addr}");
-        let raw = a.raw_cookie("koa:sess.sig").expect("the wrong .sig is expired");
+        let raw = a
+            .raw_cookie("koa:sess.sig")
+            .expect("the wrong .sig is expired");
         assert!(raw.starts_with("koa:sess.sig=;"), "{raw}");
-        assert!(raw.contains("expires=Thu, 01 Jan 1970 00:00:00 GMT"), "{raw}");
+        assert!(
+            raw.contains("expires=Thu, 01 Jan 1970 00:00:00 GMT"),
+            "{raw}"
+        );
 
         let mut missing = Browser::new();
         missing.jar = good.clone();
         missing.jar.remove("koa:sess.sig");
         let a = missing.send(addr, Method::GET, "/views", "").await;
-        assert_eq!((a.body.as_str(), a.set_cookies.len()), ("0 views", 0), "{addr}");
+        assert_eq!(
+            (a.body.as_str(), a.set_cookies.len()),
+            ("0 views", 0),
+            "{addr}"
+        );
     }
     // The real session is untouched.
     assert_eq!(b.get(p.rust.addr(), "/views").await, "2 views");
@@ -164,12 +200,22 @@ async fn key_rotation_works_across_both() {
     b.get(node_old.addr(), "/").await;
     let sid = b.jar.get("koa:sess").unwrap().to_owned();
     let data = format!("koa:sess={sid}");
-    assert_eq!(old.index(data.as_bytes(), b.jar.get("koa:sess.sig").unwrap()), Some(0));
+    assert_eq!(
+        old.index(data.as_bytes(), b.jar.get("koa:sess.sig").unwrap()),
+        Some(0)
+    );
     // Rust verifies the older key and re-issues the signature under the first, even on a read.
     let a = b.send(rust.addr(), Method::GET, "/views", "").await;
     assert_eq!(a.body, "1 views");
-    assert!(a.raw_cookie("koa:sess.sig").is_some(), "re-issued: {:?}", a.set_cookies);
-    assert_eq!(new.index(data.as_bytes(), b.jar.get("koa:sess.sig").unwrap()), Some(0));
+    assert!(
+        a.raw_cookie("koa:sess.sig").is_some(),
+        "re-issued: {:?}",
+        a.set_cookies
+    );
+    assert_eq!(
+        new.index(data.as_bytes(), b.jar.get("koa:sess.sig").unwrap()),
+        Some(0)
+    );
     // The rotated Node app and Rust accept it; the old-key-only Node app no longer does.
     assert_eq!(b.get(node_new.addr(), "/").await, "2 views");
     assert_eq!(b.get(rust.addr(), "/").await, "3 views");
@@ -184,8 +230,19 @@ async fn node_does_not_rewrite_a_session_tessera_wrote_when_it_only_reads_it() {
     let mut b = Browser::new();
     b.get(p.rust.addr(), "/").await;
     let profile = r#"{"name":"Zoë \"z\"\n\u0001","10":[1.5,-0,1e21,1e-7,123456789012],"2":{"b":true,"a":null},"tags":["x","y"]}"#;
-    for (field, body) in [("profile", profile), ("ratio", "0.1"), ("big", "9007199254740991")] {
-        let a = b.send(p.rust.addr(), Method::PUT, &format!("/session/{field}"), body).await;
+    for (field, body) in [
+        ("profile", profile),
+        ("ratio", "0.1"),
+        ("big", "9007199254740991"),
+    ] {
+        let a = b
+            .send(
+                p.rust.addr(),
+                Method::PUT,
+                &format!("/session/{field}"),
+                body,
+            )
+            .await;
         assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
     }
     let stored = redis_cli(p.redis.port(), &["GET", &b.key()]);
@@ -193,11 +250,19 @@ async fn node_does_not_rewrite_a_session_tessera_wrote_when_it_only_reads_it() {
     for path in ["/views", "/session", "/views"] {
         let a = b.send(p.node.addr(), Method::GET, path, "").await;
         assert_eq!(a.status, StatusCode::OK);
-        assert!(a.set_cookies.is_empty(), "Node re-sent cookies: {:?}", a.set_cookies);
+        assert!(
+            a.set_cookies.is_empty(),
+            "Node re-sent cookies: {:?}",
+            a.set_cookies
+        );
     }
     let stats = command_stats(p.redis.port());
     assert!(stats.get("get").copied().unwrap_or(0) >= 3, "{stats:?}");
-    assert_eq!(stats.get("set"), None, "Node rewrote the session: {stats:?}");
+    assert_eq!(
+        stats.get("set"),
+        None,
+        "Node rewrote the session: {stats:?}"
+    );
     assert_eq!(stats.get("expire"), None, "{stats:?}");
     assert_eq!(redis_cli(p.redis.port(), &["GET", &b.key()]), stored);
 }
@@ -255,8 +320,13 @@ async fn concurrent_disjoint_field_writes_lose_nothing() {
     rust_writers(p.rust.addr(), &cookie, 8, 10).await;
     node_writer.await.unwrap();
     let fields = stored_fields(p.redis.port(), &b.key());
-    let node_lost: Vec<_> = (0..40).filter(|i| !fields.contains_key(&format!("n{i}"))).collect();
-    assert!(node_lost.is_empty(), "Rust saves erased Node fields {node_lost:?}");
+    let node_lost: Vec<_> = (0..40)
+        .filter(|i| !fields.contains_key(&format!("n{i}")))
+        .collect();
+    assert!(
+        node_lost.is_empty(),
+        "Rust saves erased Node fields {node_lost:?}"
+    );
 
     // Phase 2: Rust writes from 8 tasks while Node reads the session over and over. Node only
     // reads, so it never writes back, and no Rust save erases another's field.
@@ -266,7 +336,10 @@ async fn concurrent_disjoint_field_writes_lose_nothing() {
         tokio::spawn(async move {
             let client = HttpClient::new();
             for _ in 0..60 {
-                let a = client.send(node, Method::GET, "/session", Some(&cookie), "").await.unwrap();
+                let a = client
+                    .send(node, Method::GET, "/session", Some(&cookie), "")
+                    .await
+                    .unwrap();
                 assert_eq!(a.status, StatusCode::OK);
             }
         })
@@ -281,7 +354,11 @@ async fn concurrent_disjoint_field_writes_lose_nothing() {
     assert!(rust_lost.is_empty(), "lost Rust fields {rust_lost:?}");
     assert_eq!(fields.len(), 1 + 40 + 80, "views, n*, r*");
     // The seed follows each SET with an EXPIRE; Tessera never sends one (SET … EX in a script).
-    assert_eq!(command_stats(p.redis.port()).get("expire"), None, "Node wrote back");
+    assert_eq!(
+        command_stats(p.redis.port()).get("expire"),
+        None,
+        "Node wrote back"
+    );
 }
 
 /// Node-made sessions for the upgrade test: `(cookie jar, user)` each, with three fields.
@@ -295,7 +372,9 @@ async fn seed_sessions(node: SocketAddr, n: usize) -> Vec<(Jar, String)> {
                 b.get(node, "/").await;
                 let user = format!("\"u{i} é\"");
                 for (field, body) in [("user", user.as_str()), ("cart", &format!("[{i},\"x\"]"))] {
-                    let a = b.send(node, Method::PUT, &format!("/session/{field}"), body).await;
+                    let a = b
+                        .send(node, Method::PUT, &format!("/session/{field}"), body)
+                        .await;
                     assert_eq!(a.status, StatusCode::NO_CONTENT);
                 }
                 out.push((b.jar, format!("u{i} é")));
@@ -318,7 +397,9 @@ async fn upgrade_mode_moves_a_thousand_live_seed_sessions_under_load() {
     let sessions = seed_sessions(node.addr(), N).await;
     drop(node);
     let keys = |pattern: &str| -> usize {
-        redis_cli(redis.port(), &["--scan", "--pattern", pattern]).lines().count()
+        redis_cli(redis.port(), &["--scan", "--pattern", pattern])
+            .lines()
+            .count()
     };
     assert_eq!(keys(&format!("{SCHEMA}:*")), N);
 
@@ -364,7 +445,12 @@ async fn upgrade_mode_moves_a_thousand_live_seed_sessions_under_load() {
         lost.extend(l);
     }
     assert_eq!(failed, 0, "failed requests");
-    assert!(lost.is_empty(), "{} sessions lost fields, e.g. {:?}", lost.len(), lost.first());
+    assert!(
+        lost.is_empty(),
+        "{} sessions lost fields, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
     assert_eq!(keys(&format!("{SCHEMA}:*")), 0, "every seed key is deleted");
     assert_eq!(keys("tessera:sess:*"), N, "one native session each");
 }
@@ -390,16 +476,26 @@ async fn the_profile_on_a_cluster() {
     let rust = DemoServer::start_from_args(&args(&cluster.url(), &[OLD_KEY])).await;
     let mut b = Browser::new();
     assert_eq!(b.get(rust.addr(), "/").await, "1 views");
-    let a = b.send(rust.addr(), Method::PUT, "/session/cart", "[1,2]").await;
+    let a = b
+        .send(rust.addr(), Method::PUT, "/session/cart", "[1,2]")
+        .await;
     assert_eq!(a.status, StatusCode::NO_CONTENT);
     let key = b.key();
     let port = cluster.master_of_key(&key);
-    assert_eq!(redis_cli(port, &["GET", &key]), r#"{"views":1,"cart":[1,2]}"#);
-    let a = b.send(rust.addr(), Method::POST, "/login?user=ada", "").await;
+    assert_eq!(
+        redis_cli(port, &["GET", &key]),
+        r#"{"views":1,"cart":[1,2]}"#
+    );
+    let a = b
+        .send(rust.addr(), Method::POST, "/login?user=ada", "")
+        .await;
     assert_eq!(a.status, StatusCode::OK);
     let new_key = b.key();
     assert_ne!(new_key, key);
-    assert_eq!(redis_cli(cluster.master_of_key(&key), &["EXISTS", &key]), "0");
+    assert_eq!(
+        redis_cli(cluster.master_of_key(&key), &["EXISTS", &key]),
+        "0"
+    );
     assert_eq!(
         redis_cli(cluster.master_of_key(&new_key), &["GET", &new_key]),
         r#"{"views":1,"cart":[1,2],"user":"ada"}"#

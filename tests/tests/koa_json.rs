@@ -42,8 +42,22 @@ impl Gen {
 
     fn key(&mut self) -> String {
         const KEYS: &[&str] = &[
-            "0", "1", "2", "10", "01", "-1", "1.5", "4294967294", "4294967295", "9", "a", "b",
-            "views", "", "__proto__x", "toString",
+            "0",
+            "1",
+            "2",
+            "10",
+            "01",
+            "-1",
+            "1.5",
+            "4294967294",
+            "4294967295",
+            "9",
+            "a",
+            "b",
+            "views",
+            "",
+            "__proto__x",
+            "toString",
         ];
         if self.below(3) == 0 {
             self.string()
@@ -54,7 +68,10 @@ impl Gen {
 
     fn number(&mut self) -> f64 {
         match self.below(4) {
-            0 => (self.below(2_000_001) as f64 - 1_000_000.0) / [1.0, 10.0, 1000.0][self.below(3) as usize],
+            0 => {
+                (self.below(2_000_001) as f64 - 1_000_000.0)
+                    / [1.0, 10.0, 1000.0][self.below(3) as usize]
+            }
             1 => f64::from_bits(self.next()),
             2 => 10f64.powi(self.below(60) as i32 - 30) * (self.below(9) + 1) as f64,
             _ => self.below(1 << 53) as f64,
@@ -62,7 +79,11 @@ impl Gen {
     }
 
     fn value(&mut self, depth: u32) -> JsValue {
-        let pick = if depth >= 3 { self.below(5) } else { self.below(7) };
+        let pick = if depth >= 3 {
+            self.below(5)
+        } else {
+            self.below(7)
+        };
         match pick {
             0 => JsValue::Null,
             1 => JsValue::Bool(self.below(2) == 0),
@@ -174,7 +195,11 @@ fn the_writer_matches_json_stringify_on_generated_objects() {
         if let JsValue::Obj(entries) = v {
             for (k, field) in entries {
                 let again = from_msgpack(k, &to_msgpack(field)).unwrap();
-                assert_eq!(stringify(&again), stringify(field), "object #{i} field {k:?}");
+                assert_eq!(
+                    stringify(&again),
+                    stringify(field),
+                    "object #{i} field {k:?}"
+                );
             }
         }
     }

@@ -170,7 +170,7 @@ pub fn write_number(out: &mut String, x: f64) {
             out.push_str(&digits[1..]);
         }
         out.push('e');
-        out.push(if n - 1 >= 0 { '+' } else { '-' });
+        out.push(if n > 0 { '+' } else { '-' });
         out.push_str(&(n - 1).abs().to_string());
     }
 }
@@ -182,9 +182,9 @@ pub fn write_number(out: &mut String, x: f64) {
 /// form is the correctly rounded one, so it is used whenever it still reads back as `x`.
 fn shortest_closest(x: f64) -> String {
     let shortest = format!("{x:e}");
-    let digits = shortest
-        .split_once('e')
-        .map_or(shortest.len(), |(m, _)| m.chars().filter(char::is_ascii_digit).count());
+    let digits = shortest.split_once('e').map_or(shortest.len(), |(m, _)| {
+        m.chars().filter(char::is_ascii_digit).count()
+    });
     let rounded = format!("{x:.prec$e}", prec = digits.saturating_sub(1));
     if rounded.parse::<f64>().ok() == Some(x) {
         rounded
@@ -458,8 +458,8 @@ mod tests {
 
     #[test]
     fn integer_keys_come_first_in_ascending_order() {
-        let v = parse(r#"{"b":1,"10":2,"a":3,"2":4,"01":5,"4294967295":6,"4294967294":7}"#)
-            .unwrap();
+        let v =
+            parse(r#"{"b":1,"10":2,"a":3,"2":4,"01":5,"4294967295":6,"4294967294":7}"#).unwrap();
         assert_eq!(
             stringify(&v),
             r#"{"2":4,"10":2,"4294967294":7,"b":1,"a":3,"01":5,"4294967295":6}"#
@@ -483,10 +483,25 @@ mod tests {
                 JsValue::Str("😀é".into())
             ])
         );
-        assert_eq!(parse("9007199254740993").unwrap(), JsValue::Num(9007199254740992.0));
+        assert_eq!(
+            parse("9007199254740993").unwrap(),
+            JsValue::Num(9007199254740992.0)
+        );
         for bad in [
-            "", "{", "[1,]", "01", "1.", "1e", "{\"a\" 1}", "\"\u{1}\"", "\"\\ud800\"", "tru",
-            "{} x", "1e999", "NaN", "'a'",
+            "",
+            "{",
+            "[1,]",
+            "01",
+            "1.",
+            "1e",
+            "{\"a\" 1}",
+            "\"\u{1}\"",
+            "\"\\ud800\"",
+            "tru",
+            "{} x",
+            "1e999",
+            "NaN",
+            "'a'",
         ] {
             assert!(parse(bad).unwrap_err().is_decode(), "{bad:?}");
         }

@@ -206,7 +206,10 @@ mod tests {
         let n = to_msgpack(&parse("42").unwrap());
         assert_eq!(n, encode_value(&42u64).unwrap());
         assert_eq!(n, encode_value(&42i32).unwrap());
-        assert_eq!(to_msgpack(&parse("-7").unwrap()), encode_value(&-7i64).unwrap());
+        assert_eq!(
+            to_msgpack(&parse("-7").unwrap()),
+            encode_value(&-7i64).unwrap()
+        );
         assert_eq!(decode_value::<f64>("x", &n).unwrap(), 42.0);
     }
 

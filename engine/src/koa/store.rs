@@ -277,8 +277,7 @@ impl<S: StringStore> SessionStore for KoaJsonStore<S> {
 mod tests {
     use super::*;
     use crate::{
-        store::MemoryStringStore, CookieAction, KeySchema, SessionConfig, SessionEngine,
-        SessionId,
+        store::MemoryStringStore, CookieAction, KeySchema, SessionConfig, SessionEngine, SessionId,
     };
 
     const TTL: Duration = Duration::from_secs(60);
@@ -305,7 +304,11 @@ mod tests {
         assert_eq!(s.get::<u64>("views").await.unwrap(), Some(3));
         s.insert("views", &4u64).await.unwrap();
         // Meanwhile Node writes another field.
-        strings.put(&key, r#"{"views":3,"user":{"name":"ada","1":true},"cart":[1]}"#, TTL);
+        strings.put(
+            &key,
+            r#"{"views":3,"user":{"name":"ada","1":true},"cart":[1]}"#,
+            TTL,
+        );
         let committed = s.commit().await.unwrap();
         assert!(matches!(committed.cookie, CookieAction::Set { id, .. } if id == sid));
         assert_eq!(

@@ -99,7 +99,12 @@ impl KoaCookies {
         }
     }
 
-    fn render(&self, name: &str, value: &str, expires: SystemTime) -> Result<HeaderValue, InvalidHeaderValue> {
+    fn render(
+        &self,
+        name: &str,
+        value: &str,
+        expires: SystemTime,
+    ) -> Result<HeaderValue, InvalidHeaderValue> {
         let secure = if self.secure { "; secure" } else { "" };
         HeaderValue::try_from(format!(
             "{name}={value}; path=/; expires={}{secure}; httponly",
@@ -144,7 +149,11 @@ mod tests {
     use super::*;
 
     fn cookies() -> KoaCookies {
-        KoaCookies::new(Keygrip::new(["some secret hurr"]).unwrap(), "koa:sess", false)
+        KoaCookies::new(
+            Keygrip::new(["some secret hurr"]).unwrap(),
+            "koa:sess",
+            false,
+        )
     }
 
     fn headers(values: &[&str]) -> HeaderMap {
@@ -170,12 +179,21 @@ mod tests {
         let c = cookies();
         let sid = "mx5kckqa0ohc9584335nwbg1";
         let sig = c.keys.sign(format!("koa:sess={sid}").as_bytes());
-        let good = c.read(&headers(&[&format!("koa:sess={sid}"), &format!("koa:sess.sig={sig}")]));
+        let good = c.read(&headers(&[
+            &format!("koa:sess={sid}"),
+            &format!("koa:sess.sig={sig}"),
+        ]));
         assert!(matches!(good, PairRead::Verified(v) if v.id.to_string() == sid && !v.stale_key));
         let bad = format!("koa:sess={sid}; koa:sess.sig=N1lgfyjAJFizJfc7CNTXvqzzMvY");
         assert_eq!(c.read(&headers(&[&bad])), PairRead::BadSignature);
-        assert_eq!(c.read(&headers(&[&format!("koa:sess={sid}")])), PairRead::Absent);
-        assert_eq!(c.read(&headers(&[&format!("koa:sess={sid}; koa:sess.sig=")])), PairRead::Absent);
+        assert_eq!(
+            c.read(&headers(&[&format!("koa:sess={sid}")])),
+            PairRead::Absent
+        );
+        assert_eq!(
+            c.read(&headers(&[&format!("koa:sess={sid}; koa:sess.sig=")])),
+            PairRead::Absent
+        );
     }
 
     #[test]

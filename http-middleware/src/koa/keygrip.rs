@@ -117,7 +117,10 @@ mod tests {
         assert_eq!(rotated.index(b"koa:sess=abc", &sig), Some(1));
         assert_eq!(rotated.index(b"koa:sess=abd", &sig), None);
         assert_eq!(keys.index(b"koa:sess=abc", &sig[..26]), None);
-        assert_eq!(keys.index(b"koa:sess=abc", "!!!!!!!!!!!!!!!!!!!!!!!!!!!"), None);
+        assert_eq!(
+            keys.index(b"koa:sess=abc", "!!!!!!!!!!!!!!!!!!!!!!!!!!!"),
+            None
+        );
         assert!(Keygrip::new(["short"]).unwrap_err().is_config());
         assert!(Keygrip::new(Vec::<String>::new()).unwrap_err().is_config());
     }

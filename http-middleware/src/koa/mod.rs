@@ -13,7 +13,7 @@
 //!     .with_key_schema("your:schema")?
 //!     .with_ttl(Duration::from_secs(3600))?;
 //! // A RedisStore in production: the Redis the Koa app uses.
-//! let layer = SessionLayer::koa_session_redis3(MemoryStringStore::new(), compat)?;
+//! let layer = SessionLayer::koa_session_redis3(MemoryStringStore::new(), &compat)?;
 //! # let _ = layer; Ok(()) }
 //! ```
 
@@ -140,7 +140,7 @@ impl SessionLayer {
     /// the README's migration guide for what differs from the native mode.
     pub fn koa_session_redis3<S: StringStore>(
         strings: S,
-        compat: KoaCompat,
+        compat: &KoaCompat,
     ) -> Result<SessionLayer, Error> {
         compat.layer(compat.engine(strings)?)
     }
@@ -152,7 +152,7 @@ impl SessionLayer {
     pub fn with_koa_session_redis3_upgrade<S: StringStore>(
         self,
         strings: S,
-        compat: KoaCompat,
+        compat: &KoaCompat,
     ) -> Result<SessionLayer, Error> {
         let upgrade = Upgrade {
             engine: compat.engine(strings)?,

@@ -136,7 +136,10 @@ fn read_cookies(settings: &Settings, headers: &HeaderMap) -> CookieRead {
 
 /// A native cookie lookup's result. Bad values are counted and ignored: the request gets a
 /// fresh session and the store is never asked about them.
-fn read_cookie(settings: &Settings, found: Result<Option<Verified>, Rejection>) -> Option<Verified> {
+fn read_cookie(
+    settings: &Settings,
+    found: Result<Option<Verified>, Rejection>,
+) -> Option<Verified> {
     match found {
         Ok(found) => found,
         Err(r) => {

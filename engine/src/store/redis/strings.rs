@@ -126,12 +126,16 @@ impl RedisStore {
     ) -> Result<Answer> {
         let epoch = self.inner.gate.epoch();
         self.inner.gate.wait(deadline).await?;
-        let first = self.string_script_once(script, keys, &args, deadline).await?;
+        let first = self
+            .string_script_once(script, keys, &args, deadline)
+            .await?;
         if self.inner.gate.epoch() == epoch {
             return Ok(first);
         }
         self.inner.gate.wait(deadline).await?;
-        let again = self.string_script_once(script, keys, &args, deadline).await?;
+        let again = self
+            .string_script_once(script, keys, &args, deadline)
+            .await?;
         Ok(combine(first, again))
     }
 
@@ -174,7 +178,13 @@ impl RedisStore {
                 let value = value.clone();
                 async move {
                     let reply: Value = client
-                        .set(key, value, Some(expiration(ttl)), Some(SetOptions::NX), false)
+                        .set(
+                            key,
+                            value,
+                            Some(expiration(ttl)),
+                            Some(SetOptions::NX),
+                            false,
+                        )
                         .await?;
                     Ok((reply, self.wait(&client, deadline).await?))
                 }
@@ -204,7 +214,8 @@ impl RedisStore {
         if same_node {
             let args = vec![Value::Bytes(expected), Value::Bytes(value), unit, amount];
             // A first success counts: the re-run finds its own write (new taken, old gone).
-            let keep_first = |first: Answer, again: Answer| if first.0 == 1 { first } else { again };
+            let keep_first =
+                |first: Answer, again: Answer| if first.0 == 1 { first } else { again };
             let a = self
                 .run_string_script(&RENAME, &[old, new], args, deadline, keep_first)
                 .await?;
@@ -321,14 +332,23 @@ mod tests {
             ttl_args(Duration::from_secs(3600))[0],
             Value::from_static_str("EX")
         );
-        assert_eq!(ttl_args(Duration::from_millis(1500))[1], Value::Integer(1500));
+        assert_eq!(
+            ttl_args(Duration::from_millis(1500))[1],
+            Value::Integer(1500)
+        );
         assert!(matches!(expiration(Duration::ZERO), Expiration::PX(1)));
     }
 
     #[test]
     fn script_answers_parse() {
-        let v = Value::Array(vec![Value::Integer(2), Value::Bytes(Bytes::from_static(b"{}"))]);
-        assert_eq!(answer(v).unwrap(), Answer(2, Some(Bytes::from_static(b"{}"))));
+        let v = Value::Array(vec![
+            Value::Integer(2),
+            Value::Bytes(Bytes::from_static(b"{}")),
+        ]);
+        assert_eq!(
+            answer(v).unwrap(),
+            Answer(2, Some(Bytes::from_static(b"{}")))
+        );
         assert!(answer(Value::Integer(1)).is_err());
     }
 }
