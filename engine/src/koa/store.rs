@@ -156,6 +156,27 @@ fn encode(doc: Vec<(String, JsValue)>) -> Bytes {
     Bytes::from(stringify(&JsValue::Obj(doc)))
 }
 
+/// Runs a multi-call operation under one deadline, the store's call timeout taken once.
+async fn bounded<T>(
+    timeout: Option<Duration>,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let Some(timeout) = timeout else {
+        return call.await;
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the session save did not finish within the store's command timeout \
+                 ({timeout:?}, every re-read and retry included); check Redis health"
+                ),
+            ))
+        })
+}
+
 fn lost_races() -> Error {
     Error::new(
         ErrorKind::Redis,
@@ -214,23 +235,26 @@ impl<S: StringStore> SessionStore for KoaJsonStore<S> {
         let delete: HashSet<&str> = delete.iter().map(String::as_str).collect();
         // The seed resets the TTL on every write; so does the profile.
         let ttl = ttl.unwrap_or(self.ttl);
-        let mut current = self.strings.get(key).await?;
-        for _ in 0..MAX_ATTEMPTS {
-            let Some(raw) = current else {
-                return Ok(false);
-            };
-            let Some(doc) = document(&raw) else {
-                // Unparsable: the seed would start over; this save finds no session to change.
-                return Ok(false);
-            };
-            let next = encode(merge(doc, &set, &delete));
-            match self.strings.replace(key, raw, next, ttl).await? {
-                Replaced::Done => return Ok(true),
-                Replaced::Gone => return Ok(false),
-                Replaced::Changed(now) => current = Some(now),
+        let merged = async {
+            let mut current = self.strings.get(key).await?;
+            for _ in 0..MAX_ATTEMPTS {
+                let Some(raw) = current else {
+                    return Ok(false);
+                };
+                let Some(doc) = document(&raw) else {
+                    // Unparsable: the seed would start over; this save finds no session.
+                    return Ok(false);
+                };
+                let next = encode(merge(doc, &set, &delete));
+                match self.strings.replace(key, raw, next, ttl).await? {
+                    Replaced::Done => return Ok(true),
+                    Replaced::Gone => return Ok(false),
+                    Replaced::Changed(now) => current = Some(now),
+                }
             }
-        }
-        Err(lost_races())
+            Err(lost_races())
+        };
+        bounded(self.strings.call_timeout(), merged).await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
@@ -245,27 +269,30 @@ impl<S: StringStore> SessionStore for KoaJsonStore<S> {
         ttl: Duration,
     ) -> Result<Regenerated> {
         let wanted = converted(fields)?;
-        let mut current = self.strings.get(old).await?;
-        for _ in 0..MAX_ATTEMPTS {
-            let Some(raw) = current else {
-                return Ok(Regenerated::OldGone);
-            };
-            // The handle's fields, in the stored document's order where they were there.
-            let names: HashSet<&str> = wanted.iter().map(|(k, _)| k.as_str()).collect();
-            let kept: Vec<(String, JsValue)> = document(&raw)
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(k, _)| names.contains(k.as_str()))
-                .collect();
-            let next = encode(merge(kept, &wanted, &HashSet::new()));
-            match self.strings.rename(old, raw, new, next, ttl).await? {
-                Renamed::Done => return Ok(Regenerated::Moved),
-                Renamed::OldGone => return Ok(Regenerated::OldGone),
-                Renamed::NewTaken => return Ok(Regenerated::NewTaken),
-                Renamed::OldChanged(now) => current = Some(now),
+        let names: HashSet<&str> = wanted.iter().map(|(k, _)| k.as_str()).collect();
+        let moved = async {
+            let mut current = self.strings.get(old).await?;
+            for _ in 0..MAX_ATTEMPTS {
+                let Some(raw) = current else {
+                    return Ok(Regenerated::OldGone);
+                };
+                // The handle's fields, in the stored document's order where they were there.
+                let kept: Vec<(String, JsValue)> = document(&raw)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|(k, _)| names.contains(k.as_str()))
+                    .collect();
+                let next = encode(merge(kept, &wanted, &HashSet::new()));
+                match self.strings.rename(old, raw, new, next, ttl).await? {
+                    Renamed::Done => return Ok(Regenerated::Moved),
+                    Renamed::OldGone => return Ok(Regenerated::OldGone),
+                    Renamed::NewTaken => return Ok(Regenerated::NewTaken),
+                    Renamed::OldChanged(now) => current = Some(now),
+                }
             }
-        }
-        Err(lost_races())
+            Err(lost_races())
+        };
+        bounded(self.strings.call_timeout(), moved).await
     }
 
     async fn ping(&self) -> Result<()> {
@@ -275,6 +302,11 @@ impl<S: StringStore> SessionStore for KoaJsonStore<S> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+
     use super::*;
     use crate::{
         store::MemoryStringStore, CookieAction, KeySchema, SessionConfig, SessionEngine, SessionId,
@@ -319,6 +351,80 @@ mod tests {
         let s = engine.session(Some(sid));
         assert_eq!(s.get::<u64>("views").await.unwrap(), Some(4));
         assert_eq!(s.commit().await.unwrap().writes, 0);
+    }
+
+    /// A store where another writer changes the document right before each of the first
+    /// `races` compare-and-sets.
+    #[derive(Debug, Clone)]
+    struct Racing {
+        inner: MemoryStringStore,
+        races: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl StringStore for Racing {
+        async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+            self.inner.get(key).await
+        }
+        async fn set_new(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool> {
+            self.inner.set_new(key, value, ttl).await
+        }
+        async fn replace(
+            &self,
+            key: &str,
+            expected: Bytes,
+            value: Bytes,
+            ttl: Duration,
+        ) -> Result<Replaced> {
+            let n = self.races.fetch_sub(1, Ordering::SeqCst);
+            if n > 0 {
+                self.inner
+                    .put(key, format!(r#"{{"views":1,"node{n}":{n}}}"#), TTL);
+            }
+            self.inner.replace(key, expected, value, ttl).await
+        }
+        async fn delete(&self, key: &str) -> Result<bool> {
+            self.inner.delete(key).await
+        }
+        async fn rename(
+            &self,
+            old: &str,
+            expected: Bytes,
+            new: &str,
+            value: Bytes,
+            ttl: Duration,
+        ) -> Result<Renamed> {
+            self.inner.rename(old, expected, new, value, ttl).await
+        }
+        async fn ping(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_save_that_loses_the_compare_and_set_merges_again() {
+        let inner = MemoryStringStore::new();
+        let races = Arc::new(AtomicUsize::new(1));
+        let store = KoaJsonStore::new(
+            Racing {
+                inner: inner.clone(),
+                races: races.clone(),
+            },
+            TTL,
+        );
+        let key = "s:mx5kckqa0ohc9584335nwbg1";
+        inner.put(key, r#"{"views":1}"#, TTL);
+        let set = [("cart".to_owned(), to_msgpack(&JsValue::Int(2)))];
+        assert!(store.update(key, &set, &[], None).await.unwrap());
+        assert_eq!(
+            stored(&inner, key).await,
+            r#"{"views":1,"node1":1,"cart":2}"#
+        );
+        // A writer that never stops changing it: a clear error, nothing written.
+        races.store(usize::MAX / 2, Ordering::SeqCst);
+        let err = store.update(key, &set, &[], None).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
+        assert!(!stored(&inner, key).await.contains("cart"));
     }
 
     #[tokio::test]

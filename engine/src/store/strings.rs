@@ -71,4 +71,11 @@ pub trait StringStore: Debug + Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<()>;
+
+    /// The bound on one call (the Redis store's command timeout), if any. A layout that needs
+    /// several calls for one session operation (a read, then a compare-and-set, retried) bounds
+    /// the whole operation by it, so no number of retries outlasts it.
+    fn call_timeout(&self) -> Option<Duration> {
+        None
+    }
 }

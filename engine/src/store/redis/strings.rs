@@ -320,6 +320,10 @@ impl StringStore for RedisStore {
     async fn ping(&self) -> Result<()> {
         SessionStore::ping(self).await
     }
+
+    fn call_timeout(&self) -> Option<Duration> {
+        Some(self.inner.command_timeout)
+    }
 }
 
 #[cfg(test)]
