@@ -11,15 +11,11 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tessera_engine::{
-    store::MemoryStringStore, KeySchema, MemoryStore, RedisStore, Session, SessionConfig,
-    SessionEngine,
-};
+use tessera_engine::{Session, SessionEngine};
 use tokio::net::TcpListener;
-use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{error_status, koa::KoaCompat, SessionLayer, SessionService, SigningKeys};
+use crate::error_status;
 
 /// Largest accepted `PUT /session/{field}` body.
 const MAX_BODY: usize = 64 * 1024;
@@ -167,94 +163,9 @@ fn split_secret_lines(values: &[String]) -> Vec<String> {
 /// A configuration or start-up failure of the demo.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Builds the engine the arguments describe (connecting to Redis if a URL is given): the native
-/// one, or with `--compat` (and no `--upgrade`) the seed's layout.
-pub async fn build_engine(args: &DemoArgs) -> Result<SessionEngine, BoxError> {
-    if args.compat.is_some() && !args.upgrade {
-        let compat = koa_compat(args)?;
-        return Ok(match connect(args).await? {
-            None => compat.engine(MemoryStringStore::new())?,
-            Some(store) => compat.engine(store)?,
-        });
-    }
-    let schema = if args.upgrade {
-        &args.native_key_schema
-    } else {
-        &args.key_schema
-    };
-    let config = SessionConfig::default()
-        .with_key_schema(KeySchema::new(schema)?)
-        .with_idle_ttl(Duration::from_secs(args.ttl.max(1)))?;
-    Ok(match connect(args).await? {
-        None => SessionEngine::new(MemoryStore::new(), config),
-        Some(store) => SessionEngine::new(store, config),
-    })
-}
+mod build;
 
-async fn connect(args: &DemoArgs) -> Result<Option<RedisStore>, BoxError> {
-    let Some(url) = &args.redis else {
-        return Ok(None);
-    };
-    Ok(Some(
-        RedisStore::builder(url.clone())
-            .with_command_timeout(Duration::from_millis(args.redis_timeout_ms.max(1)))
-            .connect()
-            .await?,
-    ))
-}
-
-fn koa_compat(args: &DemoArgs) -> Result<KoaCompat, BoxError> {
-    if args.secrets.is_empty() {
-        return Err("--compat koa-session-redis3 needs the Koa app's keys: pass --secret".into());
-    }
-    Ok(KoaCompat::new(&args.secrets)?
-        .with_key_schema(&args.key_schema)?
-        .with_ttl(Duration::from_secs(args.ttl.max(1)))?
-        .with_secure(args.cookie_secure))
-}
-
-/// Builds the service for every mode: native, the koa-session-redis3 profile, or upgrade mode
-/// (the engine is built here, as [`build_engine`] does, and returned beside the service).
-pub async fn build_service(
-    args: &DemoArgs,
-    metrics: Option<PrometheusHandle>,
-) -> Result<(SessionEngine, SessionService<DemoApp>), BoxError> {
-    let engine = build_engine(args).await?;
-    if args.compat.is_none() {
-        return Ok((engine.clone(), build_app(engine, args, metrics)?));
-    }
-    let compat = koa_compat(args)?;
-    let layer = if args.upgrade {
-        let layer = SessionLayer::new(engine.clone(), SigningKeys::new(&args.secrets)?)
-            .with_secure(args.cookie_secure)?;
-        match connect(args).await? {
-            None => layer.with_koa_session_redis3_upgrade(MemoryStringStore::new(), &compat)?,
-            Some(store) => layer.with_koa_session_redis3_upgrade(store, &compat)?,
-        }
-    } else {
-        compat.layer(engine.clone())?
-    };
-    Ok((engine.clone(), layer.layer(DemoApp { engine, metrics })))
-}
-
-/// Builds the full service: the demo routes behind the session layer.
-pub fn build_app(
-    engine: SessionEngine,
-    args: &DemoArgs,
-    metrics: Option<PrometheusHandle>,
-) -> Result<SessionService<DemoApp>, BoxError> {
-    let keys = if args.secrets.is_empty() {
-        tracing::warn!(
-            "no --secret given: signing cookies with a random secret; they stop working when \
-             this process exits"
-        );
-        SigningKeys::random()
-    } else {
-        SigningKeys::new(&args.secrets)?
-    };
-    let layer = SessionLayer::new(engine.clone(), keys).with_secure(args.cookie_secure)?;
-    Ok(layer.layer(DemoApp { engine, metrics }))
-}
+pub use self::build::{build_app, build_engine, build_service};
 
 /// Serves `service` on `listener` with HTTP/1.1 keep-alive until the task is dropped.
 pub async fn serve<S>(listener: TcpListener, service: S)
@@ -491,6 +402,7 @@ impl DemoApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SigningKeys;
 
     const LONG: &str = "a,b: one secret of more than thirty-two bytes";
 

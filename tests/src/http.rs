@@ -177,3 +177,13 @@ impl HttpClient {
             .unwrap()
     }
 }
+
+/// The demo example binary next to the running test binary (`cargo test --workspace` builds it).
+pub fn demo_exe() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join("demo"))
+        .filter(|p| p.exists())
+        .expect("the demo example is built by `cargo test --workspace` (target/*/examples/demo)")
+}

@@ -58,6 +58,8 @@ impl KoaApp {
             .env("KEY_SCHEMA", key_schema)
             .env("TTL", ttl_secs.to_string())
             .env("APP_KEYS", keys.join("\n"))
+            // The seed passes the deprecated `maxage` option to cookies on every write.
+            .env("NO_DEPRECATION", "cookies")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -6,7 +6,7 @@ use std::{collections::HashMap, net::SocketAddr};
 use http::{Method, StatusCode};
 use tessera_middleware::{demo::DemoArgs, koa::Keygrip};
 use tessera_tests::{
-    http::{Answer, DemoServer, HttpClient},
+    http::{demo_exe, Answer, DemoServer, HttpClient},
     koa::{Jar, KoaApp},
     support::{command_stats, redis_cli, reset_stats, RedisCluster, RedisSentinelSet, RedisServer},
 };
@@ -501,4 +501,49 @@ async fn the_profile_on_a_cluster() {
         r#"{"views":1,"cart":[1,2],"user":"ada"}"#
     );
     assert_eq!(b.get(rust.addr(), "/").await, "2 views");
+}
+
+/// The demo binary in the profile, configured through its environment variables, next to the
+/// Koa app: the documented `listening on` line, and a counter that crosses both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_binary_in_the_profile() {
+    use std::io::{BufRead, BufReader};
+    let redis = RedisServer::start();
+    let node = KoaApp::start(redis.port(), SCHEMA, TTL, &[OLD_KEY]);
+    let mut child = std::process::Command::new(demo_exe())
+        .args(["--listen", "127.0.0.1:0", "--secret", OLD_KEY])
+        .env("TESSERA_COMPAT", "koa-session-redis3")
+        .env("TESSERA_REDIS_URL", redis.url())
+        .env("TESSERA_KEY_SCHEMA", SCHEMA)
+        .env("TESSERA_TTL", TTL.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _child = Kill(child);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    let mut b = Browser::new();
+    assert_eq!(b.get(node.addr(), "/").await, "1 views");
+    assert_eq!(b.get(addr, "/").await, "2 views");
+    assert_eq!(b.get(node.addr(), "/").await, "3 views");
 }
