@@ -547,3 +547,49 @@ async fn the_demo_binary_in_the_profile() {
     assert_eq!(b.get(addr, "/").await, "2 views");
     assert_eq!(b.get(node.addr(), "/").await, "3 views");
 }
+
+/// Upgrade mode on a cluster: seed documents (written as the seed writes them, signed as
+/// keygrip signs them) move to native sessions spread over the slots, old keys deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_mode_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let grip = Keygrip::new([OLD_KEY]).unwrap();
+    let mut browsers = Vec::new();
+    for i in 0..50 {
+        let sid = format!("mx5kckqa0ohc9584335n{i:04}");
+        let key = format!("{SCHEMA}:{sid}");
+        let doc = format!(r#"{{"views":{i},"user":"u{i}"}}"#);
+        redis_cli(
+            cluster.master_of_key(&key),
+            &["SET", &key, &doc, "EX", "3600"],
+        );
+        let mut b = Browser::new();
+        b.jar.set("koa:sess", &sid);
+        b.jar.set(
+            "koa:sess.sig",
+            &grip.sign(format!("koa:sess={sid}").as_bytes()),
+        );
+        browsers.push((b, key, i));
+    }
+    let args = args(&cluster.url(), &[OLD_KEY]).with_koa_session_redis3(SCHEMA, true);
+    let rust = DemoServer::start_from_args(&args).await;
+    for (mut b, key, i) in browsers {
+        assert_eq!(b.get(rust.addr(), "/").await, format!("{} views", i + 1));
+        assert_eq!(
+            b.jar.get("koa:sess").map(str::len),
+            Some(66),
+            "native cookie"
+        );
+        assert_eq!(b.jar.get("koa:sess.sig"), None, "old .sig cleared");
+        assert_eq!(
+            redis_cli(cluster.master_of_key(&key), &["EXISTS", &key]),
+            "0"
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&b.get(rust.addr(), "/session").await).unwrap();
+        assert_eq!(
+            doc,
+            serde_json::json!({"views": i + 1, "user": format!("u{i}")})
+        );
+    }
+}
