@@ -12,7 +12,9 @@ use std::{
     time::Duration,
 };
 
-use crate::http::Answer;
+use http::{Method, StatusCode};
+
+use crate::http::{Answer, HttpClient};
 
 /// The Koa app's directory.
 pub fn app_dir() -> PathBuf {
@@ -153,4 +155,72 @@ impl Jar {
     pub fn remove(&mut self, name: &str) {
         self.cookies.remove(name);
     }
+}
+
+/// One browser: requests carry and update its jar.
+pub struct Browser {
+    client: HttpClient,
+    /// Its cookies.
+    pub jar: Jar,
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Browser {
+    /// A browser with no cookies.
+    pub fn new() -> Self {
+        Browser {
+            client: HttpClient::new(),
+            jar: Jar::new(),
+        }
+    }
+
+    /// Sends a request with the jar's cookies and keeps what the answer sets.
+    pub async fn send(
+        &mut self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        body: &str,
+    ) -> Answer {
+        let cookie = self.jar.header();
+        let answer = self
+            .client
+            .send(addr, method, path, cookie.as_deref(), body)
+            .await
+            .unwrap_or_else(|e| panic!("{path} on {addr}: {e}"));
+        self.jar.update(&answer);
+        answer
+    }
+
+    /// GET that must answer 200; the body.
+    pub async fn get(&mut self, addr: SocketAddr, path: &str) -> String {
+        let a = self.send(addr, Method::GET, path, "").await;
+        assert_eq!(a.status, StatusCode::OK, "{path} on {addr}: {}", a.body);
+        a.body
+    }
+
+    /// The Redis key of the seed-layout session its `koa:sess` cookie names under `schema`.
+    pub fn key(&self, schema: &str) -> String {
+        let sid = self.jar.get("koa:sess").expect("a session cookie");
+        format!("{schema}:{sid}")
+    }
+}
+
+/// The demo's arguments for the koa-session-redis3 profile on `url`, `keys` as `app.keys`.
+pub fn profile_args(
+    url: &str,
+    keys: &[&str],
+    key_schema: &str,
+    ttl: u64,
+) -> tessera_middleware::demo::DemoArgs {
+    tessera_middleware::demo::DemoArgs::for_tests()
+        .with_redis(url)
+        .with_secrets(keys.iter().map(|k| k.to_string()).collect())
+        .with_ttl(ttl)
+        .with_koa_session_redis3(key_schema, false)
 }

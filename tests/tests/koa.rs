@@ -6,9 +6,9 @@ use std::{collections::HashMap, net::SocketAddr};
 use http::{Method, StatusCode};
 use tessera_middleware::{demo::DemoArgs, koa::Keygrip};
 use tessera_tests::{
-    http::{demo_exe, Answer, DemoServer, HttpClient},
-    koa::{Jar, KoaApp},
-    support::{command_stats, redis_cli, reset_stats, RedisCluster, RedisSentinelSet, RedisServer},
+    http::{demo_exe, DemoServer, HttpClient},
+    koa::{profile_args, Browser, KoaApp},
+    support::{command_stats, redis_cli, reset_stats, RedisServer},
 };
 
 const SCHEMA: &str = "your:schema";
@@ -17,50 +17,7 @@ const OLD_KEY: &str = "the old app key, long enough";
 const NEW_KEY: &str = "the new app key, also long enough";
 
 fn args(url: &str, keys: &[&str]) -> DemoArgs {
-    DemoArgs::for_tests()
-        .with_redis(url)
-        .with_secrets(keys.iter().map(|k| k.to_string()).collect())
-        .with_ttl(TTL)
-        .with_koa_session_redis3(SCHEMA, false)
-}
-
-/// One browser: requests carry and update its jar.
-struct Browser {
-    client: HttpClient,
-    jar: Jar,
-}
-
-impl Browser {
-    fn new() -> Self {
-        Browser {
-            client: HttpClient::new(),
-            jar: Jar::new(),
-        }
-    }
-
-    async fn send(&mut self, addr: SocketAddr, method: Method, path: &str, body: &str) -> Answer {
-        let cookie = self.jar.header();
-        let answer = self
-            .client
-            .send(addr, method, path, cookie.as_deref(), body)
-            .await
-            .unwrap_or_else(|e| panic!("{path} on {addr}: {e}"));
-        self.jar.update(&answer);
-        answer
-    }
-
-    async fn get(&mut self, addr: SocketAddr, path: &str) -> String {
-        let a = self.send(addr, Method::GET, path, "").await;
-        assert_eq!(a.status, StatusCode::OK, "{path} on {addr}: {}", a.body);
-        a.body
-    }
-
-    fn key(&self) -> String {
-        format!(
-            "{SCHEMA}:{}",
-            self.jar.get("koa:sess").expect("a session cookie")
-        )
-    }
+    profile_args(url, keys, SCHEMA, TTL)
 }
 
 /// Redis, the Koa app and the demo in the profile, on the same Redis.
@@ -86,10 +43,10 @@ async fn a_counter_crosses_from_node_to_rust_and_back() {
     assert_eq!(b.get(p.node.addr(), "/").await, "3 views");
     assert_eq!(b.get(p.rust.addr(), "/views").await, "3 views");
     assert_eq!(
-        redis_cli(p.redis.port(), &["GET", &b.key()]),
+        redis_cli(p.redis.port(), &["GET", &b.key(SCHEMA)]),
         r#"{"views":3}"#
     );
-    let ttl: u64 = redis_cli(p.redis.port(), &["TTL", &b.key()])
+    let ttl: u64 = redis_cli(p.redis.port(), &["TTL", &b.key(SCHEMA)])
         .parse()
         .unwrap();
     assert!(ttl > TTL - 5 && ttl <= TTL, "{ttl}");
@@ -125,7 +82,7 @@ async fn destroy_on_either_side_ends_the_session_on_both() {
         let mut b = Browser::new();
         b.get(start, "/").await;
         b.get(logout, "/").await;
-        let key = b.key();
+        let key = b.key(SCHEMA);
         let out = b.send(logout, Method::POST, "/logout", "").await;
         assert_eq!(out.status, StatusCode::NO_CONTENT);
         for name in ["koa:sess", "koa:sess.sig"] {
@@ -245,7 +202,7 @@ async fn node_does_not_rewrite_a_session_tessera_wrote_when_it_only_reads_it() {
             .await;
         assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.body);
     }
-    let stored = redis_cli(p.redis.port(), &["GET", &b.key()]);
+    let stored = redis_cli(p.redis.port(), &["GET", &b.key(SCHEMA)]);
     reset_stats(p.redis.port());
     for path in ["/views", "/session", "/views"] {
         let a = b.send(p.node.addr(), Method::GET, path, "").await;
@@ -264,7 +221,7 @@ async fn node_does_not_rewrite_a_session_tessera_wrote_when_it_only_reads_it() {
         "Node rewrote the session: {stats:?}"
     );
     assert_eq!(stats.get("expire"), None, "{stats:?}");
-    assert_eq!(redis_cli(p.redis.port(), &["GET", &b.key()]), stored);
+    assert_eq!(redis_cli(p.redis.port(), &["GET", &b.key(SCHEMA)]), stored);
 }
 
 /// Rust writes `r{task}_{j}` from `tasks` tasks at once, `per_task` each.
@@ -319,7 +276,7 @@ async fn concurrent_disjoint_field_writes_lose_nothing() {
     };
     rust_writers(p.rust.addr(), &cookie, 8, 10).await;
     node_writer.await.unwrap();
-    let fields = stored_fields(p.redis.port(), &b.key());
+    let fields = stored_fields(p.redis.port(), &b.key(SCHEMA));
     let node_lost: Vec<_> = (0..40)
         .filter(|i| !fields.contains_key(&format!("n{i}")))
         .collect();
@@ -346,7 +303,7 @@ async fn concurrent_disjoint_field_writes_lose_nothing() {
     };
     rust_writers(p.rust.addr(), &cookie, 8, 10).await;
     node_reader.await.unwrap();
-    let fields = stored_fields(p.redis.port(), &b.key());
+    let fields = stored_fields(p.redis.port(), &b.key(SCHEMA));
     let rust_lost: Vec<_> = (0..8)
         .flat_map(|t| (0..10).map(move |j| format!("r{t}_{j}")))
         .filter(|name| !fields.contains_key(name))
@@ -359,148 +316,6 @@ async fn concurrent_disjoint_field_writes_lose_nothing() {
         None,
         "Node wrote back"
     );
-}
-
-/// Node-made sessions for the upgrade test: `(cookie jar, user)` each, with three fields.
-async fn seed_sessions(node: SocketAddr, n: usize) -> Vec<(Jar, String)> {
-    let mut tasks = Vec::new();
-    for chunk in 0..16 {
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            for i in (chunk..n).step_by(16) {
-                let mut b = Browser::new();
-                b.get(node, "/").await;
-                let user = format!("\"u{i} é\"");
-                for (field, body) in [("user", user.as_str()), ("cart", &format!("[{i},\"x\"]"))] {
-                    let a = b
-                        .send(node, Method::PUT, &format!("/session/{field}"), body)
-                        .await;
-                    assert_eq!(a.status, StatusCode::NO_CONTENT);
-                }
-                out.push((b.jar, format!("u{i} é")));
-            }
-            out
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrade_mode_moves_a_thousand_live_seed_sessions_under_load() {
-    const N: usize = 1000;
-    let redis = RedisServer::start();
-    let node = KoaApp::start(redis.port(), SCHEMA, TTL, &[OLD_KEY]);
-    let sessions = seed_sessions(node.addr(), N).await;
-    drop(node);
-    let keys = |pattern: &str| -> usize {
-        redis_cli(redis.port(), &["--scan", "--pattern", pattern])
-            .lines()
-            .count()
-    };
-    assert_eq!(keys(&format!("{SCHEMA}:*")), N);
-
-    let args = args(&redis.url(), &[OLD_KEY]).with_koa_session_redis3(SCHEMA, true);
-    let rust = DemoServer::start_from_args(&args).await;
-    let addr = rust.addr();
-    let mut tasks = Vec::new();
-    let mut chunks: Vec<Vec<(Jar, String)>> = (0..32).map(|_| Vec::new()).collect();
-    for (i, s) in sessions.into_iter().enumerate() {
-        chunks[i % 32].push(s);
-    }
-    for chunk in chunks {
-        tasks.push(tokio::spawn(async move {
-            let (mut failed, mut lost) = (0usize, Vec::new());
-            for (jar, user) in chunk {
-                let old = jar.clone();
-                let mut b = Browser::new();
-                b.jar = jar;
-                let first = b.send(addr, Method::GET, "/", "").await;
-                failed += usize::from(first.status != StatusCode::OK || first.body != "2 views");
-                let native = b.jar.get("koa:sess").unwrap_or_default().to_owned();
-                failed += usize::from(native.len() != 66 || b.jar.get("koa:sess.sig").is_some());
-                let again = b.send(addr, Method::GET, "/session", "").await;
-                failed += usize::from(again.status != StatusCode::OK);
-                let doc: serde_json::Value = serde_json::from_str(&again.body).unwrap_or_default();
-                let expected = serde_json::json!({"views": 2, "user": user, "cart": [doc["cart"][0].clone(), "x"]});
-                if doc != expected || !doc["cart"][0].is_u64() {
-                    lost.push(again.body.clone());
-                }
-                // The old pair finds nothing any more.
-                let mut replay = Browser::new();
-                replay.jar = old;
-                let r = replay.send(addr, Method::GET, "/views", "").await;
-                failed += usize::from(r.status != StatusCode::OK || r.body != "0 views");
-            }
-            (failed, lost)
-        }));
-    }
-    let (mut failed, mut lost) = (0, Vec::new());
-    for t in tasks {
-        let (f, l) = t.await.unwrap();
-        failed += f;
-        lost.extend(l);
-    }
-    assert_eq!(failed, 0, "failed requests");
-    assert!(
-        lost.is_empty(),
-        "{} sessions lost fields, e.g. {:?}",
-        lost.len(),
-        lost.first()
-    );
-    assert_eq!(keys(&format!("{SCHEMA}:*")), 0, "every seed key is deleted");
-    assert_eq!(keys("tessera:sess:*"), N, "one native session each");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_counter_crosses_both_ways_on_sentinel() {
-    let set = RedisSentinelSet::start();
-    let node = KoaApp::start(set.master_port(), SCHEMA, TTL, &[OLD_KEY]);
-    let rust = DemoServer::start_from_args(&args(&set.url(), &[OLD_KEY])).await;
-    let mut b = Browser::new();
-    assert_eq!(b.get(node.addr(), "/").await, "1 views");
-    assert_eq!(b.get(rust.addr(), "/").await, "2 views");
-    assert_eq!(b.get(node.addr(), "/").await, "3 views");
-    assert_eq!(b.get(rust.addr(), "/views").await, "3 views");
-}
-
-/// The seed's Redis client speaks to one node only, so on a cluster the profile is checked from
-/// the Rust side: the JSON layout under `<keySchema><sid>` (no hash tag: sessions spread over
-/// slots), merges, and a cross-slot regenerate.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_profile_on_a_cluster() {
-    let cluster = RedisCluster::start();
-    let rust = DemoServer::start_from_args(&args(&cluster.url(), &[OLD_KEY])).await;
-    let mut b = Browser::new();
-    assert_eq!(b.get(rust.addr(), "/").await, "1 views");
-    let a = b
-        .send(rust.addr(), Method::PUT, "/session/cart", "[1,2]")
-        .await;
-    assert_eq!(a.status, StatusCode::NO_CONTENT);
-    let key = b.key();
-    let port = cluster.master_of_key(&key);
-    assert_eq!(
-        redis_cli(port, &["GET", &key]),
-        r#"{"views":1,"cart":[1,2]}"#
-    );
-    let a = b
-        .send(rust.addr(), Method::POST, "/login?user=ada", "")
-        .await;
-    assert_eq!(a.status, StatusCode::OK);
-    let new_key = b.key();
-    assert_ne!(new_key, key);
-    assert_eq!(
-        redis_cli(cluster.master_of_key(&key), &["EXISTS", &key]),
-        "0"
-    );
-    assert_eq!(
-        redis_cli(cluster.master_of_key(&new_key), &["GET", &new_key]),
-        r#"{"views":1,"cart":[1,2],"user":"ada"}"#
-    );
-    assert_eq!(b.get(rust.addr(), "/").await, "2 views");
 }
 
 /// The demo binary in the profile, configured through its environment variables, next to the
@@ -546,50 +361,4 @@ async fn the_demo_binary_in_the_profile() {
     assert_eq!(b.get(node.addr(), "/").await, "1 views");
     assert_eq!(b.get(addr, "/").await, "2 views");
     assert_eq!(b.get(node.addr(), "/").await, "3 views");
-}
-
-/// Upgrade mode on a cluster: seed documents (written as the seed writes them, signed as
-/// keygrip signs them) move to native sessions spread over the slots, old keys deleted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrade_mode_on_a_cluster() {
-    let cluster = RedisCluster::start();
-    let grip = Keygrip::new([OLD_KEY]).unwrap();
-    let mut browsers = Vec::new();
-    for i in 0..50 {
-        let sid = format!("mx5kckqa0ohc9584335n{i:04}");
-        let key = format!("{SCHEMA}:{sid}");
-        let doc = format!(r#"{{"views":{i},"user":"u{i}"}}"#);
-        redis_cli(
-            cluster.master_of_key(&key),
-            &["SET", &key, &doc, "EX", "3600"],
-        );
-        let mut b = Browser::new();
-        b.jar.set("koa:sess", &sid);
-        b.jar.set(
-            "koa:sess.sig",
-            &grip.sign(format!("koa:sess={sid}").as_bytes()),
-        );
-        browsers.push((b, key, i));
-    }
-    let args = args(&cluster.url(), &[OLD_KEY]).with_koa_session_redis3(SCHEMA, true);
-    let rust = DemoServer::start_from_args(&args).await;
-    for (mut b, key, i) in browsers {
-        assert_eq!(b.get(rust.addr(), "/").await, format!("{} views", i + 1));
-        assert_eq!(
-            b.jar.get("koa:sess").map(str::len),
-            Some(66),
-            "native cookie"
-        );
-        assert_eq!(b.jar.get("koa:sess.sig"), None, "old .sig cleared");
-        assert_eq!(
-            redis_cli(cluster.master_of_key(&key), &["EXISTS", &key]),
-            "0"
-        );
-        let doc: serde_json::Value =
-            serde_json::from_str(&b.get(rust.addr(), "/session").await).unwrap();
-        assert_eq!(
-            doc,
-            serde_json::json!({"views": i + 1, "user": format!("u{i}")})
-        );
-    }
 }
