@@ -9,6 +9,9 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The koa-session-redis3 interop suites run the real seed (tests/koa-app) under Node.
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}"
@@ -21,5 +24,11 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 # Servers that a package install may have started are not ours; the tests start their own on
 # free loopback ports and never touch them.
+
+# The Koa app's dependencies, exactly as its lockfile pins them (koa 1.7.1, koa-session-redis3
+# 1.3.4, cookies 0.8.0, keygrip 1.1.0).
+if command -v npm >/dev/null 2>&1 && [ ! -d tests/koa-app/node_modules/koa-session-redis3 ]; then
+  (cd tests/koa-app && npm ci --no-audit --no-fund)
+fi
 
 exec cargo test --workspace --locked "$@"

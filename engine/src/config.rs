@@ -42,6 +42,7 @@ pub struct SessionConfig {
     pub(crate) max_fields: usize,
     pub(crate) hash_ids_at_rest: bool,
     pub(crate) save_new_empty: bool,
+    pub(crate) plain_keys: bool,
 }
 
 impl Default for SessionConfig {
@@ -55,6 +56,7 @@ impl Default for SessionConfig {
             max_fields: 256,
             hash_ids_at_rest: true,
             save_new_empty: false,
+            plain_keys: false,
         }
     }
 }
@@ -129,6 +131,43 @@ impl SessionConfig {
     pub fn with_save_new_empty(mut self, on: bool) -> Self {
         self.save_new_empty = on;
         self
+    }
+
+    /// Name keys `<keySchema><id>` with the id in clear and no hash tag (default off), the layout
+    /// of the Node seed koa-session-redis3; see [`SessionConfig::koa_session_redis3`].
+    pub fn with_plain_keys(mut self, on: bool) -> Self {
+        self.plain_keys = on;
+        self
+    }
+
+    /// The engine side of the koa-session-redis3 profile: keys `<keySchema><sid>`, the seed's
+    /// `ttl` as the idle TTL, every write renews (the seed resets the TTL on each write) and no
+    /// read does (its reads never touch the TTL), no absolute lifetime (the seed's document has
+    /// no room for one), new empty sessions not stored. Pair it with
+    /// [`KoaJsonStore`](crate::KoaJsonStore), which stores the JSON string layout.
+    ///
+    /// ```
+    /// # fn main() -> tessera_engine::Result<()> {
+    /// use std::time::Duration;
+    /// use tessera_engine::{KeySchema, SessionConfig};
+    ///
+    /// let config =
+    ///     SessionConfig::koa_session_redis3(KeySchema::new("your:schema")?, Duration::from_secs(3600))?;
+    /// assert!(config.plain_keys());
+    /// # Ok(()) }
+    /// ```
+    pub fn koa_session_redis3(key_schema: KeySchema, ttl: Duration) -> Result<Self> {
+        SessionConfig::default()
+            .with_key_schema(key_schema)
+            .with_plain_keys(true)
+            .with_hash_ids_at_rest(false)
+            .with_idle_ttl(ttl)?
+            .with_renew_below(0.0)
+    }
+
+    /// Whether keys are `<keySchema><id>` (the seed's layout).
+    pub fn plain_keys(&self) -> bool {
+        self.plain_keys
     }
 
     /// The key prefix.

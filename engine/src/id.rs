@@ -10,6 +10,11 @@ use crate::error::{Error, ErrorKind};
 /// Length of an encoded session id, in characters.
 pub const ENCODED_LEN: usize = 22;
 
+/// The longest id accepted from another session library's cookie ([`SessionId::from_foreign`]).
+pub const MAX_FOREIGN_LEN: usize = 64;
+/// The shortest such id: anything shorter is too easy to guess to name a session.
+pub const MIN_FOREIGN_LEN: usize = 16;
+
 /// An opaque, unguessable session identifier.
 ///
 /// ```
@@ -22,7 +27,18 @@ pub const ENCODED_LEN: usize = 22;
 /// assert!("not-an-id".parse::<SessionId>().is_err());
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionId([u8; 16]);
+pub struct SessionId(Repr);
+
+/// Tessera's own ids are 16 random bytes; ids minted by another library (the Node seed's, read
+/// in its compatibility profile) are kept as their text, inline so the id stays `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Repr {
+    Native([u8; 16]),
+    Foreign {
+        len: u8,
+        text: [u8; MAX_FOREIGN_LEN],
+    },
+}
 
 impl SessionId {
     /// A fresh id: 128 bits from the thread-local ChaCha12 CSPRNG, which is seeded from the OS
@@ -35,18 +51,62 @@ impl SessionId {
         use rand::RngCore as _;
         let mut bytes = [0u8; 16];
         rand::rng().fill_bytes(&mut bytes);
-        SessionId(bytes)
+        SessionId(Repr::Native(bytes))
     }
 
-    /// The raw 16 bytes.
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        &self.0
+    /// The raw bytes: the 16 random bytes of a native id, the text of a foreign one.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Native(bytes) => bytes,
+            Repr::Foreign { len, text } => &text[..usize::from(*len)],
+        }
     }
 
     /// Builds an id from raw bytes (for tests and tools; use [`SessionId::generate`] for new
     /// sessions).
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
-        SessionId(bytes)
+        SessionId(Repr::Native(bytes))
+    }
+
+    /// An id minted by another session library, taken as its text: the Node seed names sessions
+    /// with 24 characters of `0-9a-z`. A canonical native id parses as native (it is the same
+    /// text either way). Accepted: [`MIN_FOREIGN_LEN`] to [`MAX_FOREIGN_LEN`] characters of
+    /// `A-Z a-z 0-9 - _`, so the id is safe in a cookie, a Redis key and a log line.
+    ///
+    /// ```
+    /// use tessera_engine::SessionId;
+    ///
+    /// let id = SessionId::from_foreign("mx5kckqa0ohc9584335nwbg1").unwrap();
+    /// assert_eq!(id.to_string(), "mx5kckqa0ohc9584335nwbg1");
+    /// assert!(!id.is_native());
+    /// assert!(SessionId::from_foreign("short").is_err());
+    /// ```
+    pub fn from_foreign(s: &str) -> Result<Self, Error> {
+        if let Ok(native) = s.parse::<SessionId>() {
+            return Ok(native);
+        }
+        let ok = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        if !(MIN_FOREIGN_LEN..=MAX_FOREIGN_LEN).contains(&s.len()) || !s.bytes().all(ok) {
+            return Err(Error::new(
+                ErrorKind::InvalidId,
+                format!(
+                    "a foreign session id is {MIN_FOREIGN_LEN} to {MAX_FOREIGN_LEN} characters of \
+                     A-Z a-z 0-9 - _, got {} bytes",
+                    s.len()
+                ),
+            ));
+        }
+        let mut text = [0u8; MAX_FOREIGN_LEN];
+        text[..s.len()].copy_from_slice(s.as_bytes());
+        Ok(SessionId(Repr::Foreign {
+            len: s.len() as u8,
+            text,
+        }))
+    }
+
+    /// Whether Tessera minted this id (16 random bytes), rather than another library.
+    pub fn is_native(&self) -> bool {
+        matches!(self.0, Repr::Native(_))
     }
 }
 
@@ -66,7 +126,7 @@ impl FromStr for SessionId {
         let mut out = [0u8; 16];
         // The default engine rejects non-zero trailing bits, so every id has exactly one spelling.
         match URL_SAFE_NO_PAD.decode_slice(s.as_bytes(), &mut out) {
-            Ok(16) => Ok(SessionId(out)),
+            Ok(16) => Ok(SessionId(Repr::Native(out))),
             _ => Err(Error::new(
                 ErrorKind::InvalidId,
                 "a session id must be unpadded base64url (A-Z a-z 0-9 - _) of 16 bytes",
@@ -77,9 +137,16 @@ impl FromStr for SessionId {
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = match &self.0 {
+            Repr::Native(bytes) => bytes,
+            // Checked to be ASCII when it was made.
+            Repr::Foreign { .. } => {
+                return f.write_str(std::str::from_utf8(self.as_bytes()).unwrap_or("?"))
+            }
+        };
         let mut buf = [0u8; ENCODED_LEN];
         let n = URL_SAFE_NO_PAD
-            .encode_slice(self.0, &mut buf)
+            .encode_slice(bytes, &mut buf)
             .expect("22 bytes hold 16 bytes of base64");
         f.write_str(std::str::from_utf8(&buf[..n]).expect("base64 is ASCII"))
     }
@@ -126,6 +193,34 @@ mod tests {
             let err = bad.parse::<SessionId>().unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidId, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn foreign_ids_keep_their_text_and_native_text_stays_native() {
+        let seed = "mx5kckqa0ohc9584335nwbg1";
+        let id = SessionId::from_foreign(seed).unwrap();
+        assert_eq!((id.to_string().as_str(), id.is_native()), (seed, false));
+        assert_eq!(id.as_bytes(), seed.as_bytes());
+        assert_ne!(
+            id,
+            SessionId::from_foreign("mx5kckqa0ohc9584335nwbg2").unwrap()
+        );
+        let native = SessionId::generate();
+        assert_eq!(
+            SessionId::from_foreign(&native.to_string()).unwrap(),
+            native
+        );
+        let long = "a".repeat(MAX_FOREIGN_LEN + 1);
+        for bad in [
+            "",
+            "fifteen-chars-x",
+            "has space in it!!",
+            "semi;colon-in-it-x",
+            &long,
+        ] {
+            assert!(SessionId::from_foreign(bad).is_err(), "{bad:?}");
+        }
+        assert!(!format!("{id:?}").contains(seed));
     }
 
     #[test]

@@ -60,13 +60,38 @@ impl Default for KeySchema {
 pub struct KeyDeriver {
     schema: KeySchema,
     hash_ids: bool,
+    /// `false`: the key is `<keySchema><id>`, the Node seed's layout (no hash tag, id in clear).
+    tagged: bool,
 }
 
 impl KeyDeriver {
     /// A deriver for `schema`. With `hash_ids` the tag is a SHA-256 digest of the id, so a Redis
     /// dump or `MONITOR` never shows a usable cookie value.
     pub fn new(schema: KeySchema, hash_ids: bool) -> Self {
-        KeyDeriver { schema, hash_ids }
+        KeyDeriver {
+            schema,
+            hash_ids,
+            tagged: true,
+        }
+    }
+
+    /// A deriver for `<keySchema><id>`: the id in clear and no hash tag, as the Node seed
+    /// (koa-session-redis3) names its keys. Each session still lives in one slot (one key).
+    pub fn plain(schema: KeySchema) -> Self {
+        KeyDeriver {
+            schema,
+            hash_ids: false,
+            tagged: false,
+        }
+    }
+
+    /// The deriver a configuration asks for.
+    pub fn for_config(config: &crate::SessionConfig) -> Self {
+        if config.plain_keys() {
+            Self::plain(config.key_schema().clone())
+        } else {
+            Self::new(config.key_schema().clone(), config.hash_ids_at_rest())
+        }
     }
 
     /// The session's hash tag (the part inside the braces).
@@ -81,6 +106,9 @@ impl KeyDeriver {
 
     /// The Redis key of the session's hash.
     pub fn key(&self, id: &SessionId) -> String {
+        if !self.tagged {
+            return format!("{}{id}", self.schema.as_str());
+        }
         let tag = self.tag(id);
         let mut key = String::with_capacity(self.schema.as_str().len() + tag.len() + 2);
         key.push_str(self.schema.as_str());
@@ -123,6 +151,15 @@ mod tests {
         let id = SessionId::generate();
         let d = KeyDeriver::new(KeySchema::new("").unwrap(), false);
         assert_eq!(d.key(&id), format!("{{{id}}}"));
+    }
+
+    #[test]
+    fn plain_keys_are_the_seeds_layout() {
+        let d = KeyDeriver::plain(KeySchema::new("your:schema").unwrap());
+        let id = SessionId::from_foreign("mx5kckqa0ohc9584335nwbg1").unwrap();
+        assert_eq!(d.key(&id), "your:schema:mx5kckqa0ohc9584335nwbg1");
+        let native = SessionId::generate();
+        assert_eq!(d.key(&native), format!("your:schema:{native}"));
     }
 
     proptest! {

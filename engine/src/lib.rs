@@ -19,6 +19,7 @@ mod config;
 mod error;
 mod id;
 mod key;
+pub mod koa;
 pub mod metrics;
 pub mod record;
 mod session;
@@ -27,8 +28,9 @@ pub mod store;
 pub use crate::{
     config::{SessionConfig, MAX_FIELDS_LIMIT, MAX_TTL},
     error::{Error, ErrorKind, Result},
-    id::{SessionId, ENCODED_LEN as SESSION_ID_LEN},
+    id::{SessionId, ENCODED_LEN as SESSION_ID_LEN, MAX_FOREIGN_LEN, MIN_FOREIGN_LEN},
     key::{KeyDeriver, KeySchema},
+    koa::KoaJsonStore,
     session::{Committed, CookieAction, Session, SessionEngine},
     store::{MemoryStore, NearCache, RedisStore, RedisStoreBuilder, Regenerated, SessionStore},
 };

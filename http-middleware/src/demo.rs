@@ -11,14 +11,11 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
-use tessera_engine::{
-    KeySchema, MemoryStore, NearCache, RedisStore, Session, SessionConfig, SessionEngine,
-};
+use tessera_engine::{Session, SessionEngine};
 use tokio::net::TcpListener;
-use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{error_status, SessionLayer, SessionService, SigningKeys};
+use crate::error_status;
 
 /// Largest accepted `PUT /session/{field}` body.
 const MAX_BODY: usize = 64 * 1024;
@@ -64,6 +61,32 @@ pub struct DemoArgs {
     /// invalidation stream has not been confirmed for this long (40 to 60000).
     #[arg(long, env = "TESSERA_NEAR_CACHE_MAX_STALE_MS", default_value_t = 1000)]
     pub near_cache_max_stale_ms: u64,
+    /// Compatibility profile: `koa-session-redis3` shares live sessions with a Koa app using
+    /// koa-session-redis3 1.3.4 (its cookie pair, `--secret` as its app.keys, `--key-schema` and
+    /// `--ttl` as its keySchema and ttl).
+    #[arg(long, env = "TESSERA_COMPAT", value_enum)]
+    pub compat: Option<Compat>,
+    /// With `--compat`: upgrade mode. Sessions are native; a request with the seed's cookie pair
+    /// has its session moved to the native layout (under `--native-key-schema`).
+    #[arg(long, env = "TESSERA_UPGRADE", default_value_t = false, action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", requires = "compat")]
+    pub upgrade: bool,
+    /// Upgrade mode: the key prefix of the native sessions (`--key-schema` is the seed's).
+    #[arg(
+        long,
+        env = "TESSERA_NATIVE_KEY_SCHEMA",
+        default_value = "tessera:sess:"
+    )]
+    pub native_key_schema: String,
+}
+
+/// The `--compat` profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[non_exhaustive]
+pub enum Compat {
+    /// koa-session-redis3 1.3.4 on koa 1.
+    #[value(name = "koa-session-redis3")]
+    KoaSessionRedis3,
 }
 
 impl DemoArgs {
@@ -103,12 +126,23 @@ impl DemoArgs {
             redis_timeout_ms: 1000,
             near_cache_entries: 0,
             near_cache_max_stale_ms: 1000,
+            compat: None,
+            upgrade: false,
+            native_key_schema: "tessera:sess:".into(),
         }
     }
 
     /// Turns the near cache on with room for `entries` sessions.
     pub fn with_near_cache(mut self, entries: usize) -> Self {
         self.near_cache_entries = entries;
+        self
+    }
+
+    /// The koa-session-redis3 profile with the seed's `keySchema`; `upgrade` for upgrade mode.
+    pub fn with_koa_session_redis3(mut self, key_schema: &str, upgrade: bool) -> Self {
+        self.compat = Some(Compat::KoaSessionRedis3);
+        self.key_schema = key_schema.to_owned();
+        self.upgrade = upgrade;
         self
     }
 
@@ -145,50 +179,9 @@ fn split_secret_lines(values: &[String]) -> Vec<String> {
 /// A configuration or start-up failure of the demo.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Builds the engine the arguments describe (connecting to Redis if a URL is given).
-pub async fn build_engine(args: &DemoArgs) -> Result<SessionEngine, BoxError> {
-    let config = SessionConfig::default()
-        .with_key_schema(KeySchema::new(&args.key_schema)?)
-        .with_idle_ttl(Duration::from_secs(args.ttl.max(1)))?;
-    Ok(match &args.redis {
-        None if args.near_cache_entries > 0 => {
-            return Err(
-                "--near-cache-entries needs --redis: the memory store is already local".into(),
-            )
-        }
-        None => SessionEngine::new(MemoryStore::new(), config),
-        Some(url) => {
-            let mut builder = RedisStore::builder(url.clone())
-                .with_command_timeout(Duration::from_millis(args.redis_timeout_ms.max(1)));
-            if args.near_cache_entries > 0 {
-                builder = builder.with_near_cache(
-                    NearCache::new(args.near_cache_entries)
-                        .with_max_stale(Duration::from_millis(args.near_cache_max_stale_ms)),
-                );
-            }
-            SessionEngine::new(builder.connect().await?, config)
-        }
-    })
-}
+mod build;
 
-/// Builds the full service: the demo routes behind the session layer.
-pub fn build_app(
-    engine: SessionEngine,
-    args: &DemoArgs,
-    metrics: Option<PrometheusHandle>,
-) -> Result<SessionService<DemoApp>, BoxError> {
-    let keys = if args.secrets.is_empty() {
-        tracing::warn!(
-            "no --secret given: signing cookies with a random secret; they stop working when \
-             this process exits"
-        );
-        SigningKeys::random()
-    } else {
-        SigningKeys::new(&args.secrets)?
-    };
-    let layer = SessionLayer::new(engine.clone(), keys).with_secure(args.cookie_secure)?;
-    Ok(layer.layer(DemoApp { engine, metrics }))
-}
+pub use self::build::{build_app, build_engine, build_service};
 
 /// Serves `service` on `listener` with HTTP/1.1 keep-alive until the task is dropped.
 pub async fn serve<S>(listener: TcpListener, service: S)
@@ -229,8 +222,7 @@ where
 /// connections.
 pub async fn run(args: DemoArgs) -> Result<(), BoxError> {
     let metrics = crate::install_prometheus_recorder()?;
-    let engine = build_engine(&args).await?;
-    let app = build_app(engine, &args, Some(metrics))?;
+    let (_, app) = build_service(&args, Some(metrics)).await?;
     let listener = TcpListener::bind(args.listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
     use std::io::Write as _;
@@ -426,6 +418,7 @@ impl DemoApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SigningKeys;
 
     const LONG: &str = "a,b: one secret of more than thirty-two bytes";
 

@@ -10,6 +10,7 @@ pub mod axum;
 #[cfg(feature = "demo")]
 pub mod demo;
 mod error;
+pub mod koa;
 pub mod metrics;
 pub mod session;
 mod signing;

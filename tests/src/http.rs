@@ -32,6 +32,18 @@ impl DemoServer {
         DemoServer { addr, engine, task }
     }
 
+    /// Serves the demo as its command line would: every mode (`--compat`, `--upgrade`) included.
+    pub async fn start_from_args(args: &DemoArgs) -> Self {
+        let metrics = tessera_middleware::install_prometheus_recorder().ok();
+        let (engine, app) = tessera_middleware::demo::build_service(args, metrics)
+            .await
+            .expect("valid demo arguments");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(serve(listener, app));
+        DemoServer { addr, engine, task }
+    }
+
     /// Serves the demo routes behind a caller-built `layer` (for other policies and options).
     pub async fn start_with_layer(
         engine: SessionEngine,
@@ -164,4 +176,14 @@ impl HttpClient {
             .await
             .unwrap()
     }
+}
+
+/// The demo example binary next to the running test binary (`cargo test --workspace` builds it).
+pub fn demo_exe() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("examples").join("demo"))
+        .filter(|p| p.exists())
+        .expect("the demo example is built by `cargo test --workspace` (target/*/examples/demo)")
 }

@@ -3,6 +3,7 @@
 
 pub mod fuzzing;
 pub mod http;
+pub mod koa;
 pub mod load;
 pub mod suite;
 pub mod support;

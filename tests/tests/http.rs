@@ -6,7 +6,7 @@ use http::{Method, StatusCode};
 use tessera_engine::{RedisStore, SessionConfig, SessionEngine, SessionId};
 use tessera_middleware::demo::DemoArgs;
 use tessera_tests::{
-    http::{DemoServer, HttpClient},
+    http::{demo_exe, DemoServer, HttpClient},
     support::{engine_command_counts, redis_cli, RedisCluster, RedisSentinelSet, RedisServer},
 };
 
@@ -251,16 +251,6 @@ async fn demo_on_sentinel() {
         master_ports: Box::new(move || vec![s.master_port()]),
     };
     e2e(&topology, "e2e-sentinel").await;
-}
-
-/// The demo example binary next to this test binary (`cargo test --workspace` builds it).
-fn demo_exe() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("examples").join("demo"))
-        .filter(|p| p.exists())
-        .expect("the demo example is built by `cargo test --workspace` (target/*/examples/demo)")
 }
 
 /// The demo binary itself, driven by its documented flags and environment variables.

@@ -79,7 +79,7 @@ impl SessionEngine {
     /// An engine over a shared, type-erased store.
     pub fn from_arc(store: Arc<dyn SessionStore>, config: SessionConfig) -> Self {
         metrics::describe();
-        let keys = KeyDeriver::new(config.key_schema.clone(), config.hash_ids_at_rest);
+        let keys = KeyDeriver::for_config(&config);
         SessionEngine {
             inner: Arc::new(EngineInner {
                 store,

@@ -9,11 +9,15 @@ use bytes::Bytes;
 use crate::error::Result;
 
 mod memory;
+mod memory_strings;
 mod redis;
+mod strings;
 
 pub use self::{
     memory::MemoryStore,
+    memory_strings::MemoryStringStore,
     redis::{NearCache, RedisStore, RedisStoreBuilder},
+    strings::{Renamed, Replaced, StringStore},
 };
 
 /// A stored session: field name to encoded value, the meta field included.

@@ -7,6 +7,7 @@ use tower_layer::Layer;
 use super::service::SessionService;
 use crate::{
     error::{Error, ErrorKind},
+    koa::{CookieMode, KoaCookies, Upgrade},
     metrics,
     signing::SigningKeys,
 };
@@ -45,6 +46,10 @@ pub(crate) struct Settings {
     pub(crate) attributes: String,
     /// Metric handles, shared by every clone of the layer.
     pub(crate) metrics: Arc<metrics::Handles>,
+    /// Native cookies, or the koa-session-redis3 pair.
+    pub(crate) cookie_mode: CookieMode,
+    /// Upgrade mode: seed sessions to move to the native layout.
+    pub(crate) upgrade: Option<Arc<Upgrade>>,
 }
 
 impl Settings {
@@ -91,9 +96,19 @@ impl SessionLayer {
                 retry_after: Duration::from_secs(1),
                 metrics: Arc::default(),
                 attributes: String::new(),
+                cookie_mode: CookieMode::Native,
+                upgrade: None,
             }),
         }
         .edit(|_| {})
+    }
+
+    pub(crate) fn with_koa_pair(self, cookies: KoaCookies) -> Self {
+        self.edit(|s| s.cookie_mode = CookieMode::KoaPair(Arc::new(cookies)))
+    }
+
+    pub(crate) fn with_koa_upgrade(self, upgrade: Upgrade) -> Self {
+        self.edit(|s| s.upgrade = Some(Arc::new(upgrade)))
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Settings)) -> Self {

@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+mod cookies;
 mod layer;
 mod service;
 

@@ -1,21 +1,21 @@
 use std::{
-    fmt::Write as _,
     future::Future,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
-use http::{
-    header, header::InvalidHeaderValue, HeaderMap, HeaderValue, Request, Response, StatusCode,
-};
-use tessera_engine::{CookieAction, ErrorKind, Session, SessionId, MAX_TTL};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use tessera_engine::{CookieAction, ErrorKind, Session, SessionId};
 use tower_service::Service;
 
-use super::layer::{FailurePolicy, Settings};
+use super::{
+    cookies::{clear_headers, clear_old_pair, read_cookies, set_headers, CookieRead},
+    layer::{FailurePolicy, Settings},
+};
 use crate::{
-    signing::{find_session_cookie, Verified},
+    koa::{self, CookieMode, Upgrade},
     status::{is_unavailable, status_of},
 };
 
@@ -53,7 +53,8 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let started = Instant::now();
         let settings = self.settings.clone();
-        let verified = read_cookie(&settings, req.headers());
+        let read = read_cookies(&settings, req.headers());
+        let verified = read.verified;
         let session = match settings.policy {
             FailurePolicy::FailClosed => settings.engine.session(verified.map(|v| v.id)),
             FailurePolicy::FailOpen => settings.engine.session_fail_open(verified.map(|v| v.id)),
@@ -64,9 +65,23 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let own_work = started.elapsed();
         Box::pin(async move {
+            let mut upgraded = None;
+            if let (Some(old), Some(upgrade)) = (read.upgrade_from, settings.upgrade.as_ref()) {
+                match koa::upgrade_into(upgrade, old, &session).await {
+                    Ok(moved) => upgraded = moved.then_some(old),
+                    // Under either policy: serving on without the seed's data could hand out a
+                    // native cookie over the old one and lose the session.
+                    Err(err) => {
+                        tracing::warn!(error = %err, "could not read a session to upgrade");
+                        settings.metrics.request("store_error");
+                        let retry = Some(settings.retry_after);
+                        return Ok(error_response(StatusCode::SERVICE_UNAVAILABLE, retry));
+                    }
+                }
+            }
             let response = inner.call(req).await?;
             let commit_started = Instant::now();
-            let response = finish(&settings, &session, verified, response).await;
+            let response = finish(&settings, &session, read, upgraded, response).await;
             settings
                 .metrics
                 .middleware_duration(own_work + commit_started.elapsed());
@@ -75,25 +90,14 @@ where
     }
 }
 
-/// Finds and verifies the session cookie. Bad values are counted and ignored: the request gets a
-/// fresh session and the store is never asked about them.
-fn read_cookie(settings: &Settings, headers: &HeaderMap) -> Option<Verified> {
-    match find_session_cookie(&settings.keys, &settings.cookie_name, headers) {
-        Ok(found) => found,
-        Err(r) => {
-            settings.metrics.rejected_cookie(r);
-            tracing::debug!(reason = r.as_str(), "ignored an invalid session cookie");
-            None
-        }
-    }
-}
-
 async fn finish<B: Default>(
     settings: &Settings,
     session: &Session,
-    verified: Option<Verified>,
+    read: CookieRead,
+    upgraded: Option<SessionId>,
     mut response: Response<B>,
 ) -> Response<B> {
+    let verified = read.verified;
     if verified.is_some_and(|v| v.stale_key) {
         // Re-issuing under the new key needs the session's real expiry (and whether it exists).
         let _ = session.is_new().await;
@@ -103,20 +107,38 @@ async fn finish<B: Default>(
     match session.commit().await {
         Ok(committed) => {
             let set_cookie = match committed.cookie {
-                CookieAction::Set { id, expires } => Some(build_cookie(settings, &id, expires)),
-                CookieAction::Clear => Some(clear_cookie(settings)),
-                _ if destroyed => Some(clear_cookie(settings)),
+                CookieAction::Set { id, expires } => Some(set_headers(settings, &id, expires)),
+                CookieAction::Clear => Some(clear_headers(settings)),
+                _ if destroyed => Some(clear_headers(settings)),
                 // A cookie signed by an older key is re-issued under the current one.
                 CookieAction::Keep => verified
                     .filter(|v| v.stale_key)
                     .zip(committed.expires)
-                    .map(|(v, expires)| build_cookie(settings, &v.id, expires)),
+                    .map(|(v, expires)| set_headers(settings, &v.id, expires)),
                 _ => None,
             };
-            match set_cookie.transpose() {
-                Ok(value) => {
-                    if let Some(value) = value {
+            let set_cookie = set_cookie.transpose().and_then(|headers| {
+                let mut headers = headers.unwrap_or_default();
+                if let (true, true, CookieMode::KoaPair(koa)) =
+                    (read.bad_koa_sig, headers.is_empty(), &settings.cookie_mode)
+                {
+                    headers.push(koa.clear_sig()?);
+                }
+                Ok(headers)
+            });
+            match set_cookie {
+                Ok(headers) => {
+                    for value in headers {
                         response.headers_mut().append(header::SET_COOKIE, value);
+                    }
+                    if let (Some(upgrade), Some(old)) = (&settings.upgrade, read.upgrade_from) {
+                        // Moved, or logged out in this very request: the old key goes either way.
+                        let moved = matches!(committed.cookie, CookieAction::Set { .. });
+                        if upgraded.is_none() || moved || destroyed {
+                            upgrade_done(settings, upgrade, upgraded, &mut response).await;
+                        } else {
+                            tracing::debug!(?old, "upgraded session not stored; old pair kept");
+                        }
                     }
                     settings.metrics.request("ok");
                     response
@@ -145,12 +167,31 @@ async fn finish<B: Default>(
                 (status == StatusCode::SERVICE_UNAVAILABLE).then_some(settings.retry_after);
             let mut response = error_response(status, retry_after);
             if plan.clear_cookie {
-                if let Ok(value) = clear_cookie(settings) {
+                for value in clear_headers(settings).unwrap_or_default() {
                     response.headers_mut().append(header::SET_COOKIE, value);
                 }
             }
             response
         }
+    }
+}
+
+/// After an upgrade's native session is stored (or when the seed pair named nothing to move):
+/// the old key is deleted and the old pair cleared. A failed delete keeps the pair's session
+/// readable by a later request (nothing is lost; that request moves it again).
+async fn upgrade_done<B>(
+    settings: &Settings,
+    upgrade: &Upgrade,
+    upgraded: Option<SessionId>,
+    response: &mut Response<B>,
+) {
+    if let Some(old) = upgraded {
+        if let Err(err) = koa::retire(upgrade, old).await {
+            tracing::warn!(error = %err, "upgraded a session but could not delete its old key");
+        }
+    }
+    for value in clear_old_pair(settings, upgrade) {
+        response.headers_mut().append(header::SET_COOKIE, value);
     }
 }
 
@@ -206,67 +247,18 @@ fn error_response<B: Default>(status: StatusCode, retry_after: Option<Duration>)
     response
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// The last second `httpdate` formats (9999-12-31T23:59:59Z); it panics from year 10000 on.
-const LAST_HTTP_DATE_SECS: u64 = 253_402_300_799;
-
-/// A session cookie naming `id`. The expiry is clamped to `[epoch, now + MAX_TTL]` (and to the
-/// last formattable date), so whatever a store or engine reports can neither panic the date
-/// formatting nor promise a lifetime no configuration allows.
-fn build_cookie(
-    settings: &Settings,
-    id: &SessionId,
-    expires: SystemTime,
-) -> Result<HeaderValue, InvalidHeaderValue> {
-    // Formatted by hand on the pre-rendered attributes: this runs on every write.
-    let mut value = String::with_capacity(192);
-    value.push_str(&settings.cookie_name);
-    value.push('=');
-    value.push_str(&settings.keys.sign(&settings.cookie_name, id));
-    value.push_str(&settings.attributes);
-    if settings.persistent {
-        let now = now_ms();
-        let latest = now.saturating_add(MAX_TTL.as_millis() as u64);
-        let expires_ms = expires
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .min(latest);
-        // Rounded: a few milliseconds spent since the commit must not show as a second less.
-        let secs = (expires_ms.saturating_sub(now) + 500) / 1000;
-        let at = UNIX_EPOCH + Duration::from_secs((expires_ms / 1000).min(LAST_HTTP_DATE_SECS));
-        let _ = write!(
-            value,
-            "; Max-Age={secs}; Expires={}",
-            httpdate::fmt_http_date(at)
-        );
-    }
-    // Cannot fail once the layer's options are validated; an error, not a panic, if it does.
-    HeaderValue::try_from(value)
-}
-
-fn clear_cookie(settings: &Settings) -> Result<HeaderValue, InvalidHeaderValue> {
-    let value = format!(
-        "{}={}; Max-Age=0; Expires={}",
-        settings.cookie_name,
-        settings.attributes,
-        httpdate::fmt_http_date(UNIX_EPOCH)
-    );
-    HeaderValue::try_from(value)
-}
-
 #[cfg(test)]
 mod tests {
     use cookie::{Cookie, SameSite};
     use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
 
+    use std::time::{SystemTime, UNIX_EPOCH};
+
     use super::*;
-    use crate::{SessionLayer, SigningKeys};
+    use crate::{
+        session::cookies::{build_cookie, clear_cookie, now_ms},
+        SessionLayer, SigningKeys,
+    };
 
     fn settings(layer: SessionLayer) -> Arc<Settings> {
         layer.settings

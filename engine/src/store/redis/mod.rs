@@ -30,6 +30,7 @@ mod cluster;
 mod near;
 mod scripts;
 mod sentinel;
+mod strings;
 
 pub use self::{builder::RedisStoreBuilder, near::NearCache};
 
