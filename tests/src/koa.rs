@@ -218,9 +218,14 @@ pub fn profile_args(
     key_schema: &str,
     ttl: u64,
 ) -> tessera_middleware::demo::DemoArgs {
-    tessera_middleware::demo::DemoArgs::for_tests()
+    let mut args = tessera_middleware::demo::DemoArgs::for_tests()
         .with_redis(url)
         .with_secrets(keys.iter().map(|k| k.to_string()).collect())
         .with_ttl(ttl)
-        .with_koa_session_redis3(key_schema, false)
+        .with_koa_session_redis3(key_schema, false);
+    // A merged save may re-read and retry many times under the concurrent-writer cases, all
+    // within one command timeout; with the whole suite running on 2 cores, 1 s was measured too
+    // short once (a 503). These tests are about what is saved, not how fast.
+    args.redis_timeout_ms = 5000;
+    args
 }

@@ -11,7 +11,7 @@ use tessera_engine::{
 };
 use tessera_tests::{
     suite::{run_suite, Env},
-    support::{command_stats, redis_cli, reset_stats, RedisServer},
+    support::{command_stats, redis_cli, reset_stats, RedisCluster, RedisSentinelSet, RedisServer},
 };
 
 /// The staleness bound these tests configure (the heartbeat runs every quarter of it).
@@ -306,4 +306,102 @@ async fn a_full_tracking_table_invalidates_safely() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_on_cluster_with_the_near_cache() {
+    let cluster = Arc::new(RedisCluster::start());
+    let store = cached_store(&cluster.url()).await;
+    let locate = {
+        let cluster = cluster.clone();
+        move |key: &str| cluster.master_of_key(key)
+    };
+    run_suite(&Env::redis(
+        "cluster+near-cache",
+        Arc::new(store),
+        vec![],
+        locate,
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suite_on_sentinel_with_the_near_cache() {
+    let set = RedisSentinelSet::start();
+    let store = cached_store(&set.url()).await;
+    let master = set.master_port();
+    run_suite(&Env::redis(
+        "sentinel+near-cache",
+        Arc::new(store),
+        vec![],
+        move |_| master,
+    ))
+    .await;
+}
+
+/// Counters that only grow, written on A and read on B through a topology change: no read on B
+/// ever goes backwards, and once writes stop B sees every last value within the bound.
+async fn counters_survive(a: &SessionEngine, b: &SessionEngine, change: impl FnOnce()) {
+    let mut ids = Vec::new();
+    for _ in 0..32 {
+        ids.push(create(a, 0).await);
+    }
+    for id in &ids {
+        assert_eq!(read(b, id).await, Some(0));
+    }
+    let mut last_seen = vec![0u64; ids.len()];
+    let mut written = vec![0u64; ids.len()];
+    let mut change = Some(change);
+    for step in 1..=60u64 {
+        if step == 20 {
+            (change.take().expect("once"))();
+        }
+        for (i, id) in ids.iter().enumerate() {
+            // Writes may fail while the topology moves; a failed write is retried next step.
+            let session = a.session(Some(*id));
+            if session.insert("n", &step).await.is_ok() && session.commit().await.is_ok() {
+                written[i] = step;
+            }
+            if let Ok(Some(seen)) = b.session(Some(*id)).get::<u64>("n").await {
+                assert!(
+                    seen >= last_seen[i],
+                    "session {i} went back from {} to {seen}",
+                    last_seen[i]
+                );
+                last_seen[i] = seen;
+            }
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let want = written[i];
+        until(b, id, BOUND * 3, |seen| seen == Some(want)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_failover_with_the_near_cache_loses_nothing_and_never_goes_back() {
+    let cluster = RedisCluster::start();
+    let a = engine(&cluster.url()).await;
+    let b = engine(&cluster.url()).await;
+    let replica = cluster.replica_ports()[0];
+    counters_survive(&a, &b, || {
+        redis_cli(replica, &["CLUSTER", "FAILOVER"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_with_the_near_cache_loses_nothing_and_never_goes_back() {
+    let set = RedisSentinelSet::start();
+    let a = SessionEngine::new(
+        RedisStore::builder(set.url())
+            .with_command_timeout(Duration::from_secs(3))
+            .with_near_cache(NearCache::new(10_000).with_max_stale(BOUND))
+            .connect()
+            .await
+            .unwrap(),
+        SessionConfig::default(),
+    );
+    let b = engine(&set.url()).await;
+    counters_survive(&a, &b, || set.failover()).await;
 }

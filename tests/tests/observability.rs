@@ -25,7 +25,7 @@ use tempfile::TempDir;
 use tessera_middleware::demo::{build_engine, DemoArgs};
 use tessera_tests::{
     http::{DemoServer, HttpClient},
-    support::{free_port, RedisServer},
+    support::{free_port, redis_cli, RedisServer},
 };
 
 const SKIP_ENV: &str = "TESSERA_SKIP_PROMETHEUS";
@@ -40,7 +40,12 @@ const MIN_SCRAPES: f64 = 5.0;
 const PROMETHEUS_START_TIMEOUT: Duration = Duration::from_secs(20);
 const SCRAPE_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Alerts that must stay quiet while everything is healthy.
-const QUIET_ALERTS: &[&str] = &["TesseraDown", "TesseraStoreDown", "TesseraHighErrorRatio"];
+const QUIET_ALERTS: &[&str] = &[
+    "TesseraDown",
+    "TesseraStoreDown",
+    "TesseraHighErrorRatio",
+    "TesseraNearCacheBypassed",
+];
 
 // ---------------------------------------------------------------------------------------------
 // Tools
@@ -649,18 +654,22 @@ async fn dashboard_and_alert_expressions_have_data() {
     let declared = declared_alerts();
     assert!(!declared.is_empty(), "alerts.yml declares no alerts");
 
-    // (a) The demo on a real Redis, with the Prometheus recorder.
+    // (a) The demo on a real Redis, with the Prometheus recorder and the near cache.
     let redis = RedisServer::start();
     let args = DemoArgs::for_tests()
         .with_redis(redis.url())
-        .with_secrets(vec![SECRET.to_owned()]);
+        .with_secrets(vec![SECRET.to_owned()])
+        .with_near_cache(10_000);
     let engine = build_engine(&args).await.expect("connect to Redis");
     let server = DemoServer::start(engine, &args).await;
     let addr = server.addr();
     let client = HttpClient::new();
 
-    // (b) A few hundred requests of every kind.
+    // (b) A few hundred requests of every kind, a FLUSHALL (which flushes the near cache), and
+    // more requests.
     load(&client, addr, 0, 30).await;
+    redis_cli(redis.port(), &["FLUSHALL"]);
+    load(&client, addr, 100, 10).await;
 
     // (c) The exposition text is valid and lint-clean, and has the series the load must produce.
     let metrics = client.get(addr, "/metrics", None).await;
