@@ -31,8 +31,13 @@ pub const HARNESS_COMMANDS: &[&str] = &[
 /// `EVALSHA` itself, so the round trips per request are the commands minus these, whenever a
 /// script ran. No system under test sends them at top level: Tessera's own commands are
 /// `HGETALL`, `EVALSHA`/`EVAL` and `DEL`; tower-sessions sends `GET`, `SET` and `DEL`; rawget
-/// sends `GET` and `SET`.
-pub const SCRIPT_BODY_COMMANDS: &[&str] = &["exists", "hset", "hdel", "pexpire"];
+/// sends `GET` and `SET`. `PTTL` runs only in the near cache's scripts, each followed by one
+/// `HGETALL` (see [`SCRIPT_READS`]).
+pub const SCRIPT_BODY_COMMANDS: &[&str] = &["exists", "hset", "hdel", "pexpire", "pttl"];
+
+/// The near cache's scripts read the hash after `PTTL`: that many `HGETALL`s (at most one per
+/// `PTTL`) ran inside scripts, not at top level.
+pub(crate) const SCRIPT_READS: (&str, &str) = ("pttl", "hgetall");
 
 /// Where Redis is.
 pub(crate) enum Target {

@@ -7,7 +7,11 @@ use plotters::{
     style::text_anchor::{HPos, Pos, VPos},
 };
 
-use super::{client::WorkerResult, redis::SCRIPT_BODY_COMMANDS, Error, Scenario, System};
+use super::{
+    client::WorkerResult,
+    redis::{SCRIPT_BODY_COMMANDS, SCRIPT_READS},
+    Error, Scenario, System,
+};
 
 /// One system under one scenario.
 #[derive(Debug, Clone)]
@@ -69,10 +73,17 @@ impl Measurement {
             .filter_map(|c| commands.get(*c))
             .sum();
         let inside: u64 = if scripts > 0 {
+            let (ttl, read) = SCRIPT_READS;
+            let reads_inside = commands
+                .get(read)
+                .copied()
+                .unwrap_or(0)
+                .min(commands.get(ttl).copied().unwrap_or(0));
             SCRIPT_BODY_COMMANDS
                 .iter()
                 .filter_map(|c| commands.get(*c))
-                .sum()
+                .sum::<u64>()
+                + reads_inside
         } else {
             0
         };
