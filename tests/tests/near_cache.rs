@@ -405,3 +405,111 @@ async fn sentinel_failover_with_the_near_cache_loses_nothing_and_never_goes_back
     let b = engine(&set.url()).await;
     counters_survive(&a, &b, || set.failover()).await;
 }
+
+/// A TCP proxy that can be frozen: while frozen it moves no byte either way and closes nothing
+/// (a half-open, blackholed path).
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Blackhole {
+    async fn start(upstream: u16) -> Self {
+        use std::sync::atomic::AtomicBool;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let frozen = frozen.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        continue;
+                    };
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::spawn(pump(cr, sw, frozen.clone()));
+                    tokio::spawn(pump(sr, cw, frozen.clone()));
+                }
+            }
+        });
+        Blackhole { addr, frozen, task }
+    }
+
+    fn freeze(&self, on: bool) {
+        self.frozen.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to`; while frozen, holds what it read and sends nothing.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let Ok(n) = from.read(&mut buf).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        while frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Rule 2: a silently dead path (no FIN, no error) is caught by the heartbeat: past the bound no
+/// cached read is served; reads then wait for Redis (and fail at the command timeout) instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_connection_stops_serving_cached_reads_within_the_bound() {
+    let server = RedisServer::start();
+    let proxy = Blackhole::start(server.port()).await;
+    let a = engine(&server.url()).await;
+    let store = RedisStore::builder(format!("redis://{}", proxy.addr))
+        .with_command_timeout(Duration::from_millis(300))
+        .with_near_cache(NearCache::new(1000).with_max_stale(BOUND))
+        .connect()
+        .await
+        .unwrap();
+    wait_confirmed(&store).await;
+    let b = SessionEngine::new(store, SessionConfig::default());
+    let id = create(&a, 1).await;
+    assert_eq!(read(&b, &id).await, Some(1));
+    assert_eq!(read(&b, &id).await, Some(1));
+    proxy.freeze(true);
+    let frozen_at = Instant::now();
+    write(&a, &id, 2).await;
+    // Keep reading: a cached answer may be the old value only until the bound has passed.
+    loop {
+        let seen = b.session(Some(id)).get::<u64>("n").await;
+        let elapsed = frozen_at.elapsed();
+        if let Ok(Some(1)) = seen {
+            assert!(
+                elapsed < BOUND + Duration::from_millis(100),
+                "a stale cached read {elapsed:?} after the path went silent"
+            );
+        }
+        if elapsed > BOUND * 2 {
+            assert!(!matches!(seen, Ok(Some(1))));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.freeze(false);
+    until(&b, &id, Duration::from_secs(5), |seen| seen == Some(2)).await;
+}
