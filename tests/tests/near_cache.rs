@@ -341,7 +341,12 @@ async fn suite_on_sentinel_with_the_near_cache() {
 
 /// Counters that only grow, written on A and read on B through a topology change: no read on B
 /// ever goes backwards, and once writes stop B sees every last value within the bound.
-async fn counters_survive(a: &SessionEngine, b: &SessionEngine, change: impl FnOnce()) {
+/// `change` runs on a blocking thread from step 20 on, while the writes and reads go on.
+async fn counters_survive(
+    a: &SessionEngine,
+    b: &SessionEngine,
+    change: impl FnOnce() + Send + 'static,
+) {
     let mut ids = Vec::new();
     for _ in 0..32 {
         ids.push(create(a, 0).await);
@@ -352,9 +357,10 @@ async fn counters_survive(a: &SessionEngine, b: &SessionEngine, change: impl FnO
     let mut last_seen = vec![0u64; ids.len()];
     let mut written = vec![0u64; ids.len()];
     let mut change = Some(change);
+    let mut changing = None;
     for step in 1..=60u64 {
         if step == 20 {
-            (change.take().expect("once"))();
+            changing = Some(tokio::task::spawn_blocking(change.take().expect("once")));
         }
         for (i, id) in ids.iter().enumerate() {
             // Writes may fail while the topology moves; a failed write is retried next step.
@@ -372,10 +378,35 @@ async fn counters_survive(a: &SessionEngine, b: &SessionEngine, change: impl FnO
             }
         }
     }
+    changing.expect("started").await.expect("the change ran");
     for (i, id) in ids.iter().enumerate() {
         let want = written[i];
         until(b, id, BOUND * 3, |seen| seen == Some(want)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_with_the_near_cache_loses_nothing_and_never_goes_back() {
+    let cluster = RedisCluster::start();
+    let a = engine(&cluster.url()).await;
+    let b = engine(&cluster.url()).await;
+    let masters = cluster.master_ports();
+    let id_of = |port: u16| redis_cli(port, &["CLUSTER", "MYID"]);
+    let (from, to, seed) = (id_of(masters[0]), id_of(masters[1]), masters[0]);
+    counters_survive(&a, &b, move || {
+        let output = std::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{seed}")])
+            .args(["--cluster-from", &from, "--cluster-to", &to])
+            .args(["--cluster-slots", "3000", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -384,7 +415,7 @@ async fn cluster_failover_with_the_near_cache_loses_nothing_and_never_goes_back(
     let a = engine(&cluster.url()).await;
     let b = engine(&cluster.url()).await;
     let replica = cluster.replica_ports()[0];
-    counters_survive(&a, &b, || {
+    counters_survive(&a, &b, move || {
         redis_cli(replica, &["CLUSTER", "FAILOVER"]);
     })
     .await;
@@ -403,7 +434,9 @@ async fn sentinel_failover_with_the_near_cache_loses_nothing_and_never_goes_back
         SessionConfig::default(),
     );
     let b = engine(&set.url()).await;
-    counters_survive(&a, &b, || set.failover()).await;
+    let set = Arc::new(set);
+    let failing = set.clone();
+    counters_survive(&a, &b, move || failing.failover()).await;
 }
 
 /// A TCP proxy that can be frozen: while frozen it moves no byte either way and closes nothing
