@@ -546,3 +546,60 @@ async fn a_blackholed_connection_stops_serving_cached_reads_within_the_bound() {
     proxy.freeze(false);
     until(&b, &id, Duration::from_secs(5), |seen| seen == Some(2)).await;
 }
+
+/// A lagged invalidation stream (a tiny channel, a burst of invalidations at once): invalidations
+/// dropped unseen flush the connection's entries, so no stale read follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagged_invalidation_stream_flushes_instead_of_going_stale() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let a = engine(&server.url()).await;
+    let store = RedisStore::builder(server.url())
+        .with_pool_size(1)
+        .with_near_cache(
+            NearCache::new(10_000)
+                .with_max_stale(BOUND)
+                .with_invalidation_capacity(1),
+        )
+        .connect()
+        .await
+        .unwrap();
+    wait_confirmed(&store).await;
+    let b = SessionEngine::new(store, SessionConfig::default());
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.push(create(&a, 1).await);
+    }
+    for id in &ids {
+        assert_eq!(read(&b, id).await, Some(1));
+    }
+    // One pipeline from redis-cli: 100 separate invalidations reach B's connection in a burst.
+    let script: String = ids
+        .iter()
+        .map(|id| format!("HDEL {} n\n", a.key(id)))
+        .collect();
+    let mut child = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-cli runs");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("the pipe takes the commands");
+    }
+    assert!(child.wait().expect("redis-cli ends").success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(
+            read(&b, id).await,
+            None,
+            "session {i}: stale after a lagged stream"
+        );
+    }
+}

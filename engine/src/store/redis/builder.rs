@@ -97,10 +97,6 @@ pub struct RedisStoreBuilder {
     near: Option<NearCache>,
 }
 
-/// The invalidation channel's capacity per connection with the near cache on (fred's default
-/// is 32). Overflowing it is safe (the connection's entries are flushed) but costs hits.
-const INVALIDATION_CAPACITY: usize = 4096;
-
 impl RedisStoreBuilder {
     pub(super) fn new(url: String) -> Self {
         RedisStoreBuilder {
@@ -206,7 +202,10 @@ impl RedisStoreBuilder {
         }
         let mut settings = self.settings.clone();
         if near.is_some() {
-            settings.broadcast_capacity = INVALIDATION_CAPACITY;
+            settings.broadcast_capacity = self
+                .near
+                .as_ref()
+                .map_or(32, NearCache::invalidation_capacity);
         }
         let settings = &settings;
         let backend = if config.server.is_clustered() {

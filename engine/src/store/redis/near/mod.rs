@@ -92,6 +92,7 @@ pub struct NearCache {
     max_entries: usize,
     max_bytes: u64,
     max_stale: Duration,
+    invalidation_capacity: usize,
 }
 
 impl NearCache {
@@ -102,6 +103,8 @@ impl NearCache {
     pub const MIN_MAX_STALE: Duration = Duration::from_millis(40);
     /// Longest accepted staleness bound.
     pub const MAX_MAX_STALE: Duration = Duration::from_secs(60);
+    /// The default queue of invalidation messages per connection.
+    pub const DEFAULT_INVALIDATION_CAPACITY: usize = 4096;
 
     /// At most `max_entries` sessions (and, by default, 4 KiB per entry on average in bytes).
     pub fn new(max_entries: usize) -> Self {
@@ -109,7 +112,20 @@ impl NearCache {
             max_entries,
             max_bytes: (max_entries as u64).saturating_mul(4096),
             max_stale: Self::DEFAULT_MAX_STALE,
+            invalidation_capacity: Self::DEFAULT_INVALIDATION_CAPACITY,
         }
+    }
+
+    /// How many invalidation messages may queue per connection before the reader falls behind
+    /// (default 4096, at least 1). Overflowing it is safe, as the connection's entries are then
+    /// flushed, but costs hits; raise it for bursts of writes by other instances.
+    pub fn with_invalidation_capacity(mut self, capacity: usize) -> Self {
+        self.invalidation_capacity = capacity.max(1);
+        self
+    }
+
+    pub(super) fn invalidation_capacity(&self) -> usize {
+        self.invalidation_capacity
     }
 
     /// At most this many bytes of session data (field names and values).
