@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use fred::{prelude::Client, types::Value};
+use fred::{interfaces::LuaInterface as _, prelude::Client, types::Value};
 
 use super::{
     near::{Near, Ticket},
@@ -170,8 +170,6 @@ async fn eval_on<R: Answer>(
         other => other,
     }
 }
-
-use fred::interfaces::LuaInterface as _;
 
 fn malformed() -> Error {
     Error::new(

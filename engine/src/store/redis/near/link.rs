@@ -71,10 +71,18 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     pub(super) fn new(client: Client) -> Self {
+        // The connected server, else the configured one (a sentinel client names its master
+        // only once connected).
         let node = client
             .active_connections()
             .first()
             .map(|s| s.to_string())
+            .or_else(|| match &client.client_config().server {
+                fred::types::config::ServerConfig::Centralized { server } => {
+                    Some(server.to_string())
+                }
+                _ => None,
+            })
             .unwrap_or_else(|| "unknown".to_owned());
         Link {
             client,
