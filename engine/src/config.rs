@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::{
     error::{Error, ErrorKind, Result},
     key::KeySchema,
+    users::{SessionCap, UserKey},
 };
 
 /// The longest idle or absolute lifetime accepted: 400 days, the longest cookie lifetime browsers
@@ -43,6 +44,8 @@ pub struct SessionConfig {
     pub(crate) hash_ids_at_rest: bool,
     pub(crate) save_new_empty: bool,
     pub(crate) plain_keys: bool,
+    pub(crate) user_key: Option<UserKey>,
+    pub(crate) session_cap: Option<SessionCap>,
 }
 
 impl Default for SessionConfig {
@@ -57,6 +60,8 @@ impl Default for SessionConfig {
             hash_ids_at_rest: true,
             save_new_empty: false,
             plain_keys: false,
+            user_key: None,
+            session_cap: None,
         }
     }
 }
@@ -163,6 +168,28 @@ impl SessionConfig {
             .with_hash_ids_at_rest(false)
             .with_idle_ttl(ttl)?
             .with_renew_below(0.0)
+    }
+
+    /// The secret behind user slots and device handles; [`crate::Session::login`] needs one
+    /// (default none). Every instance sharing the store must use the same key.
+    pub fn with_user_key(mut self, key: UserKey) -> Self {
+        self.user_key = Some(key);
+        self
+    }
+
+    /// At most this many live sessions per user, and what a login beyond that does (default:
+    /// no cap). Enforced atomically at login, so concurrent logins cannot exceed it.
+    pub fn with_session_cap(mut self, cap: Option<SessionCap>) -> Self {
+        self.session_cap = cap.map(|c| SessionCap {
+            max: c.max.max(1),
+            ..c
+        });
+        self
+    }
+
+    /// The per-user session cap, if any.
+    pub fn session_cap(&self) -> Option<SessionCap> {
+        self.session_cap
     }
 
     /// Whether keys are `<keySchema><id>` (the seed's layout).

@@ -34,6 +34,15 @@ pub enum ErrorKind {
     /// Creating a session kept colliding with existing ids (practically impossible with a working
     /// random source).
     IdCollision,
+    /// A login was refused: the user already has the most sessions the cap allows and the policy
+    /// is to refuse.
+    SessionCap,
+    /// A per-user operation (device list, revoke) on a session that is not logged in.
+    NotLoggedIn,
+    /// The session ended (logged out or revoked elsewhere) while this request was using it.
+    SessionEnded,
+    /// The store does not offer this operation (per-user sessions need the native layout).
+    Unsupported,
 }
 
 impl ErrorKind {
@@ -51,6 +60,10 @@ impl ErrorKind {
             ErrorKind::LoadFailed => "load_failed",
             ErrorKind::IdCollision => "id_collision",
             ErrorKind::NotDurable => "not_durable",
+            ErrorKind::SessionCap => "session_cap",
+            ErrorKind::NotLoggedIn => "not_logged_in",
+            ErrorKind::SessionEnded => "session_ended",
+            ErrorKind::Unsupported => "unsupported",
         }
     }
 }
@@ -118,6 +131,11 @@ impl Error {
     /// The session is over its size or field-count limit.
     pub fn is_too_large(&self) -> bool {
         self.kind == ErrorKind::TooLarge
+    }
+
+    /// A login was refused by the per-user session cap.
+    pub fn is_session_cap(&self) -> bool {
+        self.kind == ErrorKind::SessionCap
     }
 
     /// The configuration is invalid.

@@ -27,7 +27,66 @@ pub const MIN_FOREIGN_LEN: usize = 16;
 /// assert!("not-an-id".parse::<SessionId>().is_err());
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionId(Repr);
+pub struct SessionId(Repr, Option<UserSlot>);
+
+/// Length of a [`UserSlot`] as text, in characters.
+pub const USER_SLOT_LEN: usize = 16;
+
+/// Length of the text of an id bound to a user: the id, a `.`, the user's slot.
+pub const BOUND_ENCODED_LEN: usize = ENCODED_LEN + 1 + USER_SLOT_LEN;
+
+/// The cluster slot a logged-in user's sessions share: 12 bytes of a keyed hash of the user id
+/// (never the id itself), carried in the session id so the signed cookie names it. Every
+/// session of the user and the user's index live under this hash tag, so each per-user
+/// operation is one atomic script on every topology.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UserSlot([u8; 12]);
+
+impl UserSlot {
+    /// The slot from its raw bytes (derive it with [`crate::UserKey::slot`]).
+    pub fn from_bytes(bytes: [u8; 12]) -> Self {
+        UserSlot(bytes)
+    }
+
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 12] {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; USER_SLOT_LEN];
+        let n = URL_SAFE_NO_PAD
+            .encode_slice(self.0, &mut buf)
+            .expect("16 bytes hold 12 bytes of base64");
+        f.write_str(std::str::from_utf8(&buf[..n]).expect("base64 is ASCII"))
+    }
+}
+
+impl fmt::Debug for UserSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserSlot({self})")
+    }
+}
+
+impl FromStr for UserSlot {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 12];
+        match (
+            s.len(),
+            URL_SAFE_NO_PAD.decode_slice(s.as_bytes(), &mut out),
+        ) {
+            (USER_SLOT_LEN, Ok(12)) => Ok(UserSlot(out)),
+            _ => Err(Error::new(
+                ErrorKind::InvalidId,
+                "a user slot is 16 base64url characters (12 bytes)",
+            )),
+        }
+    }
+}
 
 /// Tessera's own ids are 16 random bytes; ids minted by another library (the Node seed's, read
 /// in its compatibility profile) are kept as their text, inline so the id stays `Copy`.
@@ -51,7 +110,7 @@ impl SessionId {
         use rand::RngCore as _;
         let mut bytes = [0u8; 16];
         rand::rng().fill_bytes(&mut bytes);
-        SessionId(Repr::Native(bytes))
+        SessionId(Repr::Native(bytes), None)
     }
 
     /// The raw bytes: the 16 random bytes of a native id, the text of a foreign one.
@@ -65,7 +124,7 @@ impl SessionId {
     /// Builds an id from raw bytes (for tests and tools; use [`SessionId::generate`] for new
     /// sessions).
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
-        SessionId(Repr::Native(bytes))
+        SessionId(Repr::Native(bytes), None)
     }
 
     /// An id minted by another session library, taken as its text: the Node seed names sessions
@@ -98,15 +157,32 @@ impl SessionId {
         }
         let mut text = [0u8; MAX_FOREIGN_LEN];
         text[..s.len()].copy_from_slice(s.as_bytes());
-        Ok(SessionId(Repr::Foreign {
-            len: s.len() as u8,
-            text,
-        }))
+        Ok(SessionId(
+            Repr::Foreign {
+                len: s.len() as u8,
+                text,
+            },
+            None,
+        ))
     }
 
     /// Whether Tessera minted this id (16 random bytes), rather than another library.
     pub fn is_native(&self) -> bool {
         matches!(self.0, Repr::Native(_))
+    }
+
+    /// The same id placed in a user's slot (a foreign id stays as it is: the seed's layout has no
+    /// slots).
+    pub fn with_slot(self, slot: Option<UserSlot>) -> Self {
+        match self.0 {
+            Repr::Native(_) => SessionId(self.0, slot),
+            Repr::Foreign { .. } => self,
+        }
+    }
+
+    /// The user slot of a session bound to a user at login, `None` for a guest session.
+    pub fn slot(&self) -> Option<UserSlot> {
+        self.1
     }
 }
 
@@ -114,6 +190,11 @@ impl FromStr for SessionId {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() == BOUND_ENCODED_LEN && s.as_bytes()[ENCODED_LEN] == b'.' {
+            let id: SessionId = s[..ENCODED_LEN].parse()?;
+            let slot: UserSlot = s[ENCODED_LEN + 1..].parse()?;
+            return Ok(id.with_slot(Some(slot)));
+        }
         if s.len() != ENCODED_LEN {
             return Err(Error::new(
                 ErrorKind::InvalidId,
@@ -126,7 +207,7 @@ impl FromStr for SessionId {
         let mut out = [0u8; 16];
         // The default engine rejects non-zero trailing bits, so every id has exactly one spelling.
         match URL_SAFE_NO_PAD.decode_slice(s.as_bytes(), &mut out) {
-            Ok(16) => Ok(SessionId(Repr::Native(out))),
+            Ok(16) => Ok(SessionId(Repr::Native(out), None)),
             _ => Err(Error::new(
                 ErrorKind::InvalidId,
                 "a session id must be unpadded base64url (A-Z a-z 0-9 - _) of 16 bytes",
@@ -148,7 +229,11 @@ impl fmt::Display for SessionId {
         let n = URL_SAFE_NO_PAD
             .encode_slice(bytes, &mut buf)
             .expect("22 bytes hold 16 bytes of base64");
-        f.write_str(std::str::from_utf8(&buf[..n]).expect("base64 is ASCII"))
+        f.write_str(std::str::from_utf8(&buf[..n]).expect("base64 is ASCII"))?;
+        match &self.1 {
+            Some(slot) => write!(f, ".{slot}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -221,6 +306,32 @@ mod tests {
             assert!(SessionId::from_foreign(bad).is_err(), "{bad:?}");
         }
         assert!(!format!("{id:?}").contains(seed));
+    }
+
+    #[test]
+    fn bound_ids_carry_their_slot_in_the_text() {
+        let slot = UserSlot::from_bytes([9; 12]);
+        let id = SessionId::generate().with_slot(Some(slot));
+        let text = id.to_string();
+        assert_eq!(text.len(), BOUND_ENCODED_LEN);
+        assert_eq!(text.parse::<SessionId>().unwrap(), id);
+        assert_eq!(id.slot(), Some(slot));
+        assert_ne!(id, id.with_slot(None));
+        assert_eq!(id.as_bytes(), id.with_slot(None).as_bytes());
+        for bad in [
+            format!("{}.{}", &text[..ENCODED_LEN], "short"),
+            format!("{}:{}", &text[..ENCODED_LEN], &text[ENCODED_LEN + 1..]),
+            format!("{}.{}", &text[..ENCODED_LEN], "!".repeat(USER_SLOT_LEN)),
+        ] {
+            assert!(bad.parse::<SessionId>().is_err(), "{bad}");
+        }
+        let foreign = SessionId::from_foreign("mx5kckqa0ohc9584335nwbg1").unwrap();
+        assert_eq!(
+            foreign.with_slot(Some(slot)).slot(),
+            None,
+            "the seed has no slots"
+        );
+        assert!(!format!("{id:?}").contains(&slot.to_string()));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     error::{Error, ErrorKind, Result},
-    id::SessionId,
+    id::{SessionId, UserSlot},
 };
 
 /// The validated key prefix (the seed's `keySchema`).
@@ -104,18 +104,30 @@ impl KeyDeriver {
         }
     }
 
-    /// The Redis key of the session's hash.
+    /// The Redis key of the session's hash. A session bound to a user lives in the user's slot:
+    /// `<keySchema>{u.<slot>}:<tag>`, beside the user's index (see [`KeyDeriver::index_key`]).
     pub fn key(&self, id: &SessionId) -> String {
         if !self.tagged {
             return format!("{}{id}", self.schema.as_str());
         }
         let tag = self.tag(id);
+        if let Some(slot) = id.slot() {
+            return format!("{}{{u.{slot}}}:{tag}", self.schema.as_str());
+        }
         let mut key = String::with_capacity(self.schema.as_str().len() + tag.len() + 2);
         key.push_str(self.schema.as_str());
         key.push('{');
         key.push_str(&tag);
         key.push('}');
         key
+    }
+}
+
+impl KeyDeriver {
+    /// The key of a user's index: `<keySchema>{u.<slot>}`, in the same cluster slot as every
+    /// session bound to that user. A guest key's tag never holds a `.`, so the two never meet.
+    pub fn index_key(&self, slot: &UserSlot) -> String {
+        format!("{}{{u.{slot}}}", self.schema.as_str())
     }
 }
 
@@ -160,6 +172,23 @@ mod tests {
         assert_eq!(d.key(&id), "your:schema:mx5kckqa0ohc9584335nwbg1");
         let native = SessionId::generate();
         assert_eq!(d.key(&native), format!("your:schema:{native}"));
+    }
+
+    #[test]
+    fn bound_sessions_share_their_users_slot() {
+        let d = KeyDeriver::new(KeySchema::new("s").unwrap(), true);
+        let slot = UserSlot::from_bytes([5; 12]);
+        let (a, b) = (
+            SessionId::generate().with_slot(Some(slot)),
+            SessionId::generate().with_slot(Some(slot)),
+        );
+        let index = d.index_key(&slot);
+        let slot_of = |k: &str| fred::util::redis_keyslot(k.as_bytes());
+        assert_ne!(d.key(&a), d.key(&b));
+        assert_eq!(slot_of(&d.key(&a)), slot_of(&index));
+        assert_eq!(slot_of(&d.key(&b)), slot_of(&index));
+        assert!(d.key(&a).starts_with(&format!("{index}:")), "{}", d.key(&a));
+        assert_ne!(d.key(&a), d.key(&a.with_slot(None)), "a guest key differs");
     }
 
     proptest! {

@@ -24,13 +24,21 @@ pub mod metrics;
 pub mod record;
 mod session;
 pub mod store;
+mod users;
 
 pub use crate::{
     config::{SessionConfig, MAX_FIELDS_LIMIT, MAX_TTL},
     error::{Error, ErrorKind, Result},
-    id::{SessionId, ENCODED_LEN as SESSION_ID_LEN, MAX_FOREIGN_LEN, MIN_FOREIGN_LEN},
+    id::{
+        SessionId, UserSlot, BOUND_ENCODED_LEN as BOUND_SESSION_ID_LEN,
+        ENCODED_LEN as SESSION_ID_LEN, MAX_FOREIGN_LEN, MIN_FOREIGN_LEN, USER_SLOT_LEN,
+    },
     key::{KeyDeriver, KeySchema},
     koa::KoaJsonStore,
     session::{Committed, CookieAction, Session, SessionEngine},
     store::{MemoryStore, NearCache, RedisStore, RedisStoreBuilder, Regenerated, SessionStore},
+    users::{
+        CapPolicy, Device, DeviceHandle, DeviceInfo, LoggedIn, Revoked, SessionCap, UserKey,
+        HANDLE_LEN as DEVICE_HANDLE_LEN, MAX_DEVICE_TEXT, MIN_USER_KEY_LEN,
+    },
 };

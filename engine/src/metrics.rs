@@ -15,10 +15,22 @@ pub const WRITES_TOTAL: &str = "tessera_session_writes_total";
 /// Counter: commits of a loaded session that needed no write at all.
 pub const WRITES_SKIPPED_TOTAL: &str = "tessera_session_writes_skipped_total";
 /// Histogram: store operation latency in seconds, label `op` = `load` | `create` | `update` |
-/// `delete` | `regenerate` | `ping`, `outcome` = `ok` | `error`.
+/// `delete` | `regenerate` | `ping` | `bind` | `list_user` | `revoke` | `unbind` | `touch_user`
+/// | `rebind`, `outcome` = `ok` | `error`.
 pub const STORE_DURATION_SECONDS: &str = "tessera_store_operation_duration_seconds";
 /// Histogram: encoded session size in bytes, recorded on each write of session data.
 pub const SESSION_SIZE_BYTES: &str = "tessera_session_size_bytes";
+
+/// Counter: per-user index operations, labels `op` = `login` | `list` | `revoke` |
+/// `revoke_all` | `logout` | `renew` | `regenerate`, `outcome` = `ok` | `refused` (the cap) |
+/// `gone` (the session had ended) | `error`.
+pub const USER_INDEX_OPERATIONS_TOTAL: &str = "tessera_user_index_operations_total";
+/// Counter: sessions ended by a revoke, label `reason` = `revoke` (one device) |
+/// `logout_everywhere`.
+pub const SESSION_REVOCATIONS_TOTAL: &str = "tessera_session_revocations_total";
+/// Counter: the per-user cap at login, label `outcome` = `evicted` (one per session evicted) |
+/// `refused` (one per login refused).
+pub const SESSION_CAP_TOTAL: &str = "tessera_session_cap_total";
 
 /// Counter: near-cache look-ups, label `result` = `hit` | `miss`.
 pub const NEAR_CACHE_REQUESTS_TOTAL: &str = "tessera_near_cache_requests_total";
@@ -54,6 +66,18 @@ pub fn describe() {
         "Encoded size of sessions as written."
     );
     metrics::describe_counter!(
+        USER_INDEX_OPERATIONS_TOTAL,
+        "Per-user index operations (login, list, revoke, ...) by outcome."
+    );
+    metrics::describe_counter!(
+        SESSION_REVOCATIONS_TOTAL,
+        "Sessions ended by a revoke, by reason (revoke, logout_everywhere)."
+    );
+    metrics::describe_counter!(
+        SESSION_CAP_TOTAL,
+        "Per-user session cap at login: sessions evicted, logins refused."
+    );
+    metrics::describe_counter!(
         NEAR_CACHE_REQUESTS_TOTAL,
         "Near-cache look-ups by result (hit, miss)."
     );
@@ -81,7 +105,33 @@ const WRITE_OPS: [&str; 5] = ["create", "update", "touch", "destroy", "regenerat
 /// Values of the `outcome` label of [`WRITES_TOTAL`].
 const WRITE_OUTCOMES: [&str; 4] = ["ok", "error", "gone", "too_large"];
 /// Values of the `op` label of [`STORE_DURATION_SECONDS`].
-const STORE_OPS: [&str; 6] = ["load", "create", "update", "delete", "regenerate", "ping"];
+const STORE_OPS: [&str; 12] = [
+    "load",
+    "create",
+    "update",
+    "delete",
+    "regenerate",
+    "ping",
+    "bind",
+    "list_user",
+    "revoke",
+    "unbind",
+    "touch_user",
+    "rebind",
+];
+
+/// Per-user operations are rare (logins, device pages): their counters are looked up per use.
+pub(crate) fn user_op(op: &'static str, outcome: &'static str) {
+    metrics::counter!(USER_INDEX_OPERATIONS_TOTAL, "op" => op, "outcome" => outcome).increment(1);
+}
+
+pub(crate) fn revoked(reason: &'static str, sessions: usize) {
+    metrics::counter!(SESSION_REVOCATIONS_TOTAL, "reason" => reason).increment(sessions as u64);
+}
+
+pub(crate) fn cap(outcome: &'static str, n: usize) {
+    metrics::counter!(SESSION_CAP_TOTAL, "outcome" => outcome).increment(n as u64);
+}
 
 /// The index of `value` among a label's fixed values (a caller passing another value is a bug).
 fn index(values: &[&str], value: &str) -> usize {

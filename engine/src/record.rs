@@ -9,6 +9,49 @@ use crate::error::{Error, ErrorKind, Result};
 /// The hash field that holds the session's [`Meta`]. User fields may not use this name.
 pub const META_FIELD: &str = "__tessera";
 
+/// The hash field of a session bound to a user that describes its device (a [`DeviceRecord`]).
+pub const DEVICE_FIELD: &str = "__tessera_device";
+
+/// The hash field of a bound session that holds when it was last seen, as decimal milliseconds
+/// since the epoch (plain text, so the per-user scripts can pick the least recently used). It is
+/// written at login and with each renewal, never on its own.
+pub const SEEN_FIELD: &str = "__tessera_seen";
+
+/// Whether a field name is reserved by the engine.
+pub fn is_reserved(field: &str) -> bool {
+    field == META_FIELD || field == DEVICE_FIELD || field == SEEN_FIELD
+}
+
+/// What a bound session records about the device that logged in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// The opaque handle that names this session in the user's device list.
+    pub handle: String,
+    /// When the user logged in on this device, milliseconds since the Unix epoch.
+    pub login_ms: u64,
+    /// The `User-Agent` the application passed at login, if any.
+    pub user_agent: Option<String>,
+    /// The client address the application passed at login, if any.
+    pub client_addr: Option<String>,
+}
+
+impl DeviceRecord {
+    /// Encodes the record.
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(rmp_serde::to_vec(self).expect("a device record always encodes"))
+    }
+
+    /// Decodes a record; foreign or corrupt bytes give a [`ErrorKind::Decode`] error.
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        from_slice(bytes).map_err(|err| {
+            Error::new(
+                ErrorKind::Decode,
+                format!("the session's device record is corrupt ({err})"),
+            )
+        })
+    }
+}
+
 /// Current stored-format version.
 pub const FORMAT_VERSION: u8 = 1;
 
@@ -104,6 +147,22 @@ mod tests {
             expires_ms: 2,
         };
         assert_eq!(Meta::decode(&meta.encode()).unwrap(), meta);
+    }
+
+    #[test]
+    fn device_records_round_trip_and_names_are_reserved() {
+        let device = DeviceRecord {
+            handle: "h".into(),
+            login_ms: 7,
+            user_agent: Some("ua".into()),
+            client_addr: None,
+        };
+        assert_eq!(DeviceRecord::decode(&device.encode()).unwrap(), device);
+        assert!(DeviceRecord::decode(b"\xc1").unwrap_err().is_decode());
+        for name in [META_FIELD, DEVICE_FIELD, SEEN_FIELD] {
+            assert!(is_reserved(name));
+        }
+        assert!(!is_reserved("__tessera_other"));
     }
 
     #[test]

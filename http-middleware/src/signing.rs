@@ -5,7 +5,7 @@
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tessera_engine::{SessionId, SESSION_ID_LEN};
+use tessera_engine::{SessionId, BOUND_SESSION_ID_LEN, SESSION_ID_LEN};
 
 use crate::error::{Error, ErrorKind};
 
@@ -19,6 +19,8 @@ pub(crate) const GOOD_SECRET_LEN: usize = 32;
 const SIG_LEN: usize = 43;
 /// Length of a signed cookie value.
 pub(crate) const SIGNED_LEN: usize = SESSION_ID_LEN + 1 + SIG_LEN;
+/// Length of a signed cookie value of a logged-in session (its id carries the user's slot).
+pub(crate) const SIGNED_BOUND_LEN: usize = BOUND_SESSION_ID_LEN + 1 + SIG_LEN;
 
 /// Why a cookie value was rejected; also the `reason` label of the rejected-cookie metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,7 +173,7 @@ impl SigningKeys {
             return id;
         };
         let tag = Self::mac(key, name, &id).finalize().into_bytes();
-        let mut out = String::with_capacity(SIGNED_LEN);
+        let mut out = String::with_capacity(SIGNED_BOUND_LEN);
         out.push_str(&id);
         out.push('.');
         URL_SAFE_NO_PAD.encode_string(tag, &mut out);
@@ -181,7 +183,7 @@ impl SigningKeys {
     /// Verifies a cookie value.
     pub fn verify(&self, name: &str, value: &str) -> Result<Verified, Rejection> {
         if self.unsigned {
-            if value.len() > SESSION_ID_LEN {
+            if value.len() > BOUND_SESSION_ID_LEN {
                 return Err(Rejection::Oversized);
             }
             let id = value.parse().map_err(|_| Rejection::Malformed)?;
@@ -190,13 +192,19 @@ impl SigningKeys {
                 stale_key: false,
             });
         }
-        if value.len() > SIGNED_LEN {
+        if value.len() > SIGNED_BOUND_LEN {
             return Err(Rejection::Oversized);
         }
-        if value.len() != SIGNED_LEN || value.as_bytes()[SESSION_ID_LEN] != b'.' {
+        let id_len = match value.len() {
+            SIGNED_LEN => SESSION_ID_LEN,
+            SIGNED_BOUND_LEN => BOUND_SESSION_ID_LEN,
+            _ => return Err(Rejection::Malformed),
+        };
+        if value.as_bytes()[id_len] != b'.' {
             return Err(Rejection::Malformed);
         }
-        let (id_text, sig_text) = (&value[..SESSION_ID_LEN], &value[SESSION_ID_LEN + 1..]);
+        // The signature covers the id with its user slot: a slot cannot be swapped.
+        let (id_text, sig_text) = (&value[..id_len], &value[id_len + 1..]);
         let id: SessionId = id_text.parse().map_err(|_| Rejection::Malformed)?;
         let mut sig = [0u8; 32];
         match URL_SAFE_NO_PAD.decode_slice(sig_text, &mut sig) {
@@ -291,6 +299,32 @@ mod tests {
         );
         // Bound to the cookie name.
         assert_eq!(keys.verify("other", &value), Err(Rejection::BadSignature));
+    }
+
+    #[test]
+    fn a_logged_in_sessions_slot_is_signed_with_its_id() {
+        let keys = SigningKeys::new([A]).unwrap();
+        let slot = tessera_engine::UserSlot::from_bytes([3; 12]);
+        let id = SessionId::generate().with_slot(Some(slot));
+        let value = keys.sign("n", &id);
+        assert_eq!(value.len(), SIGNED_BOUND_LEN);
+        assert_eq!(keys.verify("n", &value).unwrap().id, id);
+        // Another user's slot under the same signature is refused.
+        let other = tessera_engine::UserSlot::from_bytes([4; 12]);
+        let swapped = value.replace(&slot.to_string(), &other.to_string());
+        assert_ne!(swapped, value);
+        assert_eq!(keys.verify("n", &swapped), Err(Rejection::BadSignature));
+        // The slot dropped: the guest id's signature differs.
+        let guest = format!(
+            "{}{}",
+            &value[..SESSION_ID_LEN],
+            &value[BOUND_SESSION_ID_LEN..]
+        );
+        assert_eq!(keys.verify("n", &guest), Err(Rejection::BadSignature));
+        assert_eq!(
+            keys.verify("n", &format!("{value}x")),
+            Err(Rejection::Oversized)
+        );
     }
 
     #[test]

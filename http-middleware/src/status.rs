@@ -11,6 +11,9 @@ use tessera_engine::{Error, ErrorKind};
 /// | `Redis`, `Timeout`, `LoadFailed`, `NotDurable` | 503: the store is unavailable, retry later (send `Retry-After`) |
 /// | `TooLarge` | 413 |
 /// | `InvalidField`, `InvalidId` | 400 |
+/// | `NotLoggedIn` | 401 |
+/// | `SessionCap`, `SessionEnded` | 409: the login was refused, or the session ended meanwhile |
+/// | `Unsupported` | 501 |
 /// | `Decode`, `Encode`, `Config`, `IdCollision`, any other | 500: a bug or bad data, retrying will not help |
 ///
 /// The layer's [`FailurePolicy::FailOpen`](crate::FailurePolicy::FailOpen) applies to the 503
@@ -26,6 +29,9 @@ pub(crate) fn status_of(kind: ErrorKind) -> StatusCode {
         K::Redis | K::Timeout | K::LoadFailed | K::NotDurable => StatusCode::SERVICE_UNAVAILABLE,
         K::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         K::InvalidField | K::InvalidId => StatusCode::BAD_REQUEST,
+        K::NotLoggedIn => StatusCode::UNAUTHORIZED,
+        K::SessionCap | K::SessionEnded => StatusCode::CONFLICT,
+        K::Unsupported => StatusCode::NOT_IMPLEMENTED,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

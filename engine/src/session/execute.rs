@@ -58,6 +58,8 @@ pub(super) async fn execute(
             }
         }
     }
+    // The new id (of a login) is on its way to the client.
+    st.announce = false;
     let stored = match &st.life {
         Lifecycle::Loaded(stored) => Some(stored),
         _ => None,
@@ -96,8 +98,25 @@ async fn run_step(
             delete,
             renewal,
             op,
+            bound,
         } => {
             let ttl = renewal.map(|(_, ttl)| ttl);
+            if let (Some((index, handle)), Some(ttl)) = (&bound, ttl) {
+                // The index must outlive every session in it, so it moves first. A session no
+                // longer in its index was revoked: it must not live on unlisted.
+                let listed = engine
+                    .timed("touch_user", store.touch_user(index, handle, ttl))
+                    .await
+                    .inspect_err(|_| metrics.write(op.as_str(), "error"))?;
+                if !listed {
+                    engine
+                        .timed("unbind", store.unbind(index, &key, Some(handle)))
+                        .await?;
+                    metrics.write(op.as_str(), "gone");
+                    st.gone();
+                    return Ok(Outcome::Gone);
+                }
+            }
             let updated = engine
                 .timed("update", store.update(&key, &set, &delete, ttl))
                 .await
@@ -127,7 +146,12 @@ async fn run_step(
         } => {
             let (id, key) = create(engine, id, &fields, ttl, writes).await?;
             metrics.size(encoded_size(st));
-            st.life = Lifecycle::Loaded(Stored { id, key, meta });
+            st.life = Lifecycle::Loaded(Stored {
+                id,
+                key,
+                meta,
+                bound: None,
+            });
             st.original.clear();
             Ok(Outcome::Done)
         }
@@ -137,21 +161,33 @@ async fn run_step(
             fields,
             meta,
             ttl,
+            bound,
         } => {
             let op = WriteOp::Regenerate.as_str();
             let mut id = id;
             let mut attempts = 1;
             loop {
                 let key = engine.key(&id);
+                let moved = match &bound {
+                    None => store.regenerate(&old_key, &key, &fields, ttl),
+                    Some(b) => {
+                        store.rebind(&b.index, &b.device.handle, &old_key, &key, &fields, ttl)
+                    }
+                };
                 let moved = engine
-                    .timed("regenerate", store.regenerate(&old_key, &key, &fields, ttl))
+                    .timed("regenerate", moved)
                     .await
                     .inspect_err(|_| metrics.write(op, "error"))?;
                 match moved {
                     Regenerated::Moved => {
                         metrics.write(op, "ok");
                         metrics.size(encoded_size(st));
-                        st.life = Lifecycle::Loaded(Stored { id, key, meta });
+                        st.life = Lifecycle::Loaded(Stored {
+                            id,
+                            key,
+                            meta,
+                            bound,
+                        });
                         st.original.clear();
                         return Ok(Outcome::Done);
                     }
@@ -170,17 +206,21 @@ async fn run_step(
                         tracing::warn!("regenerated session id collided; minting another");
                         attempts += 1;
                         *writes = writes.saturating_add(1);
-                        id = SessionId::generate();
+                        id = SessionId::generate().with_slot(id.slot());
                     }
                 }
             }
         }
-        Step::Delete { key } => {
+        Step::Delete { key, bound } => {
             let op = WriteOp::Destroy.as_str();
-            engine
-                .timed("delete", store.delete(&key))
-                .await
-                .inspect_err(|_| metrics.write(op, "error"))?;
+            let deleted = match &bound {
+                None => engine.timed("delete", store.delete(&key)).await,
+                Some((index, handle)) => {
+                    let unbind = store.unbind(index, &key, handle.as_deref());
+                    engine.timed("unbind", unbind).await
+                }
+            };
+            deleted.inspect_err(|_| metrics.write(op, "error"))?;
             metrics.write(op, "ok");
             // Deleted: a later commit of this handle has nothing left to delete, but still
             // clears the cookie and never stores an empty session (the state stays `Destroyed`).

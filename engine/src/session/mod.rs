@@ -19,15 +19,19 @@ use crate::{
     id::SessionId,
     key::KeyDeriver,
     metrics,
-    record::{decode_value, encode_value, Meta, META_FIELD},
+    record::{
+        decode_value, encode_value, is_reserved, DeviceRecord, Meta, DEVICE_FIELD, META_FIELD,
+        SEEN_FIELD,
+    },
     store::SessionStore,
 };
 
 mod execute;
 mod plan;
 mod state;
+mod users;
 
-use self::state::{Lifecycle, OnLoadError, State, Stored};
+use self::state::{Bound, DestroyedKey, Lifecycle, OnLoadError, State, Stored};
 
 /// Shared, cheap-to-clone entry point: a store, its configuration and the key derivation.
 ///
@@ -123,6 +127,17 @@ impl SessionEngine {
     /// The Redis key that holds session `id`.
     pub fn key(&self, id: &SessionId) -> String {
         self.inner.keys.key(id)
+    }
+
+    /// What a destroy of `id` deletes when nothing was loaded: its key and, for a logged-in
+    /// session, its user's index (the handle is unknown: the store finds the entry by key).
+    fn destroyed_key(&self, id: &SessionId) -> DestroyedKey {
+        DestroyedKey {
+            key: self.key(id),
+            bound: id
+                .slot()
+                .map(|slot| (self.inner.keys.index_key(&slot), None)),
+        }
     }
 
     /// Checks that the store answers (for health endpoints).
@@ -237,7 +252,15 @@ impl Session {
             .engine
             .timed("load", self.engine.inner.store.load(&key))
             .await
-            .and_then(|fields| fields.map(|f| split_meta(f, config)).transpose());
+            .and_then(|fields| fields.map(|f| split_meta(f, config)).transpose())
+            .and_then(|loaded| {
+                loaded
+                    .map(|(meta, mut fields)| {
+                        let bound = self.engine.split_binding(&id, &mut fields)?;
+                        Ok((meta, fields, bound))
+                    })
+                    .transpose()
+            });
         match result {
             Err(err) => {
                 self.engine.metrics().load("error");
@@ -251,9 +274,14 @@ impl Session {
                     OnLoadError::Fail => Err(err),
                 }
             }
-            Ok(Some((meta, fields))) if meta.is_live(plan::epoch_ms(SystemTime::now())) => {
+            Ok(Some((meta, fields, bound))) if meta.is_live(plan::epoch_ms(SystemTime::now())) => {
                 self.engine.metrics().load("hit");
-                st.life = Lifecycle::Loaded(Stored { id, key, meta });
+                st.life = Lifecycle::Loaded(Stored {
+                    id,
+                    key,
+                    meta,
+                    bound,
+                });
                 st.found_at_load = true;
                 st.data = fields;
                 Ok(st)
@@ -285,10 +313,10 @@ impl Session {
         value: &T,
     ) -> Result<()> {
         let field = field.into();
-        if field == META_FIELD {
+        if is_reserved(&field) {
             return Err(Error::new(
                 ErrorKind::InvalidField,
-                format!("the field name {META_FIELD:?} is reserved by the engine; use another"),
+                format!("the field name {field:?} is reserved by the engine; use another"),
             ));
         }
         let bytes = encode_value(value)?;
@@ -349,7 +377,7 @@ impl Session {
     /// Needs no load: destroying costs one store command, and works while loads fail.
     pub async fn destroy(&self) -> Result<()> {
         let mut st = self.state.lock().await;
-        st.destroy(|id| self.engine.key(id));
+        st.destroy(|id| self.engine.destroyed_key(id));
         Ok(())
     }
 
@@ -383,6 +411,26 @@ impl Session {
         let mut st = self.state.lock().await;
         let plan = plan::plan(&st, &self.engine.inner.config, SystemTime::now());
         execute::execute(&self.engine, &mut st, plan).await
+    }
+}
+
+impl SessionEngine {
+    /// Splits a logged-in session's device record and last-seen field off its loaded fields.
+    /// A session is logged in when its id names a user slot and it has a device record.
+    fn split_binding(
+        &self,
+        id: &SessionId,
+        fields: &mut HashMap<String, Bytes>,
+    ) -> Result<Option<Bound>> {
+        fields.remove(SEEN_FIELD);
+        let device = fields.remove(DEVICE_FIELD);
+        match (id.slot(), device) {
+            (Some(slot), Some(device)) => Ok(Some(Bound {
+                index: self.inner.keys.index_key(&slot),
+                device: DeviceRecord::decode(&device)?,
+            })),
+            _ => Ok(None),
+        }
     }
 }
 

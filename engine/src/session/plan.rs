@@ -9,12 +9,12 @@ use std::{
 
 use bytes::Bytes;
 
-use super::state::{Lifecycle, State, Stored};
+use super::state::{Bound, Lifecycle, State, Stored};
 use crate::{
     config::SessionConfig,
     error::{Error, ErrorKind},
     id::SessionId,
-    record::{Meta, FORMAT_VERSION, META_FIELD},
+    record::{Meta, DEVICE_FIELD, FORMAT_VERSION, META_FIELD, SEEN_FIELD},
 };
 
 /// What a store write is, as the `op` label of the writes metric.
@@ -50,6 +50,8 @@ pub(crate) enum Step {
         delete: Vec<String>,
         renewal: Option<(Meta, Duration)>,
         op: WriteOp,
+        /// A logged-in session's (index, handle): a renewal first raises the index's TTL.
+        bound: Option<(String, String)>,
     },
     /// Store the fields as a new session, only under an id nobody has (`id`: the one the handle
     /// already handed out, if any; the executor mints another on a collision).
@@ -59,16 +61,21 @@ pub(crate) enum Step {
         meta: Meta,
         ttl: Duration,
     },
-    /// Move the fields to `id`, only if the session at `old_key` still exists then.
+    /// Move the fields to `id`, only if the session at `old_key` still exists then (and, for a
+    /// logged-in one, is still in its user's index: it moves within the user's slot).
     Regenerate {
         old_key: String,
         id: SessionId,
         fields: Vec<(String, Bytes)>,
         meta: Meta,
         ttl: Duration,
+        bound: Option<Bound>,
     },
-    /// Delete a destroyed session.
-    Delete { key: String },
+    /// Delete a destroyed session (and its entry in its user's index, by handle when known).
+    Delete {
+        key: String,
+        bound: Option<(String, Option<String>)>,
+    },
 }
 
 /// The cookie once every step has succeeded.
@@ -168,19 +175,27 @@ pub(crate) fn plan(state: &State, config: &SessionConfig, now: SystemTime) -> Pl
                 WriteOp::Regenerate,
                 meta,
                 now_ms,
-                |fields, ttl| {
+                |mut fields, ttl| {
+                    if let Some(bound) = &old.bound {
+                        fields.push((DEVICE_FIELD.to_owned(), bound.device.encode()));
+                        fields.push((SEEN_FIELD.to_owned(), seen(now_ms)));
+                    }
                     vec![Step::Regenerate {
                         old_key: old.key.clone(),
                         id: *id,
                         fields,
                         meta,
                         ttl,
+                        bound: old.bound.clone(),
                     }]
                 },
             )
         }
         Lifecycle::Destroyed { old, id } => {
-            let delete = old.as_ref().map(|key| Step::Delete { key: key.0.clone() });
+            let delete = old.as_ref().map(|old| Step::Delete {
+                key: old.key.clone(),
+                bound: old.bound.clone(),
+            });
             // Fields inserted after the destroy start a new session (never an empty one: the
             // destroy was the point).
             if state.data.is_empty() {
@@ -227,7 +242,14 @@ fn plan_loaded(state: &State, stored: &Stored, config: &SessionConfig, now_ms: u
             changed
         };
     if !changed && !renew_due {
-        return Plan::nothing(PlannedCookie::Keep);
+        // After a login the new id still has to reach the client.
+        return Plan::nothing(if state.announce {
+            PlannedCookie::Set {
+                expires: from_epoch_ms(meta.expires_ms),
+            }
+        } else {
+            PlannedCookie::Keep
+        });
     }
     let op = if changed {
         WriteOp::Update
@@ -246,6 +268,10 @@ fn plan_loaded(state: &State, stored: &Stored, config: &SessionConfig, now_ms: u
             ..meta
         };
         set.push((META_FIELD.to_owned(), new_meta.encode()));
+        if stored.bound.is_some() {
+            // Last seen moves with the renewal only: no request pays a write for it.
+            set.push((SEEN_FIELD.to_owned(), seen(now_ms)));
+        }
         (
             new_meta,
             Duration::from_millis(new_expiry.saturating_sub(now_ms)),
@@ -254,6 +280,9 @@ fn plan_loaded(state: &State, stored: &Stored, config: &SessionConfig, now_ms: u
     let cookie = match renewal {
         Some((m, _)) => PlannedCookie::Set {
             expires: from_epoch_ms(m.expires_ms),
+        },
+        None if state.announce => PlannedCookie::Set {
+            expires: from_epoch_ms(meta.expires_ms),
         },
         None => PlannedCookie::Keep,
     };
@@ -264,9 +293,15 @@ fn plan_loaded(state: &State, stored: &Stored, config: &SessionConfig, now_ms: u
             delete,
             renewal,
             op,
+            bound: stored.bound.as_ref().map(Bound::entry),
         }],
         cookie,
     }
+}
+
+/// The last-seen field's value: decimal milliseconds, which the per-user scripts compare.
+pub(crate) fn seen(now_ms: u64) -> Bytes {
+    Bytes::from(now_ms.to_string())
 }
 
 /// Checks the limits, then builds the steps that write every field plus `meta`.
@@ -308,7 +343,7 @@ fn create(id: Option<SessionId>, fields: Vec<(String, Bytes)>, meta: Meta, ttl: 
     }
 }
 
-fn new_meta(config: &SessionConfig, now_ms: u64) -> Meta {
+pub(crate) fn new_meta(config: &SessionConfig, now_ms: u64) -> Meta {
     let deadline_ms = config.absolute_ttl.map(|t| now_ms.saturating_add(ms(t)));
     Meta {
         version: FORMAT_VERSION,
@@ -319,7 +354,7 @@ fn new_meta(config: &SessionConfig, now_ms: u64) -> Meta {
 }
 
 /// The expiry to set now: a full idle TTL, capped by the absolute deadline.
-fn expiry(config: &SessionConfig, now_ms: u64, deadline: Option<u64>) -> u64 {
+pub(crate) fn expiry(config: &SessionConfig, now_ms: u64, deadline: Option<u64>) -> u64 {
     let sliding = now_ms.saturating_add(ms(config.idle_ttl));
     deadline.map_or(sliding, |d| sliding.min(d))
 }
@@ -343,7 +378,10 @@ fn diff(
 }
 
 /// The size and field-count limits.
-fn check_limits(config: &SessionConfig, data: &HashMap<String, Bytes>) -> Result<(), Error> {
+pub(crate) fn check_limits(
+    config: &SessionConfig,
+    data: &HashMap<String, Bytes>,
+) -> Result<(), Error> {
     let size: usize = data.iter().map(|(k, v)| k.len() + v.len()).sum();
     if data.len() > config.max_fields {
         return Err(Error::new(
@@ -369,7 +407,10 @@ fn check_limits(config: &SessionConfig, data: &HashMap<String, Bytes>) -> Result
 
 #[cfg(test)]
 mod tests {
-    use super::{super::state::OnLoadError, *};
+    use super::{
+        super::state::{DestroyedKey, OnLoadError},
+        *,
+    };
 
     const HOUR: u64 = 3_600_000;
     /// A fixed "now": 2026-01-01T00:00:00Z.
@@ -397,6 +438,7 @@ mod tests {
                 deadline_ms,
                 expires_ms,
             },
+            bound: None,
         }
     }
 
@@ -485,6 +527,7 @@ mod tests {
                 delete: vec!["a".into()],
                 renewal: None,
                 op: WriteOp::Update,
+                bound: None,
             }]
         );
         assert_eq!(cookie, PlannedCookie::Keep);
@@ -662,7 +705,8 @@ mod tests {
         assert_eq!(
             steps,
             vec![Step::Delete {
-                key: "k:{old}".into()
+                key: "k:{old}".into(),
+                bound: None,
             }]
         );
         assert_eq!(cookie, PlannedCookie::Clear);
@@ -723,11 +767,15 @@ mod tests {
                 id: None,
             });
             s.on_load_error = mode;
-            s.destroy(|_| "k:{req}".into());
+            s.destroy(|_| DestroyedKey {
+                key: "k:{req}".into(),
+                bound: None,
+            });
             assert_eq!(
                 run(plan(&s, &config(), at(NOW))).0,
                 vec![Step::Delete {
-                    key: "k:{req}".into()
+                    key: "k:{req}".into(),
+                    bound: None,
                 }]
             );
         }

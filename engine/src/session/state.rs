@@ -6,15 +6,34 @@ use std::{collections::HashMap, fmt};
 
 use bytes::Bytes;
 
-use crate::{error::Error, id::SessionId, record::Meta};
+use crate::{
+    error::Error,
+    id::SessionId,
+    record::{DeviceRecord, Meta},
+};
 
 /// A session that exists in the store: its id, the key derived from it (kept, since deriving it
-/// hashes the id) and its meta as last read or written.
+/// hashes the id), its meta as last read or written, and its user binding if it is logged in.
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct Stored {
     pub(crate) id: SessionId,
     pub(crate) key: String,
     pub(crate) meta: Meta,
+    pub(crate) bound: Option<Bound>,
+}
+
+/// A session bound to a user: its user's index key and its device record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Bound {
+    pub(crate) index: String,
+    pub(crate) device: DeviceRecord,
+}
+
+impl Bound {
+    /// The (index, handle) pair the store's per-user operations take.
+    pub(crate) fn entry(&self) -> (String, String) {
+        (self.index.clone(), self.device.handle.clone())
+    }
 }
 
 impl fmt::Debug for Stored {
@@ -23,6 +42,7 @@ impl fmt::Debug for Stored {
         f.debug_struct("Stored")
             .field("id", &self.id)
             .field("meta", &self.meta)
+            .field("bound", &self.bound.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -64,9 +84,13 @@ pub(crate) enum Lifecycle {
     Failed { error: Error, id: Option<SessionId> },
 }
 
-/// The key a destroy deletes (redacted in `Debug`, like [`Stored`]).
+/// The key a destroy deletes (redacted in `Debug`, like [`Stored`]), with its user's index and
+/// its handle (when known) if it was logged in.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) struct DestroyedKey(pub(crate) String);
+pub(crate) struct DestroyedKey {
+    pub(crate) key: String,
+    pub(crate) bound: Option<(String, Option<String>)>,
+}
 
 impl fmt::Debug for DestroyedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -97,6 +121,9 @@ pub(crate) struct State {
     /// The load found a live session (cleared by a destroy): what `is_new` reports, whatever
     /// later commits do in this request.
     pub(crate) found_at_load: bool,
+    /// A login moved the session to a new id outside a commit: the next commit sends the
+    /// cookie even if it writes nothing.
+    pub(crate) announce: bool,
 }
 
 impl fmt::Debug for State {
@@ -123,6 +150,7 @@ impl State {
             data: HashMap::new(),
             original: HashMap::new(),
             found_at_load: false,
+            announce: false,
         }
     }
 
@@ -154,23 +182,29 @@ impl State {
     /// `destroy()`: whatever was stored (or, when nothing could be read, whatever the client
     /// named) is deleted at commit; the fields start empty. `requested_key` derives the key of
     /// the requested id, only called when no load told the key.
-    pub(crate) fn destroy(&mut self, requested_key: impl FnOnce(&SessionId) -> String) {
+    pub(crate) fn destroy(&mut self, requested_key: impl FnOnce(&SessionId) -> DestroyedKey) {
         let old = match std::mem::replace(&mut self.life, Lifecycle::Unloaded) {
             Lifecycle::Loaded(stored) | Lifecycle::Regenerated { old: stored, .. } => {
-                Some(DestroyedKey(stored.key))
+                Some(DestroyedKey {
+                    bound: stored
+                        .bound
+                        .as_ref()
+                        .map(|b| (b.index.clone(), Some(b.device.handle.clone()))),
+                    key: stored.key,
+                })
             }
             Lifecycle::Destroyed { old, .. } => old,
             // Nothing stored behind a fresh handle; its cookie is cleared all the same.
             Lifecycle::Fresh { .. } => None,
             // After a failed (or no) load the requested id is deleted blindly: logging out must
             // work while reads fail.
-            Lifecycle::Unloaded | Lifecycle::Failed { .. } => self
-                .requested
-                .as_ref()
-                .map(|id| DestroyedKey(requested_key(id))),
+            Lifecycle::Unloaded | Lifecycle::Failed { .. } => {
+                self.requested.as_ref().map(requested_key)
+            }
         };
         self.life = Lifecycle::Destroyed { old, id: None };
         self.found_at_load = false;
+        self.announce = false;
         self.data.clear();
         self.original.clear();
     }
@@ -182,6 +216,7 @@ impl State {
             id: None,
             stale_cookie: true,
         };
+        self.announce = false;
         self.data.clear();
         self.original.clear();
     }
@@ -189,9 +224,10 @@ impl State {
     /// `regenerate()` on a loaded state: the data is to move to a new id at commit.
     pub(crate) fn regenerate(&mut self) {
         self.life = match std::mem::replace(&mut self.life, Lifecycle::Unloaded) {
+            // A logged-in session stays in its user's slot.
             Lifecycle::Loaded(old) | Lifecycle::Regenerated { old, .. } => Lifecycle::Regenerated {
+                id: SessionId::generate().with_slot(old.id.slot()),
                 old,
-                id: SessionId::generate(),
             },
             Lifecycle::Fresh { stale_cookie, .. } => Lifecycle::Fresh {
                 id: Some(SessionId::generate()),

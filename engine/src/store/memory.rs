@@ -14,8 +14,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::{Fields, Regenerated, SessionStore};
-use crate::error::Result;
+use super::{
+    users::apply_cap, BindOutcome, BindRequest, Fields, Listed, Regenerated, Revoke, SessionStore,
+};
+use crate::{
+    error::Result,
+    record::{DEVICE_FIELD, META_FIELD, SEEN_FIELD},
+};
 
 /// Sweep expired entries every this many writes, so memory stays bounded without a background
 /// task (which would tie the store to a runtime).
@@ -112,6 +117,132 @@ fn live<'a>(map: &'a mut HashMap<String, Entry>, key: &str, now: Instant) -> Opt
     map.get_mut(key)
 }
 
+/// The live entries `handle → key` of index `index`, pruning those whose session is gone (and
+/// the index itself once empty).
+fn index_entries(
+    map: &mut HashMap<String, Entry>,
+    index: &str,
+    now: Instant,
+) -> Vec<(String, String)> {
+    let Some(entry) = live(map, index, now) else {
+        return Vec::new();
+    };
+    let entries: Vec<(String, String)> = entry
+        .fields
+        .iter()
+        .map(|(h, k)| (h.clone(), String::from_utf8_lossy(k).into_owned()))
+        .collect();
+    let mut kept = Vec::with_capacity(entries.len());
+    for (handle, key) in entries {
+        if live(map, &key, now).is_some() {
+            kept.push((handle, key));
+        } else if let Some(index) = map.get_mut(index) {
+            index.fields.remove(&handle);
+        }
+    }
+    drop_if_empty(map, index);
+    kept
+}
+
+fn drop_if_empty(map: &mut HashMap<String, Entry>, index: &str) {
+    if map.get(index).is_some_and(|e| e.fields.is_empty()) {
+        map.remove(index);
+    }
+}
+
+/// Raises `index`'s expiry to at least `now + ttl`.
+fn extend(map: &mut HashMap<String, Entry>, index: &str, now: Instant, ttl: Duration) {
+    if let Some(entry) = map.get_mut(index) {
+        entry.expires_at = entry.expires_at.max(expires_at(now, ttl));
+    }
+}
+
+fn seen_ms(fields: &Fields) -> u64 {
+    fields
+        .get(SEEN_FIELD)
+        .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Deletes the session `handle` of `index`; returns whether its session existed.
+fn end(map: &mut HashMap<String, Entry>, index: &str, handle: &str, now: Instant) -> bool {
+    let Some(key) = map
+        .get_mut(index)
+        .and_then(|e| e.fields.remove(handle))
+        .map(|k| String::from_utf8_lossy(&k).into_owned())
+    else {
+        return false;
+    };
+    let existed = live(map, &key, now).is_some();
+    map.remove(&key);
+    existed
+}
+
+impl MemoryStore {
+    fn bind_in(&self, req: &BindRequest<'_>) -> BindOutcome {
+        let now = Instant::now();
+        let mut map = self.inner.map.lock();
+        if live(&mut map, req.key, now).is_some() {
+            return BindOutcome::NewTaken;
+        }
+        if let Some(old) = &req.old {
+            if live(&mut map, old.key, now).is_none() {
+                return BindOutcome::OldGone;
+            }
+        }
+        let replaced = req
+            .old
+            .and_then(|o| o.bound)
+            .filter(|(index, _)| *index == req.index)
+            .map(|(_, handle)| handle);
+        let entries: Vec<(String, u64)> = index_entries(&mut map, req.index, now)
+            .into_iter()
+            .filter(|(h, _)| Some(h.as_str()) != replaced)
+            .map(|(h, k)| {
+                let seen = map.get(&k).map_or(0, |e| seen_ms(&e.fields));
+                (h, seen)
+            })
+            .collect();
+        let evicted = match apply_cap(req.cap, entries) {
+            Ok(evicted) => evicted,
+            Err(live) => return BindOutcome::Refused { live },
+        };
+        for handle in &evicted {
+            end(&mut map, req.index, handle, now);
+        }
+        if let Some(old) = &req.old {
+            match old.bound {
+                Some((index, handle)) => {
+                    end(&mut map, index, handle, now);
+                    map.remove(old.key);
+                    drop_if_empty(&mut map, index);
+                }
+                None => {
+                    map.remove(old.key);
+                }
+            }
+        }
+        map.insert(
+            req.key.to_owned(),
+            Entry {
+                fields: req.fields.iter().cloned().collect(),
+                expires_at: expires_at(now, req.ttl),
+            },
+        );
+        let index = map.entry(req.index.to_owned()).or_insert_with(|| Entry {
+            fields: Fields::new(),
+            expires_at: now,
+        });
+        index.fields.insert(
+            req.handle.to_owned(),
+            Bytes::copy_from_slice(req.key.as_bytes()),
+        );
+        extend(&mut map, req.index, now, req.ttl);
+        self.after_write(&mut map);
+        BindOutcome::Bound { evicted }
+    }
+}
+
 #[async_trait]
 impl SessionStore for MemoryStore {
     async fn load(&self, key: &str) -> Result<Option<Fields>> {
@@ -197,6 +328,109 @@ impl SessionStore for MemoryStore {
 
     async fn ping(&self) -> Result<()> {
         Ok(())
+    }
+
+    async fn bind(&self, request: &BindRequest<'_>) -> Result<BindOutcome> {
+        Ok(self.bind_in(request))
+    }
+
+    async fn list_user(&self, index: &str) -> Result<Vec<Listed>> {
+        let now = Instant::now();
+        let mut map = self.inner.map.lock();
+        let entries = index_entries(&mut map, index, now);
+        Ok(entries
+            .into_iter()
+            .filter_map(|(handle, key)| {
+                let entry = map.get(&key)?;
+                let fields = [META_FIELD, DEVICE_FIELD, SEEN_FIELD]
+                    .into_iter()
+                    .filter_map(|f| Some((f.to_owned(), entry.fields.get(f)?.clone())))
+                    .collect();
+                Some(Listed::new(handle, fields))
+            })
+            .collect())
+    }
+
+    async fn revoke(&self, index: &str, which: Revoke<'_>) -> Result<Vec<String>> {
+        let now = Instant::now();
+        let mut map = self.inner.map.lock();
+        let handles: Vec<String> = match which {
+            Revoke::One(handle) => vec![handle.to_owned()],
+            Revoke::All { keep } => live(&mut map, index, now)
+                .map(|e| e.fields.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|h| Some(h.as_str()) != keep)
+                .collect(),
+        };
+        let revoked = handles
+            .into_iter()
+            .filter(|h| end(&mut map, index, h, now))
+            .collect();
+        drop_if_empty(&mut map, index);
+        Ok(revoked)
+    }
+
+    async fn unbind(&self, index: &str, key: &str, handle: Option<&str>) -> Result<bool> {
+        let now = Instant::now();
+        let mut map = self.inner.map.lock();
+        let existed = live(&mut map, key, now).is_some();
+        map.remove(key);
+        if let Some(entry) = map.get_mut(index) {
+            entry
+                .fields
+                .retain(|h, k| Some(h.as_str()) != handle && k != key.as_bytes());
+        }
+        drop_if_empty(&mut map, index);
+        Ok(existed)
+    }
+
+    async fn touch_user(&self, index: &str, handle: &str, ttl: Duration) -> Result<bool> {
+        let now = Instant::now();
+        let mut map = self.inner.map.lock();
+        let present = live(&mut map, index, now).is_some_and(|e| e.fields.contains_key(handle));
+        if present {
+            extend(&mut map, index, now, ttl);
+        }
+        Ok(present)
+    }
+
+    async fn rebind(
+        &self,
+        index: &str,
+        handle: &str,
+        old: &str,
+        new: &str,
+        fields: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<Regenerated> {
+        let now = Instant::now();
+        let mut map = self.inner.map.lock();
+        if live(&mut map, new, now).is_some() {
+            return Ok(Regenerated::NewTaken);
+        }
+        let listed = live(&mut map, index, now)
+            .and_then(|e| e.fields.get(handle))
+            .is_some_and(|k| k == old.as_bytes());
+        if !listed || live(&mut map, old, now).is_none() {
+            return Ok(Regenerated::OldGone);
+        }
+        map.remove(old);
+        map.insert(
+            new.to_owned(),
+            Entry {
+                fields: fields.iter().cloned().collect(),
+                expires_at: expires_at(now, ttl),
+            },
+        );
+        if let Some(entry) = map.get_mut(index) {
+            entry
+                .fields
+                .insert(handle.to_owned(), Bytes::copy_from_slice(new.as_bytes()));
+        }
+        extend(&mut map, index, now, ttl);
+        self.after_write(&mut map);
+        Ok(Regenerated::Moved)
     }
 }
 

@@ -12,12 +12,15 @@ mod memory;
 mod memory_strings;
 mod redis;
 mod strings;
+mod users;
 
+pub(crate) use self::users::unsupported;
 pub use self::{
     memory::MemoryStore,
     memory_strings::MemoryStringStore,
     redis::{NearCache, RedisStore, RedisStoreBuilder},
     strings::{Renamed, Replaced, StringStore},
+    users::{BindOutcome, BindRequest, Listed, OldSession, Revoke},
 };
 
 /// A stored session: field name to encoded value, the meta field included.
@@ -80,4 +83,60 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> Result<()>;
+
+    /// A login into a user's slot, in one atomic step with the cap and the index entry: prunes
+    /// entries whose session expired, then refuses or evicts the least recently seen (by the
+    /// `__tessera_seen` field) when the live count reaches the cap, creates the session only if
+    /// its key is free and `old` still exists, adds the entry, keeps the index's TTL at least the
+    /// new session's, and deletes `old` (and its entry). Where `old` lives in another slot of a
+    /// cluster, it is deleted first, fail closed, as [`SessionStore::regenerate`] does.
+    ///
+    /// The default answers [`crate::ErrorKind::Unsupported`].
+    async fn bind(&self, request: &BindRequest<'_>) -> Result<BindOutcome> {
+        let _ = request;
+        Err(unsupported("login"))
+    }
+
+    /// The live sessions of `index`, pruning entries whose session is gone.
+    async fn list_user(&self, index: &str) -> Result<Vec<Listed>> {
+        let _ = index;
+        Err(unsupported("device list"))
+    }
+
+    /// Ends sessions of `index` with their entries; returns the handles of the sessions that
+    /// existed. Deletes the index when no entry is left.
+    async fn revoke(&self, index: &str, which: Revoke<'_>) -> Result<Vec<String>> {
+        let _ = (index, which);
+        Err(unsupported("revoke"))
+    }
+
+    /// A logout of a bound session: deletes `key` and its entry (found by `handle`, or by
+    /// key when the handle is unknown); returns whether the session existed.
+    async fn unbind(&self, index: &str, key: &str, handle: Option<&str>) -> Result<bool> {
+        let _ = (index, key, handle);
+        Err(unsupported("logout"))
+    }
+
+    /// Before a bound session's renewal: raises the index's TTL to at least `ttl`, only if the
+    /// entry `handle` is still there (a revoked session's entry is never re-added). Returns
+    /// whether it was.
+    async fn touch_user(&self, index: &str, handle: &str, ttl: Duration) -> Result<bool> {
+        let _ = (index, handle, ttl);
+        Err(unsupported("renewal"))
+    }
+
+    /// [`SessionStore::regenerate`] within a user's slot: moves the session, only if `old` and
+    /// its entry still exist, and points the entry `handle` at `new`.
+    async fn rebind(
+        &self,
+        index: &str,
+        handle: &str,
+        old: &str,
+        new: &str,
+        fields: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<Regenerated> {
+        let _ = (index, handle, old, new, fields, ttl);
+        Err(unsupported("regenerate"))
+    }
 }

@@ -243,6 +243,7 @@ impl RedisStoreBuilder {
         };
         let mut sources: Vec<fred::bytes_utils::Str> =
             scripts::ALL.iter().map(|s| (*s).into()).collect();
+        sources.extend(super::users::ALL.iter().map(|s| (*s).into()));
         if near.is_some() {
             sources.extend(scripts::Script::tracked_set().map(|s| s.source));
         }

@@ -22,7 +22,7 @@ use self::{
     scripts::{Answer, Script},
     sentinel::{Watcher, WriteGate},
 };
-use super::{Fields, Regenerated, SessionStore};
+use super::{BindOutcome, BindRequest, Fields, Listed, Regenerated, Revoke, SessionStore};
 use crate::error::{Error, ErrorKind, Result};
 
 mod builder;
@@ -49,8 +49,9 @@ macro_rules! within_deadline {
     };
 }
 
-// After the macro, which it uses.
+// After the macro, which they use.
 mod tracked;
+mod users;
 
 /// How commands reach Redis: one fred pool (standalone, sentinel), or per-primary pools behind
 /// the cluster router.
@@ -70,6 +71,7 @@ struct Inner {
     create: Script,
     update: Script,
     regenerate: Script,
+    users: users::UserScripts,
     /// The near cache and its scripts (load, update), when on.
     near: Option<(Arc<Near>, [Script; 2])>,
     _watchers: Vec<Watcher>,
@@ -121,6 +123,7 @@ impl RedisStore {
                 create: Script::create(),
                 update: Script::update(),
                 regenerate: Script::regenerate(),
+                users: users::UserScripts::new(),
                 near: near.map(|near| (near, Script::tracked_set())),
                 _watchers: watchers,
             }),
@@ -569,5 +572,46 @@ impl SessionStore for RedisStore {
             Ok(())
         };
         self.bounded(deadline, pings).await
+    }
+
+    // The per-user operations are rare (logins, device lists, revokes) and each may read the
+    // index first: always bounded as a whole, boxed.
+    async fn bind(&self, request: &BindRequest<'_>) -> Result<BindOutcome> {
+        let deadline = self.deadline();
+        Box::pin(self.bounded(deadline, self.bind_by(request, deadline))).await
+    }
+
+    async fn list_user(&self, index: &str) -> Result<Vec<Listed>> {
+        let deadline = self.deadline();
+        Box::pin(self.bounded(deadline, self.list_by(index, deadline))).await
+    }
+
+    async fn revoke(&self, index: &str, which: Revoke<'_>) -> Result<Vec<String>> {
+        let deadline = self.deadline();
+        Box::pin(self.bounded(deadline, self.revoke_by(index, which, deadline))).await
+    }
+
+    async fn unbind(&self, index: &str, key: &str, handle: Option<&str>) -> Result<bool> {
+        let deadline = self.deadline();
+        Box::pin(self.bounded(deadline, self.unbind_by(index, key, handle, deadline))).await
+    }
+
+    async fn touch_user(&self, index: &str, handle: &str, ttl: Duration) -> Result<bool> {
+        let deadline = self.deadline();
+        Box::pin(self.bounded(deadline, self.touch_by(index, handle, ttl, deadline))).await
+    }
+
+    async fn rebind(
+        &self,
+        index: &str,
+        handle: &str,
+        old: &str,
+        new: &str,
+        fields: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<Regenerated> {
+        let deadline = self.deadline();
+        let call = self.rebind_by(index, handle, (old, new), fields, ttl, deadline);
+        Box::pin(self.bounded(deadline, call)).await
     }
 }

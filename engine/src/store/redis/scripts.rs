@@ -142,7 +142,7 @@ pub(super) struct Script {
 }
 
 impl Script {
-    fn new(source: impl Into<Str>, reapply: Reapply) -> Self {
+    pub(super) fn new(source: impl Into<Str>, reapply: Reapply) -> Self {
         let source = source.into();
         Script {
             sha1: Str::from(fred::util::sha1_hash(&source)),
