@@ -56,7 +56,7 @@ start() {
   trap - ERR
   url >"$STATE/url"
   echo "Redis Cluster on $LOOPBACK:${PORTS[0]}-${PORTS[5]} (state: $STATE)"
-  echo "demo: cargo run --release -p tessera-middleware --example demo -- --redis '$(url)'"
+  echo "demo: cargo run --release -p tessera-demo -- --redis '$(url)'"
   url
 }
 

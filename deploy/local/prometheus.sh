@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prometheus with deploy/prometheus/prometheus.yml (and its alerts.yml) on 127.0.0.1:9091, with
 # its own data directory. It scrapes the targets in deploy/prometheus/targets/ (the demo on
-# 127.0.0.1:3000, as `cargo run --release -p tessera-middleware --example demo` serves it).
+# 127.0.0.1:3000, as `cargo run --release -p tessera-demo` serves it).
 #
 #   deploy/local/prometheus.sh [start]   start and wait until ready
 #   deploy/local/prometheus.sh status    list the running PID

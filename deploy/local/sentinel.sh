@@ -93,7 +93,7 @@ start() {
   trap - ERR
   url >"$STATE/url"
   echo "Sentinel set: master $LOOPBACK:$MASTER_PORT, replica $LOOPBACK:$REPLICA_PORT, sentinels ${SENTINELS[*]} (state: $STATE)"
-  echo "demo: cargo run --release -p tessera-middleware --example demo -- --redis '$(url)'"
+  echo "demo: cargo run --release -p tessera-demo -- --redis '$(url)'"
   url
 }
 

@@ -1,14 +1,12 @@
 //! Tessera's HTTP layer: a tower [`SessionLayer`] that gives every request a guest session named
 //! by a signed cookie (default `koa:sess`), backed by the `tessera-engine` stores, plus Prometheus
-//! metrics and the demo service.
+//! metrics. The demo service is its own crate, `tessera-demo`.
 //!
 //! Handlers find the [`Session`] in the request extensions (or, with the `axum` feature, take
 //! [`axum::SessionExtractor`] as an argument). See [`session`] for a complete example.
 
 #[cfg(feature = "axum")]
 pub mod axum;
-#[cfg(feature = "demo")]
-pub mod demo;
 mod error;
 pub mod koa;
 pub mod metrics;

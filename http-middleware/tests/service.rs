@@ -2,7 +2,6 @@
 //! sockets) on `MemoryStore`: cookie attributes and round trips, skip-unchanged, empty new
 //! sessions, tampered cookies, key rotation, destroy, regenerate, fail-closed / fail-open, the
 //! size limit, concurrent field merges, metrics and (with the `axum` feature) the axum extractor.
-#![cfg(feature = "demo")]
 
 use std::{
     convert::Infallible,
@@ -22,14 +21,12 @@ use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode
 use http_body::Body;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use tessera_demo::{build_app, DemoApp, DemoArgs};
 use tessera_engine::{
     store::Fields, Error as EngineError, ErrorKind as EngineErrorKind, MemoryStore, Regenerated,
     SessionConfig, SessionEngine, SessionId, SessionStore, SESSION_ID_LEN,
 };
-use tessera_middleware::{
-    demo::{build_app, DemoApp, DemoArgs},
-    FailurePolicy, Rejection, SessionLayer, SessionService, SigningKeys,
-};
+use tessera_middleware::{FailurePolicy, Rejection, SessionLayer, SessionService, SigningKeys};
 use tower::{Layer, Service, ServiceExt};
 
 const COOKIE: &str = "koa:sess";

@@ -10,8 +10,8 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
+use tessera_demo::{build_app, serve, DemoArgs};
 use tessera_engine::SessionEngine;
-use tessera_middleware::demo::{build_app, serve, DemoArgs};
 use tokio::{net::TcpListener, task::JoinHandle};
 
 /// The demo app served in-process on `127.0.0.1:<free port>`; stops on drop.
@@ -35,7 +35,7 @@ impl DemoServer {
     /// Serves the demo as its command line would: every mode (`--compat`, `--upgrade`) included.
     pub async fn start_from_args(args: &DemoArgs) -> Self {
         let metrics = tessera_middleware::install_prometheus_recorder().ok();
-        let (engine, app) = tessera_middleware::demo::build_service(args, metrics)
+        let (engine, app) = tessera_demo::build_service(args, metrics)
             .await
             .expect("valid demo arguments");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -51,10 +51,7 @@ impl DemoServer {
     ) -> Self {
         use tower::Layer as _;
         let metrics = tessera_middleware::install_prometheus_recorder().ok();
-        let app = layer.layer(tessera_middleware::demo::DemoApp::new(
-            engine.clone(),
-            metrics,
-        ));
+        let app = layer.layer(tessera_demo::DemoApp::new(engine.clone(), metrics));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(serve(listener, app));
@@ -178,12 +175,13 @@ impl HttpClient {
     }
 }
 
-/// The demo example binary next to the running test binary (`cargo test --workspace` builds it).
+/// The demo binary (`tessera-demo`'s `demo`) next to the running test binary: `cargo test
+/// --workspace` builds it for the demo crate's own tests, `cargo build -p tessera-demo` does too.
 pub fn demo_exe() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
     exe.parent()
         .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("examples").join("demo"))
+        .map(|dir| dir.join("demo"))
         .filter(|p| p.exists())
-        .expect("the demo example is built by `cargo test --workspace` (target/*/examples/demo)")
+        .expect("the demo binary is built by `cargo test --workspace` (target/*/demo)")
 }

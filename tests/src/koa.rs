@@ -217,8 +217,8 @@ pub fn profile_args(
     keys: &[&str],
     key_schema: &str,
     ttl: u64,
-) -> tessera_middleware::demo::DemoArgs {
-    let mut args = tessera_middleware::demo::DemoArgs::for_tests()
+) -> tessera_demo::DemoArgs {
+    let mut args = tessera_demo::DemoArgs::for_tests()
         .with_redis(url)
         .with_secrets(keys.iter().map(|k| k.to_string()).collect())
         .with_ttl(ttl)

@@ -12,8 +12,9 @@ use std::{
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
+use tessera_demo::DemoArgs;
 use tessera_engine::{RedisStore, SessionConfig, SessionEngine, SessionId, SessionStore};
-use tessera_middleware::{demo::DemoArgs, FailurePolicy, SessionLayer, SigningKeys};
+use tessera_middleware::{FailurePolicy, SessionLayer, SigningKeys};
 use tessera_tests::{
     http::{DemoServer, HttpClient},
     load::{create_sessions, failures, lost_writes, recovered_at, success_ratio, Driver, Sample},
@@ -341,7 +342,7 @@ async fn redis_down_and_back() {
     let timeout = Duration::from_millis(300);
     let mut args = DemoArgs::for_tests().with_redis(server.url());
     args.redis_timeout_ms = timeout.as_millis() as u64;
-    let engine = tessera_middleware::demo::build_engine(&args).await.unwrap();
+    let engine = tessera_demo::build_engine(&args).await.unwrap();
     let closed = DemoServer::start(engine.clone(), &args).await;
     let open_layer = SessionLayer::new(engine.clone(), SigningKeys::new(&args.secrets).unwrap())
         .with_secure(false)

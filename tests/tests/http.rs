@@ -3,8 +3,8 @@
 use std::{sync::Arc, time::Duration};
 
 use http::{Method, StatusCode};
+use tessera_demo::DemoArgs;
 use tessera_engine::{RedisStore, SessionConfig, SessionEngine, SessionId};
-use tessera_middleware::demo::DemoArgs;
 use tessera_tests::{
     http::{demo_exe, DemoServer, HttpClient},
     support::{engine_command_counts, redis_cli, RedisCluster, RedisSentinelSet, RedisServer},

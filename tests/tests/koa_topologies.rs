@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use tessera_middleware::demo::DemoArgs;
+use tessera_demo::DemoArgs;
 use tessera_tests::{
     http::DemoServer,
     koa::{profile_args, Browser, KoaApp},

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 
 use http::{Method, StatusCode};
-use tessera_middleware::{demo::DemoArgs, koa::Keygrip};
+use tessera_demo::DemoArgs;
+use tessera_middleware::koa::Keygrip;
 use tessera_tests::{
     http::DemoServer,
     koa::{profile_args, Browser, Jar, KoaApp},

@@ -22,7 +22,7 @@ use std::{
 use http::{Method, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
-use tessera_middleware::demo::{build_engine, DemoArgs};
+use tessera_demo::{build_engine, DemoArgs};
 use tessera_tests::{
     http::{DemoServer, HttpClient},
     support::{free_port, redis_cli, RedisServer},

@@ -1,9 +1,9 @@
 //! The load benchmark: Tessera's demo service on a real `redis-server`, measured over keep-alive
 //! HTTP/1.1 next to two baselines in the same process and with the same client.
 //!
-//! * `tessera`: [`tessera_middleware::demo::build_app`] served by
-//!   [`tessera_middleware::demo::serve`], on a Redis engine built by
-//!   [`tessera_middleware::demo::build_engine`].
+//! * `tessera`: [`tessera_demo::build_app`] served by
+//!   [`tessera_demo::serve`], on a Redis engine built by
+//!   [`tessera_demo::build_engine`].
 //! * `rawget`: the same hyper server with a handler that does exactly one Redis command per
 //!   request (`GET` for `read`, `SET` for `write` and `new`): the one-round-trip limit.
 //! * `tower-sessions`: `tower-sessions` 0.14 with `tower-sessions-redis-store` 0.16 (signed

@@ -1,4 +1,4 @@
-//! The systems, each served by [`tessera_middleware::demo::serve`] on a free loopback port,
+//! The systems, each served by [`tessera_demo::serve`] on a free loopback port,
 //! so they share the HTTP server and differ only in what they do per request.
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
@@ -13,7 +13,7 @@ use fred::{
 };
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use tessera_middleware::demo::{build_app, build_engine, serve, DemoArgs};
+use tessera_demo::{build_app, build_engine, serve, DemoArgs};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tower::{service_fn, Layer as _};
 

@@ -1,6 +1,6 @@
-//! The demo service: `cargo run --release -p tessera-middleware --example demo -- --help`.
+//! The demo service: `cargo run --release -p tessera-demo -- --help`.
 
-use tessera_middleware::demo::{run, DemoArgs};
+use tessera_demo::{run, DemoArgs};
 
 /// glibc's allocator serialises tokio workers on its arena locks under load; mimalloc does not.
 #[global_allocator]

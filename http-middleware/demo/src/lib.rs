@@ -1,5 +1,5 @@
 //! The demo service: the seed's example (a view counter) plus routes that exercise every session
-//! operation, served on hyper with the session layer. `examples/demo.rs` is its command line; the
+//! operation, served on hyper with the session layer. `src/main.rs` is its command line; the
 //! integration tests and the load benchmark serve the same app in-process.
 
 use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, time::Duration};
@@ -15,7 +15,7 @@ use tessera_engine::{Session, SessionEngine};
 use tokio::net::TcpListener;
 use tower_service::Service;
 
-use crate::error_status;
+use tessera_middleware::error_status;
 
 /// Largest accepted `PUT /session/{field}` body.
 const MAX_BODY: usize = 64 * 1024;
@@ -221,7 +221,7 @@ where
 /// Runs the demo as the example binary does: prints `listening on http://ADDR` once it accepts
 /// connections.
 pub async fn run(args: DemoArgs) -> Result<(), BoxError> {
-    let metrics = crate::install_prometheus_recorder()?;
+    let metrics = tessera_middleware::install_prometheus_recorder()?;
     let (_, app) = build_service(&args, Some(metrics)).await?;
     let listener = TcpListener::bind(args.listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
@@ -418,7 +418,7 @@ impl DemoApp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::SigningKeys;
+    use tessera_middleware::SigningKeys;
 
     const LONG: &str = "a,b: one secret of more than thirty-two bytes";
 

@@ -11,7 +11,7 @@ use tessera_engine::{
 use tower_layer::Layer;
 
 use super::{BoxError, DemoApp, DemoArgs};
-use crate::{koa::KoaCompat, SessionLayer, SessionService, SigningKeys};
+use tessera_middleware::{koa::KoaCompat, SessionLayer, SessionService, SigningKeys};
 
 /// Builds the engine the arguments describe (connecting to Redis if a URL is given): the native
 /// one, or with `--compat` (and no `--upgrade`) the seed's layout.
@@ -118,7 +118,7 @@ pub fn build_app(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::demo::Compat;
+    use crate::Compat;
 
     const KEY: &str = "an app key of more than thirty-two bytes";
 
