@@ -187,6 +187,11 @@ impl SessionConfig {
         self
     }
 
+    /// Whether a user key is set, so [`crate::Session::login`] can bind sessions to users.
+    pub fn has_user_key(&self) -> bool {
+        self.user_key.is_some()
+    }
+
     /// The per-user session cap, if any.
     pub fn session_cap(&self) -> Option<SessionCap> {
         self.session_cap

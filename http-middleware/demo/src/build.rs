@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tessera_engine::{
-    store::MemoryStringStore, KeySchema, MemoryStore, NearCache, RedisStore, SessionConfig,
+    store::MemoryStringStore, CapPolicy, KeySchema, SessionCap, UserKey, MemoryStore, NearCache, RedisStore, SessionConfig,
     SessionEngine,
 };
 use tower_layer::Layer;
 
-use super::{BoxError, DemoApp, DemoArgs};
+use super::{BoxError, DemoApp, DemoArgs, OnSessionCap};
 use tessera_middleware::{koa::KoaCompat, SessionLayer, SessionService, SigningKeys};
 
 /// Builds the engine the arguments describe (connecting to Redis if a URL is given): the native
@@ -28,13 +28,41 @@ pub async fn build_engine(args: &DemoArgs) -> Result<SessionEngine, BoxError> {
     } else {
         &args.key_schema
     };
+    let cap = (args.max_sessions_per_user > 0).then(|| SessionCap {
+        max: args.max_sessions_per_user,
+        policy: match args.on_session_cap {
+            OnSessionCap::Evict => CapPolicy::EvictLeastRecent,
+            OnSessionCap::Refuse => CapPolicy::Refuse,
+        },
+    });
     let config = SessionConfig::default()
         .with_key_schema(KeySchema::new(schema)?)
-        .with_idle_ttl(Duration::from_secs(args.ttl.max(1)))?;
+        .with_idle_ttl(Duration::from_secs(args.ttl.max(1)))?
+        .with_user_key(user_key(args)?)
+        .with_session_cap(cap);
     Ok(match connect(args).await? {
         None => SessionEngine::new(MemoryStore::new(), config),
         Some(store) => SessionEngine::new(store, config),
     })
+}
+
+/// The key behind user slots and device handles: derived from the signing secret (the first
+/// one), so every instance with the same secrets agrees; random without one, like the signing
+/// key. Rotating the first secret sends new logins to new slots (see the README).
+fn user_key(args: &DemoArgs) -> Result<UserKey, BoxError> {
+    use sha2::{Digest, Sha256};
+    let secret: Vec<u8> = match args.secrets.first() {
+        Some(secret) => {
+            Sha256::digest([b"tessera demo user key\0".as_slice(), secret.as_bytes()].concat())
+                .to_vec()
+        }
+        None => {
+            let mut bytes = vec![0u8; 32];
+            getrandom::fill(&mut bytes).map_err(|err| format!("no random source: {err}"))?;
+            bytes
+        }
+    };
+    Ok(UserKey::new(&secret)?)
 }
 
 async fn connect(args: &DemoArgs) -> Result<Option<RedisStore>, BoxError> {
@@ -93,7 +121,7 @@ pub async fn build_service(
     } else {
         compat.layer(engine.clone())?
     };
-    Ok((engine.clone(), layer.layer(DemoApp { engine, metrics })))
+    Ok((engine.clone(), layer.layer(DemoApp::new(engine, metrics))))
 }
 
 /// Builds the full service: the demo routes behind the session layer.
@@ -112,7 +140,7 @@ pub fn build_app(
         SigningKeys::new(&args.secrets)?
     };
     let layer = SessionLayer::new(engine.clone(), keys).with_secure(args.cookie_secure)?;
-    Ok(layer.layer(DemoApp { engine, metrics }))
+    Ok(layer.layer(DemoApp::new(engine, metrics)))
 }
 
 #[cfg(test)]

@@ -78,6 +78,24 @@ pub struct DemoArgs {
         default_value = "tessera:sess:"
     )]
     pub native_key_schema: String,
+    /// At most this many live sessions per user (0: no cap). Logins beyond it evict the least
+    /// recently seen session or are refused, as --on-session-cap says.
+    #[arg(long, env = "TESSERA_MAX_SESSIONS_PER_USER", default_value_t = 0)]
+    pub max_sessions_per_user: u32,
+    /// What a login beyond --max-sessions-per-user does: `evict` the least recently seen
+    /// session, or `refuse` the login (409).
+    #[arg(long, env = "TESSERA_ON_SESSION_CAP", value_enum, default_value_t = OnSessionCap::Evict)]
+    pub on_session_cap: OnSessionCap,
+}
+
+/// The `--on-session-cap` policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[non_exhaustive]
+pub enum OnSessionCap {
+    /// Revoke the least recently seen session to make room.
+    Evict,
+    /// Refuse the login with 409.
+    Refuse,
 }
 
 /// The `--compat` profiles.
@@ -129,7 +147,21 @@ impl DemoArgs {
             compat: None,
             upgrade: false,
             native_key_schema: "tessera:sess:".into(),
+            max_sessions_per_user: 0,
+            on_session_cap: OnSessionCap::Evict,
         }
+    }
+
+    /// At most `max` sessions per user, beyond which logins evict (or with `refuse`, are
+    /// refused).
+    pub fn with_session_cap(mut self, max: u32, refuse: bool) -> Self {
+        self.max_sessions_per_user = max;
+        self.on_session_cap = if refuse {
+            OnSessionCap::Refuse
+        } else {
+            OnSessionCap::Evict
+        };
+        self
     }
 
     /// Turns the near cache on with room for `entries` sessions.
@@ -180,6 +212,7 @@ fn split_secret_lines(values: &[String]) -> Vec<String> {
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 mod build;
+mod devices;
 
 pub use self::build::{build_app, build_engine, build_service};
 
@@ -240,13 +273,29 @@ pub async fn run(args: DemoArgs) -> Result<(), BoxError> {
 pub struct DemoApp {
     engine: SessionEngine,
     metrics: Option<PrometheusHandle>,
+    /// Whether logins bind sessions to users (the native layout with a user key); the
+    /// koa-session-redis3 profile logs in as it always did.
+    per_user: bool,
 }
 
 impl DemoApp {
     /// The routes over `engine`; `/metrics` renders `metrics` when given.
     pub fn new(engine: SessionEngine, metrics: Option<PrometheusHandle>) -> Self {
-        DemoApp { engine, metrics }
+        let per_user = engine.config().has_user_key();
+        DemoApp {
+            engine,
+            metrics,
+            per_user,
+        }
     }
+}
+
+/// The first value of query parameter `name`.
+fn query_param<B>(req: &Request<B>, name: &str) -> Option<String> {
+    let query = req.uri().query()?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 impl<B> Service<Request<B>> for DemoApp
@@ -314,6 +363,7 @@ impl DemoApp {
             .cloned()
             .expect("the demo app runs behind SessionLayer");
         let path = req.uri().path().to_owned();
+        let device = devices::device_info(&req);
         let field = path
             .strip_prefix("/session/")
             .filter(|f| !f.is_empty() && !f.contains('/'))
@@ -376,17 +426,35 @@ impl DemoApp {
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             (Method::POST, "/login", _) => {
-                let user = req.uri().query().and_then(|q| {
-                    url::form_urlencoded::parse(q.as_bytes())
-                        .find(|(k, _)| k == "user")
-                        .map(|(_, v)| v.into_owned())
-                });
+                let user = match query_param(&req, "user") {
+                    Some(user) => Some(user),
+                    // A plain HTML form (the devices page) sends the name in its body.
+                    None => devices::form_field(req.into_body(), "user").await,
+                };
                 let Some(user) = user.filter(|u| !u.is_empty()) else {
                     return Ok(text(StatusCode::BAD_REQUEST, "missing ?user=NAME\n"));
                 };
                 session.insert("user", &user).await?;
-                session.regenerate().await?;
+                if self.per_user {
+                    session.login(&user, device).await?;
+                } else {
+                    session.regenerate().await?;
+                }
                 Ok(text(StatusCode::OK, format!("logged in as {user}\n")))
+            }
+            (Method::GET, "/devices", _) => devices::list_json(&session).await,
+            (Method::DELETE, p, _) if p.starts_with("/devices/") => {
+                devices::revoke(&session, &p["/devices/".len()..]).await
+            }
+            (Method::POST, "/logout-everywhere", _) => {
+                let keep = query_param(&req, "keep").is_some_and(|k| k == "current");
+                session.logout_everywhere(keep).await?;
+                Ok(empty(StatusCode::NO_CONTENT))
+            }
+            (Method::GET, "/account/devices", _) => devices::page(&session).await,
+            (Method::POST, p, _) if p.starts_with("/account/devices/") && p.ends_with("/revoke") => {
+                let handle = &p["/account/devices/".len()..p.len() - "/revoke".len()];
+                devices::revoke_from_page(&session, handle).await
             }
             (Method::POST, "/logout", _) => {
                 session.destroy().await?;
