@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use tessera_engine::{
-    store::MemoryStringStore, CapPolicy, KeySchema, SessionCap, UserKey, MemoryStore, NearCache, RedisStore, SessionConfig,
-    SessionEngine,
+    store::MemoryStringStore, CapPolicy, KeySchema, MemoryStore, NearCache, RedisStore, SessionCap,
+    SessionConfig, SessionEngine, UserKey,
 };
 use tower_layer::Layer;
 

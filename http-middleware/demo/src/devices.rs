@@ -34,7 +34,11 @@ where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    let bytes = Limited::new(body, MAX_FORM).collect().await.ok()?.to_bytes();
+    let bytes = Limited::new(body, MAX_FORM)
+        .collect()
+        .await
+        .ok()?
+        .to_bytes();
     url::form_urlencoded::parse(&bytes)
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())

@@ -452,7 +452,9 @@ impl DemoApp {
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             (Method::GET, "/account/devices", _) => devices::page(&session).await,
-            (Method::POST, p, _) if p.starts_with("/account/devices/") && p.ends_with("/revoke") => {
+            (Method::POST, p, _)
+                if p.starts_with("/account/devices/") && p.ends_with("/revoke") =>
+            {
                 let handle = &p["/account/devices/".len()..p.len() - "/revoke".len()];
                 devices::revoke_from_page(&session, handle).await
             }
