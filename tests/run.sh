@@ -12,6 +12,9 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The koa-session-redis3 interop suites run the real seed (tests/koa-app) under Node.
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# The device page's test drives a real headless Chromium over WebDriver.
+[ -x /usr/bin/chromium ] || need+=(chromium)
+[ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}"
