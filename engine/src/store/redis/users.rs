@@ -26,9 +26,10 @@ use crate::{
 
 /// A script's answer when the index changed since it was read: read again.
 const STALE: i64 = -1;
-/// How often an operation reads the index again after [`STALE`] or a `TRYAGAIN`, within its
-/// deadline.
-const ATTEMPTS: usize = 16;
+/// The longest pause between two attempts after [`STALE`] or a `TRYAGAIN`; attempts go on until
+/// the call's deadline (a slot migration keeps answering TRYAGAIN to multi-key scripts until
+/// every key of the slot has moved).
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A login. KEYS: index, new key, the n entry keys read, then the old key (modes `g`, `b`, `x`)
 /// and the old session's index (mode `x`: another user's index on the same node). ARGV: handle,
@@ -43,7 +44,11 @@ if redis.call('HLEN', idx) ~= n then return {-1} end
 for i = 1, n do
   if redis.call('HGET', idx, ARGV[7 + i]) ~= KEYS[2 + i] then return {-1} end
 end
-if redis.call('EXISTS', new) == 1 then return {0} end
+if redis.call('EXISTS', new) == 1 then
+  -- This very login, applied by an attempt whose answer was lost: done.
+  if redis.call('HGET', idx, handle) == new then return {1} end
+  return {0}
+end
 local oldkey, oldidx = nil, nil
 if mode ~= '' then
   oldkey = KEYS[3 + n]
@@ -159,7 +164,10 @@ return 1
 /// A regenerate in the user's slot. KEYS: index, old, new; ARGV: handle, ttl_ms, field/value
 /// pairs. Answers 1 moved, 0 new key taken, 2 old gone (or no longer listed under handle).
 const REBIND_LUA: &str = r"
-if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  if redis.call('HGET', KEYS[1], ARGV[1]) == KEYS[3] then return 1 end
+  return 0
+end
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= KEYS[2] then return 2 end
 if redis.call('DEL', KEYS[2]) == 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
@@ -223,8 +231,12 @@ fn strings_after_status(reply: Value) -> Vec<String> {
     }
 }
 
+/// Whether another attempt may succeed: a slot mid-migration (TRYAGAIN), a connection lost or
+/// a node failing over (the router's own attempts ran out). Every per-user script may run
+/// twice: a login or a regenerate that finds its own new key already listed answers "done",
+/// and the others are idempotent.
 fn retryable(err: &Error) -> bool {
-    err.message().contains("TRYAGAIN")
+    matches!(err.kind(), ErrorKind::Redis | ErrorKind::Timeout)
 }
 
 impl RedisStore {
@@ -248,25 +260,27 @@ impl RedisStore {
         Ok(entries)
     }
 
-    /// Runs `attempt` until it answers something other than [`STALE`] or a `TRYAGAIN`, at most
-    /// [`ATTEMPTS`] times and never past `deadline`.
+    /// Runs `attempt` until it answers something other than [`STALE`] or a `TRYAGAIN`, never
+    /// past `deadline`.
     async fn until_settled<T, F, Fut>(&self, deadline: Instant, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>>>,
     {
-        for round in 0..ATTEMPTS {
+        let mut pause = Duration::from_millis(1);
+        loop {
             match attempt().await {
                 Ok(Some(done)) => return Ok(done),
                 Ok(None) => {}
                 Err(err) if retryable(&err) => {}
                 Err(err) => return Err(err),
             }
-            if Instant::now() >= deadline {
+            if Instant::now() + pause >= deadline {
                 break;
             }
             // Back off a little: a migration or a burst of logins of one user is settling.
-            tokio::time::sleep(Duration::from_millis(2 << round.min(5))).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_BACKOFF);
         }
         Err(Error::new(
             ErrorKind::Timeout,
