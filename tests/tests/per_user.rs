@@ -824,3 +824,81 @@ async fn cluster_resharding_and_failover_lose_no_entry() {
         logged_in.len()
     );
 }
+
+/// 100k logins over 10k users with a 1 s idle TTL, the sessions left to expire: Redis ends up
+/// holding nothing, index keys included (no cleanup job: each index expires with its last
+/// session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_logins_leave_no_index_keys_after_expiry() {
+    let topo = Topo::standalone().await;
+    let Some(Redis::Standalone(server)) = &topo.redis else {
+        unreachable!()
+    };
+    let port = server.port();
+    let config = config().with_idle_ttl(Duration::from_secs(1)).unwrap();
+    let engine = SessionEngine::from_arc(topo.store.clone(), config);
+    const LOGINS: usize = 100_000;
+    const USERS: usize = 10_000;
+    const TASKS: usize = 64;
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (engine, next) = (engine.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= LOGINS {
+                        break;
+                    }
+                    let user = format!("user-{}", n % USERS);
+                    login(&engine, &user, "bulk").await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut peak_keys = 0u64;
+    let mut index_bytes = None;
+    while next.load(Ordering::Relaxed) < LOGINS {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let keys = blocking(move || redis_cli(port, &["DBSIZE"])).await;
+        peak_keys = peak_keys.max(keys.trim().parse().unwrap_or(0));
+        if index_bytes.is_none() {
+            let index = topo.index("user-1");
+            index_bytes = blocking(move || redis_cli(port, &["MEMORY", "USAGE", &index]))
+                .await
+                .trim()
+                .parse::<u64>()
+                .ok();
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = started.elapsed();
+    let used = redis_cli(port, &["INFO", "memory"]);
+    let used = used
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap_or("?")
+        .trim()
+        .to_owned();
+    // Every session and index expires within a second of its last write; Redis's active expiry
+    // then removes them (it samples keys, so allow it a while).
+    let waited = std::time::Instant::now();
+    let left = loop {
+        let keys: u64 = redis_cli(port, &["DBSIZE"]).trim().parse().unwrap();
+        if keys == 0 || waited.elapsed() > Duration::from_secs(60) {
+            break keys;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let scan = redis_cli(port, &["--scan", "--pattern", "*{u.*"]);
+    eprintln!(
+        "{LOGINS} logins over {USERS} users in {took:?}; peak DBSIZE {peak_keys}; one index key \
+         {index_bytes:?} bytes (MEMORY USAGE); used_memory {used} at the end of the logins; \
+         DBSIZE {left} after {:?}",
+        waited.elapsed()
+    );
+    assert_eq!(left, 0, "keys left after expiry: {scan}");
+}
