@@ -24,6 +24,8 @@ pub mod metrics;
 pub mod record;
 mod session;
 pub mod store;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod users;
 
 pub use crate::{

@@ -1,8 +1,19 @@
 //! The engine's behavioural suite: one list of cases, run against every store and topology
 //! (memory, standalone, cluster, sentinel). Each case uses its own key schema, so cases never see
 //! each other's sessions and one topology serves the whole list.
+//!
+//! [`suite_tests!`](crate::suite_tests) expands the list into one test per case and topology
+//! (as tower-sessions' `route_tests!`), so a failure names its case, the other cases still run,
+//! and `cargo test -p tessera-tests --test engine suite_on_cluster::round_trip_and_types` runs one.
 
-use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{
+    any::Any,
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -26,6 +37,8 @@ pub struct Env {
     /// Finds the node holding a key (for PTTL); `None` for the memory store.
     locate: Option<Locate>,
     memory: Option<MemoryStore>,
+    /// What must live as long as the store (the servers it talks to).
+    keep: Vec<Box<dyn Any + Send + Sync>>,
 }
 
 impl Env {
@@ -38,6 +51,7 @@ impl Env {
             master_ports: Vec::new(),
             locate: None,
             memory: Some(store),
+            keep: Vec::new(),
         }
     }
 
@@ -54,7 +68,14 @@ impl Env {
             master_ports,
             locate: Some(Box::new(locate)),
             memory: None,
+            keep: Vec::new(),
         }
+    }
+
+    /// Keeps `guard` (a server, a cluster) alive as long as this environment.
+    pub fn keep_alive(mut self, guard: impl Any + Send + Sync) -> Self {
+        self.keep.push(Box::new(guard));
+        self
     }
 
     /// The store under test.
@@ -96,16 +117,100 @@ struct Counts {
 
 type Case = for<'a> fn(&'a Env, SessionConfig) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 
+/// Defines [`all_cases`] and [`suite_tests!`](crate::suite_tests) from one list. `$d` is a `$`
+/// handed in, so the inner macro can have metavariables of its own on stable Rust.
 macro_rules! cases {
-    ($($name:ident),* $(,)?) => {
+    ($d:tt $($name:ident),* $(,)?) => {
         /// Every case of the suite, by name.
         pub fn all_cases() -> Vec<(&'static str, Case)> {
             vec![$((stringify!($name), |env, config| Box::pin($name(env, config)))),*]
         }
+
+        /// One test per suite case against one topology, in a module named `$topology`:
+        /// `suite_tests!(suite_on_memory_store, Env::memory());`. The environment expression is
+        /// evaluated in an async block (it may `.await`) once, on first use, and shared by that
+        /// module's cases, which take turns (the command counts are per server). The servers it
+        /// keeps alive are killed by the support module's watchdog when the test process exits.
+        ///
+        /// The tests are `#[test]`s on one shared runtime, not `#[tokio::test]`s: a store's
+        /// connections live on the runtime that opened them, and a `#[tokio::test]`'s runtime
+        /// ends with its test.
+        #[macro_export]
+        macro_rules! suite_tests {
+            ($d topology:ident, $d env:expr) => {
+                mod $d topology {
+                    #[allow(unused_imports)]
+                    use super::*;
+
+                    static SHARED: $crate::suite::Shared = $crate::suite::Shared::new(|| {
+                        ::std::boxed::Box::pin(async move { $d env })
+                    });
+
+                    $(
+                        #[test]
+                        fn $name() {
+                            SHARED.run(stringify!($name));
+                        }
+                    )*
+                }
+            };
+        }
     };
 }
 
-cases!(
+/// The runtime every generated suite test runs on (see [`suite_tests!`](crate::suite_tests)).
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the suite")
+});
+
+/// Builds an [`Env`] on the suite's runtime.
+pub type BuildEnv = fn() -> Pin<Box<dyn Future<Output = Env> + Send>>;
+
+/// One topology shared by the tests [`suite_tests!`](crate::suite_tests) generates for it.
+pub struct Shared {
+    build: BuildEnv,
+    env: tokio::sync::OnceCell<Env>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// A topology built by `build` on first use.
+    pub const fn new(build: BuildEnv) -> Self {
+        Shared {
+            build,
+            env: tokio::sync::OnceCell::const_new(),
+            turn: tokio::sync::Mutex::const_new(()),
+        }
+    }
+
+    /// Runs the case called `name` on this topology, building it first if no case has.
+    pub fn run(&'static self, name: &str) {
+        let (index, case) = all_cases()
+            .into_iter()
+            .enumerate()
+            .find_map(|(i, (n, case))| (n == name).then_some((i, case)))
+            .unwrap_or_else(|| panic!("no suite case {name}"));
+        RUNTIME.block_on(async {
+            let env = self.env.get_or_init(|| (self.build)()).await;
+            let _turn = self.turn.lock().await;
+            run_case(env, index, name, case).await;
+        });
+    }
+}
+
+async fn run_case(env: &Env, index: usize, name: &str, case: Case) {
+    let schema = KeySchema::new(&format!("suite:{}:{index}", env.name)).unwrap();
+    let config = SessionConfig::default().with_key_schema(schema);
+    eprintln!("[{}] {name}", env.name);
+    let _ = env.counts();
+    case(env, config).await;
+}
+
+cases!($
     round_trip_and_types,
     lazy_load_and_skip_unchanged,
     sliding_ttl_and_throttled_renewal,
@@ -128,11 +233,7 @@ cases!(
 /// Runs every case against `env`, each with its own key schema; panics name the failing case.
 pub async fn run_suite(env: &Env) {
     for (i, (name, case)) in all_cases().into_iter().enumerate() {
-        let schema = KeySchema::new(&format!("suite:{}:{i}", env.name)).unwrap();
-        let config = SessionConfig::default().with_key_schema(schema);
-        eprintln!("[{}] {name}", env.name);
-        let _ = env.counts();
-        case(env, config).await;
+        run_case(env, i, name, case).await;
     }
 }
 

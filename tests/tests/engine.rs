@@ -4,28 +4,19 @@ use std::{sync::Arc, time::Duration};
 
 use tessera_engine::{CookieAction, RedisStore, SessionConfig, SessionEngine};
 use tessera_tests::{
-    suite::{run_suite, Env},
+    suite::Env,
+    suite_tests,
     support::{redis_cli, RedisCluster, RedisSentinelSet, RedisServer},
 };
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suite_on_memory_store() {
-    run_suite(&Env::memory()).await;
-}
+suite_tests!(suite_on_memory_store, Env::memory());
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suite_on_standalone_redis() {
+suite_tests!(suite_on_standalone_redis, {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url()).await.unwrap();
     let port = server.port();
-    run_suite(&Env::redis(
-        "standalone",
-        Arc::new(store),
-        vec![port],
-        move |_| port,
-    ))
-    .await;
-}
+    Env::redis("standalone", Arc::new(store), vec![port], move |_| port).keep_alive(server)
+});
 
 /// A server that lost its scripts (restart, failover, `SCRIPT FLUSH`) answers NOSCRIPT; the store
 /// falls back to EVAL, which also caches the script again. Many writes in flight at once share the
@@ -87,31 +78,21 @@ async fn scripts_survive_a_script_flush_and_concurrent_writes() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suite_on_cluster() {
+suite_tests!(suite_on_cluster, {
     let cluster = Arc::new(RedisCluster::start());
     let store = RedisStore::connect(&cluster.url()).await.unwrap();
     let masters = cluster.master_ports();
-    let locate = {
-        let cluster = cluster.clone();
-        move |key: &str| cluster.master_of_key(key)
-    };
-    run_suite(&Env::redis("cluster", Arc::new(store), masters, locate)).await;
-}
+    Env::redis("cluster", Arc::new(store), masters, move |key| {
+        cluster.master_of_key(key)
+    })
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suite_on_sentinel() {
+suite_tests!(suite_on_sentinel, {
     let set = RedisSentinelSet::start();
     let store = RedisStore::connect(&set.url()).await.unwrap();
     let master = set.master_port();
-    run_suite(&Env::redis(
-        "sentinel",
-        Arc::new(store),
-        vec![master],
-        move |_| master,
-    ))
-    .await;
-}
+    Env::redis("sentinel", Arc::new(store), vec![master], move |_| master).keep_alive(set)
+});
 
 /// 10,000 sessions spread over the three masters, none holding more than 40%, and a regenerate
 /// that crosses slots works without CROSSSLOT.

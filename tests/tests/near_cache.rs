@@ -10,7 +10,8 @@ use tessera_engine::{
     CookieAction, NearCache, RedisStore, SessionConfig, SessionEngine, SessionId,
 };
 use tessera_tests::{
-    suite::{run_suite, Env},
+    suite::Env,
+    suite_tests,
     support::{command_stats, redis_cli, reset_stats, RedisCluster, RedisSentinelSet, RedisServer},
 };
 
@@ -96,21 +97,20 @@ async fn until(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suite_on_standalone_redis_with_the_near_cache() {
+// No command counts (the suite's expect one read per request; the budget with the cache is
+// checked below): every behaviour must be the same as without the cache.
+suite_tests!(suite_on_standalone_redis_with_the_near_cache, {
     let server = RedisServer::start();
     let store = cached_store(&server.url()).await;
     let port = server.port();
-    // No command counts (the suite's expect one read per request; the budget with the cache is
-    // checked below): every behaviour must be the same as without the cache.
-    run_suite(&Env::redis(
+    Env::redis(
         "standalone+near-cache",
         Arc::new(store),
         vec![],
         move |_| port,
-    ))
-    .await;
-}
+    )
+    .keep_alive(server)
+});
 
 /// Rule 4 and the command budget: repeat reads cost nothing, a write is one script, and a read
 /// after this instance's own write is served from the cache.
@@ -308,36 +308,23 @@ async fn a_full_tracking_table_invalidates_safely() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suite_on_cluster_with_the_near_cache() {
+suite_tests!(suite_on_cluster_with_the_near_cache, {
     let cluster = Arc::new(RedisCluster::start());
     let store = cached_store(&cluster.url()).await;
-    let locate = {
-        let cluster = cluster.clone();
-        move |key: &str| cluster.master_of_key(key)
-    };
-    run_suite(&Env::redis(
-        "cluster+near-cache",
-        Arc::new(store),
-        vec![],
-        locate,
-    ))
-    .await;
-}
+    Env::redis("cluster+near-cache", Arc::new(store), vec![], move |key| {
+        cluster.master_of_key(key)
+    })
+});
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suite_on_sentinel_with_the_near_cache() {
+suite_tests!(suite_on_sentinel_with_the_near_cache, {
     let set = RedisSentinelSet::start();
     let store = cached_store(&set.url()).await;
     let master = set.master_port();
-    run_suite(&Env::redis(
-        "sentinel+near-cache",
-        Arc::new(store),
-        vec![],
-        move |_| master,
-    ))
-    .await;
-}
+    Env::redis("sentinel+near-cache", Arc::new(store), vec![], move |_| {
+        master
+    })
+    .keep_alive(set)
+});
 
 /// Counters that only grow, written on A and read on B through a topology change: no read on B
 /// ever goes backwards, and once writes stop B sees every last value within the bound.
