@@ -682,6 +682,7 @@ mod tests {
             fields,
             meta,
             ttl,
+            bound: None,
         }] = &steps[..]
         else {
             panic!("{steps:?}")
@@ -718,7 +719,10 @@ mod tests {
     #[test]
     fn destroy_without_a_load_deletes_the_requested_id() {
         let mut s = state(Lifecycle::Unloaded);
-        s.destroy(|id| format!("k:{{{id}}}"));
+        s.destroy(|id| DestroyedKey {
+            key: format!("k:{{{id}}}"),
+            bound: None,
+        });
         let (steps, cookie) = run(plan(&s, &config(), at(NOW)));
         assert!(matches!(&steps[..], [Step::Delete { .. }]));
         assert_eq!(cookie, PlannedCookie::Clear);
@@ -779,6 +783,105 @@ mod tests {
                 }]
             );
         }
+    }
+
+    fn bound() -> Bound {
+        Bound {
+            index: "k:{u.slot}".into(),
+            device: crate::record::DeviceRecord {
+                handle: "h".into(),
+                login_ms: NOW - HOUR,
+                user_agent: None,
+                client_addr: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_logged_in_sessions_renewal_moves_its_index_and_last_seen_only_then() {
+        let mut s = loaded(NOW + HOUR / 4);
+        if let Lifecycle::Loaded(stored) = &mut s.life {
+            stored.bound = Some(bound());
+        }
+        // Due (a quarter of the TTL left): the step names the index, last seen is written.
+        let (steps, _) = run(plan(&s, &config(), at(NOW)));
+        let [Step::Update {
+            set: written,
+            bound: entry,
+            renewal: Some(_),
+            ..
+        }] = &steps[..]
+        else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(
+            entry.as_ref(),
+            Some(&("k:{u.slot}".to_owned(), "h".to_owned()))
+        );
+        assert!(written
+            .iter()
+            .any(|(k, v)| k == SEEN_FIELD && *v == seen(NOW)));
+        // A write with no renewal due writes no last seen.
+        let mut s = loaded(NOW + HOUR);
+        if let Lifecycle::Loaded(stored) = &mut s.life {
+            stored.bound = Some(bound());
+        }
+        set(&mut s, "b", "2");
+        let (steps, cookie) = run(plan(&s, &config(), at(NOW)));
+        let [Step::Update {
+            set: fields,
+            renewal: None,
+            ..
+        }] = &steps[..]
+        else {
+            panic!("{steps:?}")
+        };
+        assert!(fields.iter().all(|(k, _)| k != SEEN_FIELD));
+        assert_eq!(cookie, PlannedCookie::Keep);
+        // After a login the unchanged session still sends its new cookie.
+        let mut s = loaded(NOW + HOUR);
+        s.announce = true;
+        let (steps, cookie) = run(plan(&s, &config(), at(NOW)));
+        assert!(steps.is_empty());
+        assert_eq!(
+            cookie,
+            PlannedCookie::Set {
+                expires: at(NOW + HOUR)
+            }
+        );
+    }
+
+    #[test]
+    fn a_logged_in_session_regenerates_within_its_slot_with_its_device() {
+        let mut s = loaded(NOW + HOUR);
+        if let Lifecycle::Loaded(stored) = &mut s.life {
+            stored.bound = Some(bound());
+            stored.id = stored
+                .id
+                .with_slot(Some(crate::id::UserSlot::from_bytes([1; 12])));
+        }
+        s.regenerate();
+        let (steps, _) = run(plan(&s, &config(), at(NOW)));
+        let [Step::Regenerate {
+            id,
+            fields,
+            bound: Some(b),
+            ..
+        }] = &steps[..]
+        else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(id.slot(), Some(crate::id::UserSlot::from_bytes([1; 12])));
+        assert_eq!(b, &bound());
+        assert!(fields.iter().any(|(k, _)| k == DEVICE_FIELD));
+        assert!(fields.iter().any(|(k, _)| k == SEEN_FIELD));
+        // Destroying it removes its index entry by handle.
+        s.destroy(|_| unreachable!());
+        let (steps, _) = run(plan(&s, &config(), at(NOW)));
+        assert!(matches!(
+            &steps[..],
+            [Step::Delete { bound: Some((index, Some(h))), .. }] if index == "k:{u.slot}" && h == "h"
+        ));
     }
 
     #[test]
