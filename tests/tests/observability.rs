@@ -577,6 +577,27 @@ async fn visit(client: &HttpClient, addr: SocketAddr, n: usize) -> Result<(), St
     let cookie = cookie_of(&login).ok_or("login re-issues the cookie")?;
     let c = Some(cookie.as_str());
     expect(client, addr, M::GET, "/views", c, "", S::OK).await?;
+    // Per-user operations: a second device, listed and revoked; log out everywhere else.
+    if n % 4 == 1 {
+        let path = format!("/login?user=user{n}");
+        let other = expect(client, addr, M::POST, &path, None, "", S::OK).await?;
+        let other = cookie_of(&other).ok_or("a login sets the cookie")?;
+        let list = expect(client, addr, M::GET, "/devices", c, "", S::OK).await?;
+        let devices: serde_json::Value =
+            serde_json::from_str(&list.body).map_err(|e| e.to_string())?;
+        let handle = devices
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["current"] == false))
+            .and_then(|d| d["handle"].as_str())
+            .ok_or("the second device is listed")?
+            .to_owned();
+        let path = format!("/devices/{handle}");
+        expect(client, addr, M::DELETE, &path, c, "", S::NO_CONTENT).await?;
+        expect(client, addr, M::GET, "/devices", Some(&other), "", S::UNAUTHORIZED).await?;
+    } else if n % 4 == 2 {
+        let path = "/logout-everywhere?keep=current";
+        expect(client, addr, M::POST, path, c, "", S::NO_CONTENT).await?;
+    }
     if n.is_multiple_of(4) {
         expect(client, addr, M::POST, "/logout", c, "", S::NO_CONTENT).await?;
         // The cookie still verifies, but the session is gone: a miss.
@@ -684,6 +705,10 @@ async fn dashboard_and_alert_expressions_have_data() {
         "tessera_session_writes_total{op=\"regenerate\",outcome=\"ok\"}",
         "tessera_session_writes_total{op=\"destroy\",outcome=\"ok\"}",
         "tessera_session_writes_skipped_total",
+        "tessera_user_index_operations_total{op=\"login\",outcome=\"ok\"}",
+        "tessera_user_index_operations_total{op=\"list\",outcome=\"ok\"}",
+        "tessera_user_index_operations_total{op=\"revoke_all\",outcome=\"ok\"}",
+        "tessera_session_revocations_total{reason=\"revoke\"}",
         "tessera_http_rejected_cookies_total{reason=\"bad_signature\"}",
         "tessera_http_rejected_cookies_total{reason=\"malformed\"}",
         "tessera_http_rejected_cookies_total{reason=\"oversized\"}",

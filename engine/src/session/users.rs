@@ -219,10 +219,15 @@ impl Session {
             let outcome = engine
                 .timed("bind", engine.store().bind(&request))
                 .await
-                .inspect_err(|_| metrics::user_op("login", "error"))?;
+                .inspect_err(|_| {
+                    metrics::user_op("login", "error");
+                    engine.metrics().write("regenerate", "error");
+                })?;
             match outcome {
                 BindOutcome::Bound { evicted } => {
                     metrics::user_op("login", "ok");
+                    // A login regenerates the id: it counts among the regenerate writes.
+                    engine.metrics().write("regenerate", "ok");
                     metrics::cap("evicted", evicted.len());
                     st.life = Lifecycle::Loaded(Stored {
                         id,
@@ -254,6 +259,7 @@ impl Session {
                 }
                 BindOutcome::OldGone => {
                     metrics::user_op("login", "gone");
+                    engine.metrics().write("regenerate", "gone");
                     st.gone();
                     return Err(Error::new(
                         ErrorKind::SessionEnded,
