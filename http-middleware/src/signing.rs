@@ -345,8 +345,13 @@ mod tests {
         let swapped = format!("{other}{}", &value[SESSION_ID_LEN..]);
         assert_eq!(keys.verify("n", &swapped), Err(Rejection::BadSignature));
         assert_eq!(keys.verify("n", &value[..40]), Err(Rejection::Malformed));
+        // Longer than a guest's value but shorter than a logged-in one's: the wrong shape.
         assert_eq!(
             keys.verify("n", &format!("{value}x")),
+            Err(Rejection::Malformed)
+        );
+        assert_eq!(
+            keys.verify("n", &"x".repeat(SIGNED_BOUND_LEN + 1)),
             Err(Rejection::Oversized)
         );
         assert_eq!(
