@@ -270,14 +270,15 @@ async fn round_trip_and_types(env: &Env, config: SessionConfig) {
         .await
         .unwrap();
     s.insert("gone", &true).await.unwrap();
-    assert!(s.remove("gone").await.unwrap());
+    assert_eq!(s.remove::<bool>("gone").await.unwrap(), Some(true));
+    assert!(s.is_modified());
     let CookieAction::Set { id, .. } = s.commit().await.unwrap().cookie else {
         panic!("expected a cookie")
     };
 
     let s = engine.session(Some(id));
     assert!(!s.is_new().await.unwrap());
-    assert_eq!(s.id().await.unwrap(), id);
+    assert_eq!(s.id(), Some(id), "the cookie's id, before any load");
     assert_eq!(s.get::<u64>("n").await.unwrap(), Some(42));
     assert_eq!(
         s.get::<String>("text").await.unwrap().as_deref(),
@@ -637,7 +638,7 @@ async fn no_resurrection_after_destroy(env: &Env, config: SessionConfig) {
         if change == "overwrite" {
             slow.insert("v", &2u64).await.unwrap();
         } else {
-            slow.remove("v").await.unwrap();
+            slow.remove::<u64>("v").await.unwrap();
         }
         assert_eq!(
             slow.commit().await.unwrap().cookie,
@@ -706,7 +707,7 @@ async fn regenerate_fails_closed_after_concurrent_destroy(env: &Env, config: Ses
 
     b.insert("user", "ada").await.unwrap();
     b.regenerate().await.unwrap();
-    let new_id = b.id().await.unwrap();
+    let new_id = b.id().unwrap();
     assert_ne!(new_id, id);
     let committed = b.commit().await.unwrap();
     assert_eq!(
@@ -762,12 +763,7 @@ async fn sessions_at_the_field_limit_save(env: &Env, config: SessionConfig) {
         CookieAction::Set { .. }
     ));
     assert_eq!(
-        engine
-            .session(Some(s.id().await.unwrap()))
-            .keys()
-            .await
-            .unwrap()
-            .len(),
+        engine.session(s.id()).keys().await.unwrap().len(),
         tessera_engine::MAX_FIELDS_LIMIT
     );
 }
@@ -778,7 +774,7 @@ async fn regenerate_moves_data_to_new_key(env: &Env, config: SessionConfig) {
     let s = engine.session(Some(id));
     s.insert("user", "ada").await.unwrap();
     s.regenerate().await.unwrap();
-    let new_id = s.id().await.unwrap();
+    let new_id = s.id().unwrap();
     assert_ne!(new_id, id);
     let CookieAction::Set { id: cookie_id, .. } = s.commit().await.unwrap().cookie else {
         panic!("regenerate must set a cookie")
@@ -803,7 +799,9 @@ async fn create_never_overwrites(env: &Env, config: SessionConfig) {
     let engine = env.engine(config);
     let s = engine.session(None);
     s.insert("mine", &1u64).await.unwrap();
-    let minted = s.id().await.unwrap();
+    assert_eq!(s.id(), None, "asking does not mint");
+    let minted = s.ensure_id().await.unwrap();
+    assert_eq!(s.id(), Some(minted));
     // Someone else's session already sits under the minted id.
     let key = engine.key(&minted);
     let theirs = engine.session(None);

@@ -111,6 +111,10 @@ impl SessionEngine {
         Session {
             engine: self.clone(),
             state: Arc::new(Mutex::new(State::new(id, on_load_error))),
+            view: Arc::new(parking_lot::Mutex::new(View {
+                id,
+                modified: false,
+            })),
         }
     }
 
@@ -198,6 +202,42 @@ pub struct Committed {
 pub struct Session {
     engine: SessionEngine,
     state: Arc<Mutex<State>>,
+    /// What the synchronous accessors read: published after every change of `state`, so they
+    /// need neither the async lock nor a store call.
+    view: Arc<parking_lot::Mutex<View>>,
+}
+
+/// The part of a handle's state its synchronous accessors answer from.
+#[derive(Debug, Clone, Copy)]
+struct View {
+    id: Option<SessionId>,
+    modified: bool,
+}
+
+impl View {
+    fn of(st: &State) -> Self {
+        let id = match &st.life {
+            Lifecycle::Unloaded => st.requested,
+            Lifecycle::Loaded(stored) => Some(stored.id),
+            Lifecycle::Regenerated { id, .. } => Some(*id),
+            Lifecycle::Fresh { id, .. }
+            | Lifecycle::Destroyed { id, .. }
+            | Lifecycle::Failed { id, .. } => *id,
+        };
+        let moved = match &st.life {
+            Lifecycle::Regenerated { .. } => true,
+            Lifecycle::Destroyed { old, .. } => old.is_some(),
+            _ => false,
+        };
+        let changed = st
+            .original
+            .iter()
+            .any(|(field, before)| before.as_ref() != st.data.get(field));
+        View {
+            id,
+            modified: moved || changed,
+        }
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -223,8 +263,61 @@ impl Session {
         self.state.lock().await.requested
     }
 
+    /// The session's id, if it has one yet; no store call, and asking never mints one. Before
+    /// the first read or write it is the id the cookie named; after that, the stored session's
+    /// (`None` for a new session until [`Session::ensure_id`] or the commit that creates it;
+    /// the new id after [`Session::regenerate`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> tessera_engine::Result<()> {
+    /// use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
+    ///
+    /// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+    /// let session = engine.session(None);
+    /// session.insert("views", &1u32).await?;
+    /// assert_eq!(session.id(), None, "a new session has no id until its commit");
+    /// session.commit().await?;
+    /// assert!(session.id().is_some());
+    /// # Ok(()) }
+    /// ```
+    pub fn id(&self) -> Option<SessionId> {
+        self.view.lock().id
+    }
+
+    /// Whether this request changed the session (a field set to a different value or removed,
+    /// a regenerate, a destroy) since it was loaded or last committed; no store call.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> tessera_engine::Result<()> {
+    /// use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
+    ///
+    /// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+    /// let session = engine.session(None);
+    /// assert!(!session.is_modified());
+    /// session.insert("views", &1u32).await?;
+    /// assert!(session.is_modified());
+    /// session.commit().await?;
+    /// assert!(!session.is_modified());
+    /// # Ok(()) }
+    /// ```
+    pub fn is_modified(&self) -> bool {
+        self.view.lock().modified
+    }
+
+    fn publish(&self, st: &State) {
+        *self.view.lock() = View::of(st);
+    }
+
     /// The state after the lazy load: `Unloaded` becomes `Loaded`, `Fresh` or `Failed`.
     async fn loaded(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
+        let result = self.load_once().await;
+        if let Ok(st) = &result {
+            self.publish(st);
+        }
+        result
+    }
+
+    async fn load_once(&self) -> Result<tokio::sync::MutexGuard<'_, State>> {
         let mut st = self.state.lock().await;
         match &st.life {
             Lifecycle::Unloaded => {}
@@ -323,14 +416,43 @@ impl Session {
         let mut st = self.loaded().await?;
         st.remember(&field);
         st.data.insert(field, bytes);
+        self.publish(&st);
         Ok(())
     }
 
-    /// Removes `field`; returns whether it was present.
-    pub async fn remove(&self, field: &str) -> Result<bool> {
+    /// Removes `field` and returns its value, decoded as `T` (`None` when absent): the read
+    /// half of a flash message. The field is removed even when it does not decode as `T`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> tessera_engine::Result<()> {
+    /// use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
+    ///
+    /// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+    /// let session = engine.session(None);
+    /// session.insert("flash", "saved").await?;
+    /// assert_eq!(session.remove::<String>("flash").await?.as_deref(), Some("saved"));
+    /// assert_eq!(session.remove::<String>("flash").await?, None);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The load's error, or [`ErrorKind::Decode`] when the value is not a `T`.
+    pub async fn remove<T: DeserializeOwned>(&self, field: &str) -> Result<Option<T>> {
         let mut st = self.loaded().await?;
         st.remember(field);
-        Ok(st.data.remove(field).is_some())
+        let removed = st.data.remove(field);
+        self.publish(&st);
+        removed.map(|bytes| decode_value(field, &bytes)).transpose()
+    }
+
+    /// [`Session::remove`] under the name flash messages use: read a value once.
+    ///
+    /// # Errors
+    ///
+    /// As [`Session::remove`].
+    pub async fn take<T: DeserializeOwned>(&self, field: &str) -> Result<Option<T>> {
+        self.remove(field).await
     }
 
     /// Removes every field; the session itself stays (see [`Session::destroy`]).
@@ -341,6 +463,7 @@ impl Session {
             st.remember(key);
         }
         st.data.clear();
+        self.publish(&st);
         Ok(())
     }
 
@@ -360,10 +483,17 @@ impl Session {
         Ok(self.loaded().await?.is_new())
     }
 
-    /// The session's id, minting one for a new session.
-    pub async fn id(&self) -> Result<SessionId> {
+    /// The session's id, minting one for a new session (the id its commit will create it
+    /// under). [`Session::id`] asks without minting.
+    ///
+    /// # Errors
+    ///
+    /// The load's error; [`ErrorKind::LoadFailed`] when a fail-open handle's load failed.
+    pub async fn ensure_id(&self) -> Result<SessionId> {
         let mut st = self.loaded().await?;
-        st.id().ok_or_else(|| {
+        let id = st.id();
+        self.publish(&st);
+        id.ok_or_else(|| {
             Error::new(
                 ErrorKind::LoadFailed,
                 "the session could not be loaded, so it has no id in this request",
@@ -378,6 +508,7 @@ impl Session {
     pub async fn destroy(&self) -> Result<()> {
         let mut st = self.state.lock().await;
         st.destroy(|id| self.engine.destroyed_key(id));
+        self.publish(&st);
         Ok(())
     }
 
@@ -397,7 +528,9 @@ impl Session {
     /// created only if the old one still exists then: a session destroyed meanwhile (a logout in
     /// another request) stays destroyed, and this commit clears the cookie instead.
     pub async fn regenerate(&self) -> Result<()> {
-        self.loaded().await?.regenerate();
+        let mut st = self.loaded().await?;
+        st.regenerate();
+        self.publish(&st);
         Ok(())
     }
 
@@ -410,7 +543,9 @@ impl Session {
     pub async fn commit(&self) -> Result<Committed> {
         let mut st = self.state.lock().await;
         let plan = plan::plan(&st, &self.engine.inner.config, SystemTime::now());
-        execute::execute(&self.engine, &mut st, plan).await
+        let result = execute::execute(&self.engine, &mut st, plan).await;
+        self.publish(&st);
+        result
     }
 }
 
@@ -498,7 +633,7 @@ mod tests {
         let session = engine.session(Some(id));
         assert!(session.get::<String>("token").await.unwrap().is_some());
         session.regenerate().await.unwrap();
-        let new_id = session.id().await.unwrap();
+        let new_id = session.id().unwrap();
         let debug = format!("{session:?}");
         assert!(debug.contains("token"), "field names are shown: {debug}");
         for secret in ["hunter2", &id.to_string(), &new_id.to_string()] {
@@ -573,6 +708,43 @@ mod commit_tests {
         ));
         assert!(!s.is_destroyed().await);
         assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn id_and_is_modified_answer_without_a_store_call_or_a_mint() {
+        let store = MemoryStore::new();
+        let engine = SessionEngine::new(store.clone(), SessionConfig::default());
+        let id = stored(&engine).await;
+
+        let s = engine.session(Some(id));
+        assert_eq!((s.id(), s.is_modified()), (Some(id), false));
+        s.insert("user", "ada").await.unwrap();
+        assert!(!s.is_modified(), "the same value is no change");
+        assert_eq!(
+            s.remove::<String>("user").await.unwrap().as_deref(),
+            Some("ada")
+        );
+        assert!(s.is_modified());
+        s.insert("user", "ada").await.unwrap();
+        assert!(!s.is_modified(), "back to the loaded value");
+        s.regenerate().await.unwrap();
+        let new_id = s.id().unwrap();
+        assert_ne!(new_id, id);
+        assert!(s.is_modified());
+        s.commit().await.unwrap();
+        assert_eq!((s.id(), s.is_modified()), (Some(new_id), false));
+        s.destroy().await.unwrap();
+        assert_eq!((s.id(), s.is_modified()), (None, true));
+        s.commit().await.unwrap();
+        assert!(!s.is_modified());
+
+        // A stale cookie: the id is the cookie's until the load finds nothing.
+        let stale = SessionId::generate();
+        let s = engine.session(Some(stale));
+        assert_eq!(s.id(), Some(stale));
+        assert_eq!(s.take::<String>("user").await.unwrap(), None);
+        assert_eq!(s.id(), None);
+        assert!(!s.is_modified(), "removing an absent field is no change");
     }
 
     #[tokio::test]

@@ -240,6 +240,7 @@ impl Session {
                     });
                     st.original.clear();
                     st.announce = true;
+                    self.publish(&st);
                     return Ok(LoggedIn {
                         handle,
                         evicted: evicted.len(),
@@ -261,6 +262,7 @@ impl Session {
                     metrics::user_op("login", "gone");
                     engine.metrics().write("regenerate", "gone");
                     st.gone();
+                    self.publish(&st);
                     return Err(Error::new(
                         ErrorKind::SessionEnded,
                         "the session ended (logged out elsewhere) during the login; log in again",
@@ -329,7 +331,9 @@ impl Session {
             .await
             .inspect_err(|_| metrics::user_op("revoke", "error"))?;
         if handle == own {
-            self.state.lock().await.gone();
+            let mut st = self.state.lock().await;
+            st.gone();
+            self.publish(&st);
         }
         if revoked.is_empty() {
             metrics::user_op("revoke", "gone");
@@ -351,7 +355,9 @@ impl Session {
         let keep = keep_current.then_some(own.as_str());
         let n = self.engine.revoke_all(&index, keep).await?;
         if !keep_current {
-            self.state.lock().await.gone();
+            let mut st = self.state.lock().await;
+            st.gone();
+            self.publish(&st);
         }
         Ok(n)
     }

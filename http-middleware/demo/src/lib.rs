@@ -422,7 +422,7 @@ impl DemoApp {
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             (Method::DELETE, _, Some(field)) => {
-                session.remove(&field).await?;
+                session.remove::<serde_json::Value>(&field).await?;
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             (Method::POST, "/login", _) => {
