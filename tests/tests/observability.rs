@@ -593,7 +593,16 @@ async fn visit(client: &HttpClient, addr: SocketAddr, n: usize) -> Result<(), St
             .to_owned();
         let path = format!("/devices/{handle}");
         expect(client, addr, M::DELETE, &path, c, "", S::NO_CONTENT).await?;
-        expect(client, addr, M::GET, "/devices", Some(&other), "", S::UNAUTHORIZED).await?;
+        expect(
+            client,
+            addr,
+            M::GET,
+            "/devices",
+            Some(&other),
+            "",
+            S::UNAUTHORIZED,
+        )
+        .await?;
     } else if n % 4 == 2 {
         let path = "/logout-everywhere?keep=current";
         expect(client, addr, M::POST, path, c, "", S::NO_CONTENT).await?;

@@ -28,7 +28,7 @@ pub async fn build_engine(args: &DemoArgs) -> Result<SessionEngine, BoxError> {
     } else {
         &args.key_schema
     };
-    let cap = (args.max_sessions_per_user > 0).then(|| SessionCap {
+    let cap = (args.max_sessions_per_user > 0).then_some(SessionCap {
         max: args.max_sessions_per_user,
         policy: match args.on_session_cap {
             OnSessionCap::Evict => CapPolicy::EvictLeastRecent,
