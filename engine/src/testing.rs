@@ -13,8 +13,10 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use parking_lot::Mutex;
+
 use crate::{
-    store::{Fields, Regenerated, SessionStore},
+    store::{BindOutcome, BindRequest, Fields, Listed, Regenerated, Revoke, SessionStore},
     Error, ErrorKind, Result,
 };
 
@@ -41,6 +43,10 @@ struct Calls {
     update: AtomicUsize,
     delete: AtomicUsize,
     ping: AtomicUsize,
+    /// Per-user operations (login, list, revoke, logout, renewal, regenerate).
+    user: AtomicUsize,
+    /// The one operation to fail next, whatever the fault (see [`FaultStore::fail_next`]).
+    next: Mutex<Option<&'static str>>,
 }
 
 /// A store wrapper that counts calls (failed ones included) and fails them as its [`Fault`] says.
@@ -112,9 +118,45 @@ impl<S> FaultStore<S> {
         self.creates() + self.updates() + self.deletes()
     }
 
+    /// Per-user operation calls (`bind`, `list_user`, `revoke`, `unbind`, `touch_user`,
+    /// `rebind`).
+    pub fn user_ops(&self) -> usize {
+        self.calls.user.load(Ordering::SeqCst)
+    }
+
     /// Every call.
     pub fn total(&self) -> usize {
-        self.loads() + self.writes() + self.pings()
+        self.loads() + self.writes() + self.pings() + self.user_ops()
+    }
+
+    /// Fails the next call of `op` (a [`SessionStore`] method name, e.g. `"update"`,
+    /// `"touch_user"`, `"bind"`) once with a Redis error, whatever the fault: to stop a
+    /// multi-step operation between two steps.
+    pub fn fail_next(&self, op: &'static str) {
+        *self.calls.next.lock() = Some(op);
+    }
+
+    /// A per-user call: counted, failed when it is the one [`FaultStore::fail_next`] named or the
+    /// fault fails every call (writes: all but `list_user`).
+    fn user_call(&self, op: &'static str) -> Result<()> {
+        self.calls.user.fetch_add(1, Ordering::SeqCst);
+        self.armed(op)?;
+        if self.fails(op != "list_user") {
+            return Err(self.injected(op));
+        }
+        Ok(())
+    }
+
+    fn armed(&self, op: &'static str) -> Result<()> {
+        let mut next = self.calls.next.lock();
+        if *next == Some(op) {
+            *next = None;
+            return Err(Error::new(
+                ErrorKind::Redis,
+                format!("injected {op} failure"),
+            ));
+        }
+        Ok(())
     }
 
     fn fails(&self, write: bool) -> bool {
@@ -135,8 +177,9 @@ impl<S> FaultStore<S> {
         Error::new(kind, format!("injected {op} failure"))
     }
 
-    fn count(&self, counter: &AtomicUsize, write: bool, op: &str) -> Result<()> {
+    fn count(&self, counter: &AtomicUsize, write: bool, op: &'static str) -> Result<()> {
         counter.fetch_add(1, Ordering::SeqCst);
+        self.armed(op)?;
         if self.fails(write) {
             return Err(self.injected(op));
         }
@@ -189,5 +232,45 @@ impl<S: SessionStore> SessionStore for FaultStore<S> {
             return Err(self.injected("ping"));
         }
         self.inner.ping().await
+    }
+
+    async fn bind(&self, request: &BindRequest<'_>) -> Result<BindOutcome> {
+        self.user_call("bind")?;
+        self.inner.bind(request).await
+    }
+
+    async fn list_user(&self, index: &str) -> Result<Vec<Listed>> {
+        self.user_call("list_user")?;
+        self.inner.list_user(index).await
+    }
+
+    async fn revoke(&self, index: &str, which: Revoke<'_>) -> Result<Vec<String>> {
+        self.user_call("revoke")?;
+        self.inner.revoke(index, which).await
+    }
+
+    async fn unbind(&self, index: &str, key: &str, handle: Option<&str>) -> Result<bool> {
+        self.user_call("unbind")?;
+        self.inner.unbind(index, key, handle).await
+    }
+
+    async fn touch_user(&self, index: &str, handle: &str, ttl: Duration) -> Result<bool> {
+        self.user_call("touch_user")?;
+        self.inner.touch_user(index, handle, ttl).await
+    }
+
+    async fn rebind(
+        &self,
+        index: &str,
+        handle: &str,
+        old: &str,
+        new: &str,
+        fields: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<Regenerated> {
+        self.user_call("rebind")?;
+        self.inner
+            .rebind(index, handle, old, new, fields, ttl)
+            .await
     }
 }

@@ -10,14 +10,11 @@ use std::{
     time::Duration,
 };
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use parking_lot::Mutex;
 use tessera_engine::{
-    store::{BindOutcome, BindRequest, Fields, Listed, Revoke},
-    CapPolicy, CookieAction, DeviceInfo, ErrorKind, KeyDeriver, MemoryStore, RedisStore,
-    Regenerated, Revoked, SessionCap, SessionConfig, SessionEngine, SessionId, SessionStore,
-    UserKey,
+    testing::{Fault, FaultStore},
+    CapPolicy, CookieAction, DeviceInfo, ErrorKind, KeyDeriver, MemoryStore, RedisStore, Revoked,
+    SessionCap, SessionConfig, SessionEngine, SessionId, SessionStore, UserKey,
 };
 use tessera_tests::support::{redis_cli, RedisCluster, RedisSentinelSet, RedisServer};
 
@@ -444,123 +441,20 @@ async fn expired_sessions_leave_no_trace(topo: &Topo) {
     }
 }
 
-/// A store that fails one named operation once, to stop a multi-step operation in between.
-#[derive(Debug)]
-struct FailOnce {
-    inner: Arc<dyn SessionStore>,
-    op: Mutex<Option<&'static str>>,
-}
-
-impl FailOnce {
-    fn check(&self, op: &'static str) -> tessera_engine::Result<()> {
-        let mut armed = self.op.lock();
-        if *armed == Some(op) {
-            *armed = None;
-            return Err(tessera_engine::Error::new(
-                ErrorKind::Redis,
-                format!("injected: {op}"),
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl SessionStore for FailOnce {
-    async fn load(&self, key: &str) -> tessera_engine::Result<Option<Fields>> {
-        self.inner.load(key).await
-    }
-    async fn create(
-        &self,
-        key: &str,
-        f: &[(String, Bytes)],
-        ttl: Duration,
-    ) -> tessera_engine::Result<bool> {
-        self.inner.create(key, f, ttl).await
-    }
-    async fn update(
-        &self,
-        key: &str,
-        set: &[(String, Bytes)],
-        delete: &[String],
-        ttl: Option<Duration>,
-    ) -> tessera_engine::Result<bool> {
-        self.check("update")?;
-        self.inner.update(key, set, delete, ttl).await
-    }
-    async fn delete(&self, key: &str) -> tessera_engine::Result<bool> {
-        self.inner.delete(key).await
-    }
-    async fn regenerate(
-        &self,
-        old: &str,
-        new: &str,
-        f: &[(String, Bytes)],
-        ttl: Duration,
-    ) -> tessera_engine::Result<Regenerated> {
-        self.inner.regenerate(old, new, f, ttl).await
-    }
-    async fn ping(&self) -> tessera_engine::Result<()> {
-        self.inner.ping().await
-    }
-    async fn bind(&self, r: &BindRequest<'_>) -> tessera_engine::Result<BindOutcome> {
-        self.check("bind")?;
-        self.inner.bind(r).await
-    }
-    async fn list_user(&self, index: &str) -> tessera_engine::Result<Vec<Listed>> {
-        self.inner.list_user(index).await
-    }
-    async fn revoke(&self, index: &str, which: Revoke<'_>) -> tessera_engine::Result<Vec<String>> {
-        self.check("revoke")?;
-        self.inner.revoke(index, which).await
-    }
-    async fn unbind(
-        &self,
-        index: &str,
-        key: &str,
-        h: Option<&str>,
-    ) -> tessera_engine::Result<bool> {
-        self.inner.unbind(index, key, h).await
-    }
-    async fn touch_user(
-        &self,
-        index: &str,
-        h: &str,
-        ttl: Duration,
-    ) -> tessera_engine::Result<bool> {
-        self.check("touch_user")?;
-        self.inner.touch_user(index, h, ttl).await
-    }
-    async fn rebind(
-        &self,
-        index: &str,
-        h: &str,
-        old: &str,
-        new: &str,
-        f: &[(String, Bytes)],
-        ttl: Duration,
-    ) -> tessera_engine::Result<Regenerated> {
-        self.inner.rebind(index, h, old, new, f, ttl).await
-    }
-}
-
 /// Each per-user operation is one atomic store step, except a renewal (the index's TTL, then
 /// the session) and a login that leaves a guest session in another cluster slot (the guest
 /// deleted, then the login). A failure between steps leaves something bounded.
 async fn a_failure_between_steps_leaves_a_bound(topo: &Topo) {
-    let faulty = Arc::new(FailOnce {
-        inner: topo.store.clone(),
-        op: Mutex::new(None),
-    });
+    let faulty = FaultStore::new(topo.store.clone(), Fault::PassThrough);
     let config = config().with_renew_below(1.0).unwrap();
-    let engine = SessionEngine::from_arc(faulty.clone(), config);
+    let engine = SessionEngine::new(faulty.clone(), config);
     let id = login(&engine, "faulty", "a").await.unwrap();
 
     // The renewal's second step fails: the index has moved ahead, the session has not. The
     // session is still listed and usable; the index lives at least as long as it.
     // (A renewal is due once the expiry would move: let a few milliseconds pass.)
     tokio::time::sleep(Duration::from_millis(5)).await;
-    *faulty.op.lock() = Some("update");
+    faulty.fail_next("update");
     let s = engine.session(Some(id));
     s.insert("x", &1u8).await.unwrap();
     assert!(s.commit().await.is_err());
@@ -581,7 +475,7 @@ async fn a_failure_between_steps_leaves_a_bound(topo: &Topo) {
     }
     // The renewal's first step fails: nothing changed, the request fails and can be retried.
     tokio::time::sleep(Duration::from_millis(5)).await;
-    *faulty.op.lock() = Some("touch_user");
+    faulty.fail_next("touch_user");
     let s = engine.session(Some(id));
     s.insert("x", &2u8).await.unwrap();
     assert!(s.commit().await.is_err());
@@ -604,7 +498,7 @@ async fn a_failure_between_steps_leaves_a_bound(topo: &Topo) {
     let CookieAction::Set { id: gid, .. } = guest.commit().await.unwrap().cookie else {
         panic!()
     };
-    *faulty.op.lock() = Some("bind");
+    faulty.fail_next("bind");
     let s = engine.session(Some(gid));
     assert!(s.login("faulty", DeviceInfo::default()).await.is_err());
     assert!(
@@ -624,7 +518,7 @@ async fn a_failure_between_steps_leaves_a_bound(topo: &Topo) {
     );
 
     // A revoke that fails did nothing; retried, it does all.
-    *faulty.op.lock() = Some("revoke");
+    faulty.fail_next("revoke");
     assert!(engine.revoke_user("faulty").await.is_err());
     assert_eq!(engine.user_devices("faulty").await.unwrap().len(), 2);
     assert_eq!(engine.revoke_user("faulty").await.unwrap(), 2);

@@ -140,3 +140,76 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
         Err(unsupported("regenerate"))
     }
 }
+
+/// A shared store is a store: `FaultStore<Arc<dyn SessionStore>>` and the like wrap a store that
+/// an engine also holds.
+#[async_trait]
+impl<T: SessionStore + ?Sized> SessionStore for std::sync::Arc<T> {
+    async fn load(&self, key: &str) -> Result<Option<Fields>> {
+        (**self).load(key).await
+    }
+
+    async fn create(&self, key: &str, fields: &[(String, Bytes)], ttl: Duration) -> Result<bool> {
+        (**self).create(key, fields, ttl).await
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        set: &[(String, Bytes)],
+        delete: &[String],
+        ttl: Option<Duration>,
+    ) -> Result<bool> {
+        (**self).update(key, set, delete, ttl).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        (**self).delete(key).await
+    }
+
+    async fn regenerate(
+        &self,
+        old: &str,
+        new: &str,
+        fields: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<Regenerated> {
+        (**self).regenerate(old, new, fields, ttl).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        (**self).ping().await
+    }
+
+    async fn bind(&self, request: &BindRequest<'_>) -> Result<BindOutcome> {
+        (**self).bind(request).await
+    }
+
+    async fn list_user(&self, index: &str) -> Result<Vec<Listed>> {
+        (**self).list_user(index).await
+    }
+
+    async fn revoke(&self, index: &str, which: Revoke<'_>) -> Result<Vec<String>> {
+        (**self).revoke(index, which).await
+    }
+
+    async fn unbind(&self, index: &str, key: &str, handle: Option<&str>) -> Result<bool> {
+        (**self).unbind(index, key, handle).await
+    }
+
+    async fn touch_user(&self, index: &str, handle: &str, ttl: Duration) -> Result<bool> {
+        (**self).touch_user(index, handle, ttl).await
+    }
+
+    async fn rebind(
+        &self,
+        index: &str,
+        handle: &str,
+        old: &str,
+        new: &str,
+        fields: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<Regenerated> {
+        (**self).rebind(index, handle, old, new, fields, ttl).await
+    }
+}
