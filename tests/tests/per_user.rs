@@ -59,8 +59,17 @@ impl Topo {
     }
 
     async fn redis(name: &'static str, url: String, redis: Redis) -> Self {
+        Self::redis_with_timeout(name, url, redis, Duration::from_secs(3)).await
+    }
+
+    async fn redis_with_timeout(
+        name: &'static str,
+        url: String,
+        redis: Redis,
+        timeout: Duration,
+    ) -> Self {
         let store = RedisStore::builder(url)
-            .with_command_timeout(Duration::from_secs(3))
+            .with_command_timeout(timeout)
             .connect()
             .await
             .unwrap();
@@ -580,7 +589,13 @@ fn migrate_slot_slowly(cluster: &RedisCluster, slot: u16, from: u16, to: u16) {
 /// exactly the live sessions (no lost entry, no ghost), and every revoked session stays gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_resharding_and_failover_lose_no_entry() {
-    let topo = Topo::cluster().await;
+    // A per-user script waits out a half-migrated slot within its command timeout; this slot
+    // takes seconds to move (one key at a time, slower still while other suites run), so the
+    // timeout here is longer than the migration.
+    let cluster = RedisCluster::start();
+    let url = cluster.url();
+    let timeout = Duration::from_secs(15);
+    let topo = Topo::redis_with_timeout("cluster", url, Redis::Cluster(cluster), timeout).await;
     let Some(Redis::Cluster(cluster)) = &topo.redis else {
         unreachable!()
     };
@@ -711,11 +726,11 @@ async fn cluster_resharding_and_failover_lose_no_entry() {
         }
     }
     assert!(live <= keys.len());
-    // A multi-key script meets TRYAGAIN for as long as its slot is half migrated (here, seconds:
-    // one key at a time): a per-user operation waits that out within its deadline, so only an
-    // operation that waited the whole 3 s may fail, as a retryable timeout.
+    // A multi-key script meets TRYAGAIN for as long as its slot is half migrated: a per-user
+    // operation waits that out within its deadline. (With the default 3 s timeout, a slot half
+    // migrated for longer fails the operations waiting on it, as retryable timeouts.)
     assert!(
-        failed * 20 <= logged_in.len(),
+        failed * 50 <= logged_in.len(),
         "{failed} of {} operations failed during the migration and failover",
         logged_in.len()
     );
