@@ -557,14 +557,18 @@ impl SessionEngine {
         id: &SessionId,
         fields: &mut HashMap<String, Bytes>,
     ) -> Result<Option<Bound>> {
+        // A guest session never holds the reserved fields (`insert` refuses their names), so
+        // its load pays nothing here.
+        let Some(slot) = id.slot() else {
+            return Ok(None);
+        };
         fields.remove(SEEN_FIELD);
-        let device = fields.remove(DEVICE_FIELD);
-        match (id.slot(), device) {
-            (Some(slot), Some(device)) => Ok(Some(Bound {
+        match fields.remove(DEVICE_FIELD) {
+            Some(device) => Ok(Some(Bound {
                 index: self.inner.keys.index_key(&slot),
                 device: DeviceRecord::decode(&device)?,
             })),
-            _ => Ok(None),
+            None => Ok(None),
         }
     }
 }

@@ -363,7 +363,6 @@ impl DemoApp {
             .cloned()
             .expect("the demo app runs behind SessionLayer");
         let path = req.uri().path().to_owned();
-        let device = devices::device_info(&req);
         let field = path
             .strip_prefix("/session/")
             .filter(|f| !f.is_empty() && !f.contains('/'))
@@ -426,6 +425,7 @@ impl DemoApp {
                 Ok(empty(StatusCode::NO_CONTENT))
             }
             (Method::POST, "/login", _) => {
+                let device = devices::device_info(&req);
                 let user = match query_param(&req, "user") {
                     Some(user) => Some(user),
                     // A plain HTML form (the devices page) sends the name in its body.
