@@ -17,6 +17,9 @@ pub const DEVICE_FIELD: &str = "__tessera_device";
 /// written at login and with each renewal, never on its own.
 pub const SEEN_FIELD: &str = "__tessera_seen";
 
+/// The engine fields a device list reads of each listed session, in this order.
+pub const LISTED_FIELDS: [&str; 3] = [META_FIELD, DEVICE_FIELD, SEEN_FIELD];
+
 /// Whether a field name is reserved by the engine.
 pub fn is_reserved(field: &str) -> bool {
     field == META_FIELD || field == DEVICE_FIELD || field == SEEN_FIELD

@@ -278,15 +278,19 @@ impl Session {
         ))
     }
 
-    /// The logged-in session's (index, own handle).
-    async fn binding(&self) -> Result<(String, String)> {
+    /// The logged-in session's (slot, index, own handle).
+    async fn binding(&self) -> Result<(UserSlot, String, String)> {
         let st = self.loaded().await?;
         match &st.life {
-            Lifecycle::Loaded(Stored { bound: Some(b), .. })
+            Lifecycle::Loaded(s @ Stored { bound: Some(b), .. })
             | Lifecycle::Regenerated {
-                old: Stored { bound: Some(b), .. },
+                old: s @ Stored { bound: Some(b), .. },
                 ..
-            } => Ok(b.entry()),
+            } => {
+                let slot = s.id.slot().ok_or_else(not_logged_in)?;
+                let (index, handle) = b.entry();
+                Ok((slot, index, handle))
+            }
             _ => Err(not_logged_in()),
         }
     }
@@ -306,7 +310,7 @@ impl Session {
     /// # Errors
     /// [`ErrorKind::NotLoggedIn`] for a guest session; a store error.
     pub async fn devices(&self) -> Result<Vec<Device>> {
-        let (index, own) = self.binding().await?;
+        let (_, index, own) = self.binding().await?;
         self.engine.list(&index, Some(&own)).await
     }
 
@@ -316,8 +320,7 @@ impl Session {
     /// # Errors
     /// [`ErrorKind::NotLoggedIn`] for a guest session; a store error.
     pub async fn revoke_device(&self, handle: &str) -> Result<Revoked> {
-        let (index, own) = self.binding().await?;
-        let slot = self.requested_slot().await.ok_or_else(not_logged_in)?;
+        let (slot, index, own) = self.binding().await?;
         if !self.engine.user_key()?.owns(&slot, handle) {
             metrics::user_op("revoke", "not_found");
             return Ok(Revoked::NotTheCallers);
@@ -351,7 +354,7 @@ impl Session {
     /// # Errors
     /// [`ErrorKind::NotLoggedIn`] for a guest session; a store error.
     pub async fn logout_everywhere(&self, keep_current: bool) -> Result<usize> {
-        let (index, own) = self.binding().await?;
+        let (_, index, own) = self.binding().await?;
         let keep = keep_current.then_some(own.as_str());
         let n = self.engine.revoke_all(&index, keep).await?;
         if !keep_current {
@@ -360,14 +363,5 @@ impl Session {
             self.publish(&st);
         }
         Ok(n)
-    }
-
-    /// The user slot of the session behind this handle, if it is logged in.
-    async fn requested_slot(&self) -> Option<UserSlot> {
-        let st = self.state.lock().await;
-        match &st.life {
-            Lifecycle::Loaded(s) | Lifecycle::Regenerated { old: s, .. } => s.id.slot(),
-            _ => None,
-        }
     }
 }

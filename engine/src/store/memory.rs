@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     error::Result,
-    record::{DEVICE_FIELD, META_FIELD, SEEN_FIELD},
+    record::{LISTED_FIELDS, SEEN_FIELD},
 };
 
 /// Sweep expired entries every this many writes, so memory stays bounded without a background
@@ -342,7 +342,7 @@ impl SessionStore for MemoryStore {
             .into_iter()
             .filter_map(|(handle, key)| {
                 let entry = map.get(&key)?;
-                let fields = [META_FIELD, DEVICE_FIELD, SEEN_FIELD]
+                let fields = LISTED_FIELDS
                     .into_iter()
                     .filter_map(|f| Some((f.to_owned(), entry.fields.get(f)?.clone())))
                     .collect();

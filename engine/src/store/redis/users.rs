@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     error::{Error, ErrorKind, Result},
-    record::{DEVICE_FIELD, META_FIELD, SEEN_FIELD},
+    record::LISTED_FIELDS,
     store::{BindOutcome, BindRequest, Listed, Regenerated, Revoke},
     users::CapPolicy,
 };
@@ -433,7 +433,7 @@ impl RedisStore {
             let mut items = items.into_iter().skip(1);
             while let (Some(handle), Some(Value::Array(values))) = (items.next(), items.next()) {
                 let handle = handle.into_string().unwrap_or_default();
-                let fields = [META_FIELD, DEVICE_FIELD, SEEN_FIELD]
+                let fields = LISTED_FIELDS
                     .into_iter()
                     .zip(values)
                     .filter_map(|(name, v)| Some((name.to_owned(), v.into_bytes()?)))
@@ -570,6 +570,7 @@ fn unexpected(what: &str, status: Option<i64>) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::{DEVICE_FIELD, META_FIELD, SEEN_FIELD};
 
     #[test]
     fn scripts_name_the_engine_fields_they_read() {
