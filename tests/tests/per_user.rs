@@ -68,11 +68,24 @@ impl Topo {
         redis: Redis,
         timeout: Duration,
     ) -> Self {
-        let store = RedisStore::builder(url)
-            .with_command_timeout(timeout)
-            .connect()
-            .await
-            .unwrap();
+        // A topology just started under the full suite's load may take a moment to accept
+        // connections: try a few times.
+        let mut attempt = 0;
+        let store = loop {
+            let connected = RedisStore::builder(url.clone())
+                .with_command_timeout(timeout)
+                .connect()
+                .await;
+            match connected {
+                Ok(store) => break store,
+                Err(err) if attempt < 4 => {
+                    eprintln!("{name}: connect attempt {attempt} failed: {err}");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(err) => panic!("{name}: could not connect: {err}"),
+            }
+        };
         Topo {
             name,
             store: Arc::new(store),
