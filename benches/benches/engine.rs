@@ -236,7 +236,7 @@ fn records(c: &mut Criterion) {
     });
 
     let rt = runtime();
-    let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+    let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default()).unwrap();
     let id = rt.block_on(async {
         let session = engine.session(None);
         shopper.store(&session).await;
@@ -314,9 +314,10 @@ fn request(path: &str, cookie: &str) -> Request<Full<Bytes>> {
 
 fn middleware(c: &mut Criterion) {
     let rt = runtime();
-    let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
-    let layer = SessionLayer::new(engine, SigningKeys::new([SECRET]).unwrap())
+    let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default()).unwrap();
+    let layer = SessionLayer::builder(engine, SigningKeys::new([SECRET]).unwrap())
         .with_secure(false)
+        .build()
         .unwrap();
     let bare = tower::service_fn(handler);
     let layered = layer.layer(tower::service_fn(handler));

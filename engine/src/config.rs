@@ -20,17 +20,22 @@ pub const MAX_FIELDS_LIMIT: usize = 3_000;
 
 /// How sessions are keyed, expired and bounded.
 ///
+/// The `with_*` methods only record a value; [`SessionConfig::validate`] checks the whole
+/// configuration, and [`SessionEngine::new`](crate::SessionEngine::new) refuses an invalid one
+/// with an [`ErrorKind::Config`] error that names the option.
+///
 /// ```
 /// # fn main() -> tessera_engine::Result<()> {
 /// use std::time::Duration;
 /// use tessera_engine::{KeySchema, SessionConfig};
 ///
 /// let config = SessionConfig::default()
-///     .with_key_schema(KeySchema::new("shop:sess").unwrap())
-///     .with_idle_ttl(Duration::from_secs(1800))?
-///     .with_absolute_ttl(Some(Duration::from_secs(12 * 3600)))?;
+///     .with_key_schema(KeySchema::new("shop:sess")?)
+///     .with_idle_ttl(Duration::from_secs(1800))
+///     .with_absolute_ttl(Some(Duration::from_secs(12 * 3600)));
 /// assert_eq!(config.idle_ttl(), Duration::from_secs(1800));
-/// assert!(SessionConfig::default().with_idle_ttl(Duration::MAX).is_err());
+/// assert!(config.validate().is_ok());
+/// assert!(SessionConfig::default().with_idle_ttl(Duration::MAX).validate().is_err());
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -75,33 +80,27 @@ impl SessionConfig {
 
     /// Sliding idle lifetime: a session unused this long expires (default 1 hour).
     ///
-    /// Values under one millisecond are raised to one millisecond; values over [`MAX_TTL`] are a
-    /// [`ErrorKind::Config`] error.
-    pub fn with_idle_ttl(mut self, ttl: Duration) -> Result<Self> {
-        self.idle_ttl = check_ttl("idle", ttl)?.max(Duration::from_millis(1));
-        Ok(self)
+    /// Values under one millisecond are raised to one millisecond; values over [`MAX_TTL`] make
+    /// the configuration invalid.
+    pub fn with_idle_ttl(mut self, ttl: Duration) -> Self {
+        self.idle_ttl = ttl.max(Duration::from_millis(1));
+        self
     }
 
     /// Absolute lifetime from creation; no renewal extends a session past it (default none).
-    /// Values over [`MAX_TTL`] are a [`ErrorKind::Config`] error.
-    pub fn with_absolute_ttl(mut self, ttl: Option<Duration>) -> Result<Self> {
-        self.absolute_ttl = ttl.map(|t| check_ttl("absolute", t)).transpose()?;
-        Ok(self)
+    /// Values over [`MAX_TTL`] make the configuration invalid.
+    pub fn with_absolute_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.absolute_ttl = ttl;
+        self
     }
 
     /// A request renews the expiry once less than this share of the idle TTL remains (default
     /// `0.5`); reads and writes alike, so a write whose renewal is not due sends only its changed
     /// fields and no Set-Cookie. `1.0` renews on every request; `0.0` renews on every write and
-    /// never on a read.
-    pub fn with_renew_below(mut self, share: f64) -> Result<Self> {
-        if !(0.0..=1.0).contains(&share) {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("renew_below must be between 0.0 and 1.0, got {share}"),
-            ));
-        }
+    /// never on a read. A share outside `0.0..=1.0` makes the configuration invalid.
+    pub fn with_renew_below(mut self, share: f64) -> Self {
         self.renew_below = share;
-        Ok(self)
+        self
     }
 
     /// Maximum encoded size of a session in bytes, field names included (default 64 KiB).
@@ -110,19 +109,11 @@ impl SessionConfig {
         self
     }
 
-    /// Maximum number of fields in a session (default 256, at most [`MAX_FIELDS_LIMIT`]).
-    pub fn with_max_fields(mut self, fields: usize) -> Result<Self> {
-        if fields > MAX_FIELDS_LIMIT {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "max_fields {fields} is over the limit of {MAX_FIELDS_LIMIT} (Redis scripts \
-                     cannot pass more fields to one HSET); keep large data in fewer fields"
-                ),
-            ));
-        }
+    /// Maximum number of fields in a session (default 256); more than [`MAX_FIELDS_LIMIT`]
+    /// makes the configuration invalid.
+    pub fn with_max_fields(mut self, fields: usize) -> Self {
         self.max_fields = fields;
-        Ok(self)
+        self
     }
 
     /// Store sessions under a SHA-256 digest of the id instead of the id (default on).
@@ -157,16 +148,16 @@ impl SessionConfig {
     /// use tessera_engine::{KeySchema, SessionConfig};
     ///
     /// let config =
-    ///     SessionConfig::koa_session_redis3(KeySchema::new("your:schema")?, Duration::from_secs(3600))?;
+    ///     SessionConfig::koa_session_redis3(KeySchema::new("your:schema")?, Duration::from_secs(3600));
     /// assert!(config.plain_keys());
     /// # Ok(()) }
     /// ```
-    pub fn koa_session_redis3(key_schema: KeySchema, ttl: Duration) -> Result<Self> {
+    pub fn koa_session_redis3(key_schema: KeySchema, ttl: Duration) -> Self {
         SessionConfig::default()
             .with_key_schema(key_schema)
             .with_plain_keys(true)
             .with_hash_ids_at_rest(false)
-            .with_idle_ttl(ttl)?
+            .with_idle_ttl(ttl)
             .with_renew_below(0.0)
     }
 
@@ -185,6 +176,42 @@ impl SessionConfig {
             ..c
         });
         self
+    }
+
+    /// Checks every option and their combination; the first problem is an [`ErrorKind::Config`]
+    /// error that names the option and the accepted range.
+    /// [`SessionEngine::new`](crate::SessionEngine::new) calls it, so an engine never runs with
+    /// an invalid configuration.
+    ///
+    /// # Errors
+    ///
+    /// An idle or absolute TTL over [`MAX_TTL`], a renewal share outside `0.0..=1.0` (or NaN),
+    /// or more than [`MAX_FIELDS_LIMIT`] fields.
+    pub fn validate(&self) -> Result<()> {
+        check_ttl("idle", self.idle_ttl)?;
+        if let Some(ttl) = self.absolute_ttl {
+            check_ttl("absolute", ttl)?;
+        }
+        if !(0.0..=1.0).contains(&self.renew_below) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "renew_below must be between 0.0 and 1.0, got {}",
+                    self.renew_below
+                ),
+            ));
+        }
+        if self.max_fields > MAX_FIELDS_LIMIT {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "max_fields {} is over the limit of {MAX_FIELDS_LIMIT} (Redis scripts cannot \
+                     pass more fields to one HSET); keep large data in fewer fields",
+                    self.max_fields
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether a user key is set, so [`crate::Session::login`] can bind sessions to users.
@@ -243,7 +270,7 @@ impl SessionConfig {
     }
 }
 
-fn check_ttl(what: &str, ttl: Duration) -> Result<Duration> {
+fn check_ttl(what: &str, ttl: Duration) -> Result<()> {
     if ttl > MAX_TTL {
         return Err(Error::new(
             ErrorKind::Config,
@@ -255,7 +282,7 @@ fn check_ttl(what: &str, ttl: Duration) -> Result<Duration> {
             ),
         ));
     }
-    Ok(ttl)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -265,23 +292,39 @@ mod tests {
     #[test]
     fn ttls_and_field_limits_are_validated() {
         let c = SessionConfig::default();
-        assert!(c.clone().with_idle_ttl(MAX_TTL).is_ok());
+        assert!(c.validate().is_ok());
+        assert!(c.clone().with_idle_ttl(MAX_TTL).validate().is_ok());
         for ttl in [MAX_TTL + Duration::from_secs(1), Duration::MAX] {
-            assert!(c.clone().with_idle_ttl(ttl).unwrap_err().is_config());
-            assert!(c
+            let err = c.clone().with_idle_ttl(ttl).validate().unwrap_err();
+            assert!(
+                err.is_config() && err.to_string().contains("idle TTL"),
+                "{err}"
+            );
+            let err = c
                 .clone()
                 .with_absolute_ttl(Some(ttl))
-                .unwrap_err()
-                .is_config());
+                .validate()
+                .unwrap_err();
+            assert!(
+                err.is_config() && err.to_string().contains("absolute TTL"),
+                "{err}"
+            );
         }
         assert_eq!(
-            c.clone().with_idle_ttl(Duration::ZERO).unwrap().idle_ttl(),
+            c.clone().with_idle_ttl(Duration::ZERO).idle_ttl(),
             Duration::from_millis(1)
         );
-        assert!(c.clone().with_max_fields(MAX_FIELDS_LIMIT).is_ok());
         assert!(c
-            .with_max_fields(MAX_FIELDS_LIMIT + 1)
-            .unwrap_err()
-            .is_config());
+            .clone()
+            .with_max_fields(MAX_FIELDS_LIMIT)
+            .validate()
+            .is_ok());
+        let err = c.clone().with_max_fields(MAX_FIELDS_LIMIT + 1).validate();
+        assert!(err.unwrap_err().to_string().contains("max_fields"));
+        for share in [-0.1, 1.5, f64::NAN] {
+            let err = c.clone().with_renew_below(share).validate().unwrap_err();
+            assert!(err.to_string().contains("renew_below"), "{err}");
+        }
+        assert!(c.with_renew_below(1.0).validate().is_ok());
     }
 }

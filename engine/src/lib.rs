@@ -8,7 +8,7 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> tessera_engine::Result<()> {
 //! use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
 //!
-//! let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+//! let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default())?;
 //! let session = engine.session(None);
 //! session.insert("user", "ada").await?;
 //! session.commit().await?;
@@ -17,6 +17,8 @@
 
 mod config;
 mod error;
+#[cfg(feature = "http")]
+mod http;
 mod id;
 mod key;
 pub mod koa;

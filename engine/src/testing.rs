@@ -60,7 +60,7 @@ struct Calls {
 /// };
 ///
 /// let store = FaultStore::new(MemoryStore::new(), Fault::FailLoad);
-/// let engine = SessionEngine::new(store.clone(), SessionConfig::default());
+/// let engine = SessionEngine::new(store.clone(), SessionConfig::default()).unwrap();
 /// let session = engine.session(Some(SessionId::generate()));
 /// assert!(session.get::<u64>("views").await.is_err());
 /// assert_eq!(store.loads(), 1);

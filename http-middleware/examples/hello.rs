@@ -47,10 +47,11 @@ fn status(code: StatusCode) -> Response<Full<Bytes>> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // Swap MemoryStore for `RedisStore::connect("redis-cluster://...").await?` in production.
-    let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+    let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default()).unwrap();
     let keys = SigningKeys::new(["replace me with 32+ random bytes from a secret store"])?;
-    let service = SessionLayer::new(engine, keys)
-        .with_secure(false)? // plain http on localhost
+    let service = SessionLayer::builder(engine, keys)
+        .with_secure(false)
+.build()? // plain http on localhost
         .layer(service_fn(handler));
 
     let listener = TcpListener::bind("127.0.0.1:3001").await?;

@@ -1,41 +1,57 @@
-//! The middleware crate's error type: configuration problems found while building the layer or
-//! the metrics recorder. Request-time failures never surface as errors; they become responses.
+//! The middleware crate's error type: a setup problem found while building the layer, the
+//! signing keys or the metrics recorder. Request-time failures never surface as errors; they
+//! become responses.
 
 use std::borrow::Cow;
 
-/// What kind of failure an [`Error`] is.
+/// What kind of setup problem a [`ConfigError`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ErrorKind {
-    /// An invalid option (secret, cookie name, domain).
-    Config,
-    /// The metrics recorder could not be installed.
+pub enum ConfigErrorKind {
+    /// An invalid option or combination of options (secret, cookie name, Path, Domain, the
+    /// attributes a cookie-name prefix requires, the engine's configuration).
+    InvalidOption,
+    /// The Prometheus recorder could not be installed.
     Metrics,
 }
 
-/// A middleware configuration error.
-#[derive(Debug, thiserror::Error)]
+/// A setup error from building a [`SessionLayer`](crate::SessionLayer), [`SigningKeys`](crate::SigningKeys),
+/// a [`KoaCompat`](crate::koa::KoaCompat) profile or the metrics recorder. Its message names the
+/// option and what to do.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
-pub struct Error {
-    kind: ErrorKind,
+pub struct ConfigError {
+    kind: ConfigErrorKind,
     message: Cow<'static, str>,
 }
 
-impl Error {
-    pub(crate) fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
-        Error {
+impl ConfigError {
+    pub(crate) fn new(kind: ConfigErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        ConfigError {
             kind,
             message: message.into(),
         }
     }
 
-    /// The kind of failure.
-    pub fn kind(&self) -> ErrorKind {
+    /// An invalid option.
+    pub(crate) fn option(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(ConfigErrorKind::InvalidOption, message)
+    }
+
+    /// The kind of problem.
+    pub fn kind(&self) -> ConfigErrorKind {
         self.kind
     }
 
-    /// Whether an option was invalid.
-    pub fn is_config(&self) -> bool {
-        self.kind == ErrorKind::Config
+    /// Whether an option (or a combination of options) was invalid.
+    pub fn is_invalid_option(&self) -> bool {
+        self.kind == ConfigErrorKind::InvalidOption
+    }
+}
+
+impl From<tessera_engine::Error> for ConfigError {
+    /// An engine error met while setting up (an invalid engine configuration or key schema).
+    fn from(err: tessera_engine::Error) -> Self {
+        ConfigError::option(err.to_string())
     }
 }

@@ -7,7 +7,7 @@ use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::{
-    error::{Error, ErrorKind},
+    error::{ConfigError, ConfigErrorKind},
     signing::Rejection,
 };
 
@@ -54,7 +54,7 @@ static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new(
 /// [`render`](PrometheusHandle::render) produces the `/metrics` text.
 ///
 /// Calling it again returns the same handle; it fails if another recorder was installed first.
-pub fn install_prometheus_recorder() -> Result<PrometheusHandle, Error> {
+pub fn install_prometheus_recorder() -> Result<PrometheusHandle, ConfigError> {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(handle) = HANDLE.get() {
@@ -65,8 +65,8 @@ pub fn install_prometheus_recorder() -> Result<PrometheusHandle, Error> {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS))
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(|err| {
-            Error::new(
-                ErrorKind::Metrics,
+            ConfigError::new(
+                ConfigErrorKind::Metrics,
                 format!("could not install the Prometheus recorder: {err}"),
             )
         })?;
@@ -79,7 +79,9 @@ pub fn install_prometheus_recorder() -> Result<PrometheusHandle, Error> {
             std::thread::sleep(Duration::from_secs(5));
             upkeep.run_upkeep();
         })
-        .map_err(|err| Error::new(ErrorKind::Metrics, format!("upkeep thread: {err}")))?;
+        .map_err(|err| {
+            ConfigError::new(ConfigErrorKind::Metrics, format!("upkeep thread: {err}"))
+        })?;
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 

@@ -7,7 +7,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tessera_engine::{SessionId, BOUND_SESSION_ID_LEN, SESSION_ID_LEN};
 
-use crate::error::{Error, ErrorKind};
+use crate::error::{ConfigError, ConfigErrorKind};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -95,7 +95,7 @@ impl SigningKeys {
     /// Keys from secrets, the first of which signs. A secret shorter than 16 bytes is a
     /// configuration error; one shorter than 32 bytes is accepted but logged as a warning. Use
     /// random bytes (`openssl rand -base64 48`), not a word.
-    pub fn new<I, K>(secrets: I) -> Result<Self, Error>
+    pub fn new<I, K>(secrets: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = K>,
         K: AsRef<[u8]>,
@@ -104,8 +104,8 @@ impl SigningKeys {
         for (i, secret) in secrets.into_iter().enumerate() {
             let secret = secret.as_ref();
             if secret.len() < MIN_SECRET_LEN {
-                return Err(Error::new(
-                    ErrorKind::Config,
+                return Err(ConfigError::new(
+                    ConfigErrorKind::InvalidOption,
                     format!(
                         "cookie secret #{} is {} bytes; use at least {MIN_SECRET_LEN}, ideally \
                          {GOOD_SECRET_LEN}+ random bytes (openssl rand -base64 48)",
@@ -125,8 +125,8 @@ impl SigningKeys {
             keys.push(HmacSha256::new_from_slice(secret).expect("HMAC takes any key length"));
         }
         if keys.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Config,
+            return Err(ConfigError::new(
+                ConfigErrorKind::InvalidOption,
                 "at least one cookie secret is required (or opt out with SigningKeys::unsigned())",
             ));
         }
@@ -363,15 +363,17 @@ mod tests {
 
     #[test]
     fn secrets_are_validated() {
-        assert!(SigningKeys::new([""]).unwrap_err().is_config());
+        assert!(SigningKeys::new([""]).unwrap_err().is_invalid_option());
         let err = SigningKeys::new([A, "abcde"]).unwrap_err();
-        assert!(err.is_config());
+        assert!(err.is_invalid_option());
         assert_eq!(
             err.to_string(),
             "cookie secret #2 is 5 bytes; use at least 16, ideally 32+ random bytes \
              (openssl rand -base64 48)"
         );
-        assert!(SigningKeys::new([[7u8; 15]]).unwrap_err().is_config());
+        assert!(SigningKeys::new([[7u8; 15]])
+            .unwrap_err()
+            .is_invalid_option());
         assert!(
             SigningKeys::new([[7u8; 16]]).is_ok(),
             "16 bytes: a warning only"
@@ -379,7 +381,7 @@ mod tests {
         assert!(SigningKeys::new([[7u8; 32]]).is_ok());
         assert!(SigningKeys::new(Vec::<&str>::new())
             .unwrap_err()
-            .is_config());
+            .is_invalid_option());
     }
 
     #[test]

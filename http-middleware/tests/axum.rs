@@ -1,4 +1,5 @@
-//! The axum extractor (feature `axum`).
+//! The axum integration (feature `axum`): `session: Session` as a handler argument, and engine
+//! errors as responses through the one status table.
 
 #![cfg(feature = "axum")]
 
@@ -6,26 +7,51 @@ use axum::{routing::get as get_route, Router};
 use http::StatusCode;
 use tessera_engine::{
     testing::{Fault, FaultStore},
-    Error as EngineError, MemoryStore, SessionConfig, SessionStore,
+    Error as EngineError, ErrorKind, MemoryStore, Session, SessionConfig, SessionStore,
 };
-use tessera_middleware::{axum::SessionExtractor, SessionLayer};
+use tessera_middleware::SessionLayer;
 
 mod common;
 
 use common::*;
 
-async fn count(
-    SessionExtractor(session): SessionExtractor,
-) -> Result<String, (StatusCode, String)> {
-    let internal = |e: EngineError| (tessera_middleware::error_status(&e), e.to_string());
-    let views = session
-        .get::<u64>("views")
-        .await
-        .map_err(internal)?
-        .unwrap_or(0)
-        + 1;
-    session.insert("views", &views).await.map_err(internal)?;
+async fn count(session: Session) -> Result<String, EngineError> {
+    let views = session.get::<u64>("views").await?.unwrap_or(0) + 1;
+    session.insert("views", &views).await?;
     Ok(format!("{views} views"))
+}
+
+/// A handler error of each kind answers with its status from the table, a text that leaks
+/// nothing of the message, and Retry-After only when the store is unavailable.
+#[tokio::test]
+async fn handler_errors_answer_with_the_status_table() {
+    use axum::response::IntoResponse;
+    let cases = [
+        (ErrorKind::Timeout, 503, Some("1")),
+        (ErrorKind::Redis, 503, Some("1")),
+        (ErrorKind::TooLarge, 413, None),
+        (ErrorKind::InvalidField, 400, None),
+        (ErrorKind::NotLoggedIn, 401, None),
+        (ErrorKind::SessionCap, 409, None),
+        (ErrorKind::Unsupported, 501, None),
+        (ErrorKind::Decode, 500, None),
+    ];
+    for (kind, status, retry_after) in cases {
+        let err = EngineError::new(kind, "secret detail: redis://10.0.0.7:6379 key abc");
+        assert_eq!(err.status().as_u16(), status, "{kind:?}");
+        let response = err.into_response();
+        assert_eq!(response.status().as_u16(), status, "{kind:?}");
+        let header = response.headers().get("retry-after");
+        assert_eq!(header.map(|v| v.to_str().unwrap()), retry_after, "{kind:?}");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        let body = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            !body.is_empty() && !body.contains("secret"),
+            "{kind:?}: {body}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -33,8 +59,9 @@ async fn extractor_gets_the_layer_session() {
     let store = MemoryStore::new();
     let engine = engine_on(store.clone(), SessionConfig::default());
     let router = Router::new().route("/", get_route(count)).layer(
-        SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+        SessionLayer::builder(engine.clone(), keys(&[SECRET_A]))
             .with_secure(false)
+            .build()
             .unwrap(),
     );
 
@@ -48,7 +75,7 @@ async fn extractor_gets_the_layer_session() {
 
     // The failure policy applies under axum too.
     let failing = Router::new().route("/", get_route(count)).layer(
-        SessionLayer::new(
+        SessionLayer::builder(
             engine_on(
                 FaultStore::new(MemoryStore::new(), Fault::FailAll),
                 SessionConfig::default(),
@@ -56,6 +83,7 @@ async fn extractor_gets_the_layer_session() {
             keys(&[SECRET_A]),
         )
         .with_secure(false)
+        .build()
         .unwrap(),
     );
     let r = call(&failing, get("/", None)).await;
@@ -68,5 +96,5 @@ async fn extractor_without_layer_is_500() {
     let router = Router::new().route("/", get_route(count));
     let r = call(&router, get("/", None)).await;
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(r.body, "SessionLayer is not mounted on this route");
+    assert_eq!(r.body, "no session layer is mounted on this route");
 }

@@ -8,7 +8,7 @@ use http::{HeaderValue, StatusCode};
 use tessera_demo::{build_app, DemoArgs};
 use tessera_engine::testing::{Fault, FaultStore};
 use tessera_engine::{MemoryStore, SessionConfig, SessionId, SessionStore, SESSION_ID_LEN};
-use tessera_middleware::{Rejection, SessionLayer, SigningKeys};
+use tessera_middleware::{signing::Rejection, SessionLayer, SigningKeys};
 
 mod common;
 
@@ -70,8 +70,9 @@ async fn cookie_round_trip_with_default_attributes() {
 async fn secure_can_be_turned_off() {
     let engine = engine_on(MemoryStore::new(), SessionConfig::default());
     let svc = app_with(
-        &SessionLayer::new(engine, keys(&[SECRET_A]))
+        &SessionLayer::builder(engine, keys(&[SECRET_A]))
             .with_secure(false)
+            .build()
             .unwrap(),
     );
     let r = call(&svc, get("/", None)).await;
@@ -111,10 +112,11 @@ async fn demo_build_app_round_trip() {
 async fn browser_session_cookie_has_no_max_age_or_expires() {
     let engine = engine_on(MemoryStore::new(), SessionConfig::default());
     let svc = app_with(
-        &SessionLayer::new(engine, keys(&[SECRET_A]))
+        &SessionLayer::builder(engine, keys(&[SECRET_A]))
             .with_secure(false)
-            .unwrap()
-            .with_persistent_cookie(false),
+            .with_persistent_cookie(false)
+            .build()
+            .unwrap(),
     );
     let c = establish(&svc).await;
     assert_eq!(c.max_age(), None);
@@ -126,20 +128,16 @@ async fn browser_session_cookie_has_no_max_age_or_expires() {
 async fn custom_cookie_options_are_applied() {
     let engine = engine_on(
         MemoryStore::new(),
-        SessionConfig::default()
-            .with_idle_ttl(Duration::from_secs(120))
-            .unwrap(),
+        SessionConfig::default().with_idle_ttl(Duration::from_secs(120)),
     );
-    let layer = SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+    let layer = SessionLayer::builder(engine.clone(), keys(&[SECRET_A]))
         .with_cookie_name("sid")
-        .expect("valid name")
         .with_path("/app")
-        .unwrap()
         .with_domain(Some("example.test".into()))
-        .unwrap()
         .with_same_site(SameSite::Strict)
-        .unwrap()
-        .with_http_only(false);
+        .with_http_only(false)
+        .build()
+        .expect("valid name");
     let svc = app_with(&layer);
     let r = call(&svc, get("/", None)).await;
     r.assert_ok("1 views");
@@ -164,12 +162,41 @@ async fn custom_cookie_options_are_applied() {
         .await
         .assert_ok("0 views");
 
-    for bad in ["", "a b", "a=b", "a;b", "a,b", "sess\u{e9}"] {
-        let err = SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+    for bad in ["", "a b", "a=b", "a;b", "a,b", "a:b", "sess\u{e9}"] {
+        let err = SessionLayer::builder(engine.clone(), keys(&[SECRET_A]))
             .with_cookie_name(bad)
+            .build()
             .expect_err(bad);
-        assert!(err.is_config(), "{bad:?}");
+        assert!(err.is_invalid_option(), "{bad:?}");
+        assert!(err.to_string().contains("RFC 6265 token"), "{err}");
     }
+}
+
+#[tokio::test]
+async fn host_prefixed_cookies_carry_what_their_prefix_requires() {
+    let engine = engine_on(MemoryStore::new(), SessionConfig::default());
+    let svc = app_with(
+        &SessionLayer::builder(engine.clone(), keys(&[SECRET_A]))
+            .with_cookie_name("__Host-sid")
+            .build()
+            .unwrap(),
+    );
+    let r = call(&svc, get("/", None)).await;
+    r.assert_ok("1 views");
+    let c = r.cookie();
+    assert_eq!(c.name(), "__Host-sid");
+    assert_eq!(
+        (c.secure(), c.path(), c.domain()),
+        (Some(true), Some("/"), None)
+    );
+    call(&svc, get("/", Some(&c))).await.assert_ok("2 views");
+    // Plain http is refused with the prefix, at build time.
+    let err = SessionLayer::builder(engine, keys(&[SECRET_A]))
+        .with_cookie_name("__Host-sid")
+        .with_secure(false)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("__Host- prefix"), "{err}");
 }
 
 #[tokio::test]
@@ -178,7 +205,7 @@ async fn due_renewal_resends_the_cookie() {
     let probe = FaultStore::new(MemoryStore::new(), Fault::PassThrough);
     let engine = engine_on(
         probe.clone(),
-        SessionConfig::default().with_renew_below(1.0).unwrap(),
+        SessionConfig::default().with_renew_below(1.0),
     );
     let svc = app(&engine);
     let c = establish(&svc).await;
@@ -388,18 +415,21 @@ async fn key_rotation_accepts_old_key_and_reissues_under_new_one() {
     let store = MemoryStore::new();
     let engine = engine_on(store.clone(), SessionConfig::default());
     let old = app_with(
-        &SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+        &SessionLayer::builder(engine.clone(), keys(&[SECRET_A]))
             .with_secure(false)
+            .build()
             .unwrap(),
     );
     let rotated = app_with(
-        &SessionLayer::new(engine.clone(), keys(&[SECRET_B, SECRET_A]))
+        &SessionLayer::builder(engine.clone(), keys(&[SECRET_B, SECRET_A]))
             .with_secure(false)
+            .build()
             .unwrap(),
     );
     let only_new = app_with(
-        &SessionLayer::new(engine.clone(), keys(&[SECRET_B]))
+        &SessionLayer::builder(engine.clone(), keys(&[SECRET_B]))
             .with_secure(false)
+            .build()
             .unwrap(),
     );
 
@@ -475,18 +505,18 @@ async fn foreign_non_ascii_cookies_do_not_hide_the_session_cookie() {
 async fn rotation_reissue_follows_the_stored_expiry() {
     let engine = engine_on(
         MemoryStore::new(),
-        SessionConfig::default()
-            .with_absolute_ttl(Some(std::time::Duration::from_secs(60)))
-            .unwrap(),
+        SessionConfig::default().with_absolute_ttl(Some(std::time::Duration::from_secs(60))),
     );
     let old = app_with(
-        &SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+        &SessionLayer::builder(engine.clone(), keys(&[SECRET_A]))
             .with_secure(false)
+            .build()
             .unwrap(),
     );
     let rotated = app_with(
-        &SessionLayer::new(engine.clone(), keys(&[SECRET_B, SECRET_A]))
+        &SessionLayer::builder(engine.clone(), keys(&[SECRET_B, SECRET_A]))
             .with_secure(false)
+            .build()
             .unwrap(),
     );
     let cookie_a = establish(&old).await;

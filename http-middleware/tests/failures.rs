@@ -50,10 +50,11 @@ async fn fail_closed_answers_503_with_retry_after() {
 
     // Retry-After is configurable.
     let svc = app_with(
-        &SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+        &SessionLayer::builder(engine.clone(), keys(&[SECRET_A]))
             .with_secure(false)
-            .unwrap()
-            .with_retry_after(Duration::from_secs(7)),
+            .with_retry_after(Duration::from_secs(7))
+            .build()
+            .unwrap(),
     );
     let r = call(&svc, get("/", Some(&c))).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -66,10 +67,11 @@ async fn fail_open_serves_handler_answer_without_cookie_or_writes() {
     let probe = FaultStore::new(MemoryStore::new(), Fault::FailAll);
     let engine = engine_on(probe.clone(), SessionConfig::default());
     let svc = app_with(
-        &SessionLayer::new(engine, keys(&[SECRET_A]))
+        &SessionLayer::builder(engine, keys(&[SECRET_A]))
             .with_secure(false)
-            .unwrap()
-            .with_failure_policy(FailurePolicy::FailOpen),
+            .with_failure_policy(FailurePolicy::FailOpen)
+            .build()
+            .unwrap(),
     );
     let c = cookie_for(&SessionId::generate(), SECRET_A);
 
@@ -102,13 +104,14 @@ async fn fail_open_never_overwrites_the_real_session() {
 
     let probe = FaultStore::new(store.clone(), Fault::FailLoad);
     let svc = app_with(
-        &SessionLayer::new(
+        &SessionLayer::builder(
             engine_on(probe.clone(), SessionConfig::default()),
             keys(&[SECRET_A]),
         )
         .with_secure(false)
-        .unwrap()
-        .with_failure_policy(FailurePolicy::FailOpen),
+        .with_failure_policy(FailurePolicy::FailOpen)
+        .build()
+        .unwrap(),
     );
     let r = call(&svc, get("/", Some(&c))).await;
     r.assert_ok("1 views");
@@ -179,13 +182,14 @@ async fn failed_logout_is_503_and_clears_the_cookie_under_both_policies() {
         let c = establish(&app(&engine_on(store.clone(), SessionConfig::default()))).await;
         let probe = FaultStore::new(store.clone(), Fault::FailWrites);
         let svc = app_with(
-            &SessionLayer::new(
+            &SessionLayer::builder(
                 engine_on(probe.clone(), SessionConfig::default()),
                 keys(&[SECRET_A]),
             )
             .with_secure(false)
-            .unwrap()
-            .with_failure_policy(policy),
+            .with_failure_policy(policy)
+            .build()
+            .unwrap(),
         );
         // The DEL fails: a logout that did not happen must not look like one that did, whatever
         // the policy; the browser still drops its cookie.
@@ -232,7 +236,7 @@ fn error_status_table() {
         (K::IdCollision, StatusCode::INTERNAL_SERVER_ERROR),
     ] {
         let err = EngineError::new(kind, "x");
-        assert_eq!(tessera_middleware::error_status(&err), status, "{kind:?}");
+        assert_eq!(err.status(), status, "{kind:?}");
     }
 }
 
@@ -250,13 +254,14 @@ async fn not_durable_commit_is_a_store_failure() {
     r.assert_no_cookie();
     // Under fail-open: the handler's answer, without a cookie.
     let svc = app_with(
-        &SessionLayer::new(
+        &SessionLayer::builder(
             engine_on(probe.clone(), SessionConfig::default()),
             keys(&[SECRET_A]),
         )
         .with_secure(false)
-        .unwrap()
-        .with_failure_policy(FailurePolicy::FailOpen),
+        .with_failure_policy(FailurePolicy::FailOpen)
+        .build()
+        .unwrap(),
     );
     let r = call(&svc, get("/", None)).await;
     r.assert_ok("1 views");
@@ -268,13 +273,14 @@ async fn decode_errors_are_500_under_both_policies() {
     for policy in [FailurePolicy::FailClosed, FailurePolicy::FailOpen] {
         // In a handler: a field of another type than asked for is a bug, not an outage.
         let store = MemoryStore::new();
-        let layer = SessionLayer::new(
+        let layer = SessionLayer::builder(
             engine_on(store.clone(), SessionConfig::default()),
             keys(&[SECRET_A]),
         )
         .with_secure(false)
-        .unwrap()
-        .with_failure_policy(policy);
+        .with_failure_policy(policy)
+        .build()
+        .unwrap();
         let svc = app_with(&layer);
         let r = call(&svc, put("/session/views", None, "\"many\"")).await;
         assert_eq!(r.status, StatusCode::NO_CONTENT, "{policy:?}: {r:?}");
@@ -293,13 +299,14 @@ async fn decode_errors_are_500_under_both_policies() {
             Fault::WriteError(EngineErrorKind::Decode),
         );
         let svc = app_with(
-            &SessionLayer::new(
+            &SessionLayer::builder(
                 engine_on(probe.clone(), SessionConfig::default()),
                 keys(&[SECRET_A]),
             )
             .with_secure(false)
-            .unwrap()
-            .with_failure_policy(policy),
+            .with_failure_policy(policy)
+            .build()
+            .unwrap(),
         );
         let r = call(&svc, get("/", None)).await;
         assert_eq!(

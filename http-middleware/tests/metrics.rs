@@ -73,14 +73,16 @@ async fn metrics_count_requests_and_rejected_cookies() {
     let r = call(&failing, get("/", None)).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     let fail_open = app_with(
-        &SessionLayer::new(
+        &SessionLayer::builder(
             engine_on(
                 FaultStore::new(MemoryStore::new(), Fault::FailAll),
                 SessionConfig::default(),
             ),
             keys(&[SECRET_A]),
         )
-        .with_failure_policy(FailurePolicy::FailOpen),
+        .with_failure_policy(FailurePolicy::FailOpen)
+        .build()
+        .unwrap(),
     );
     call(&fail_open, get("/", None)).await.assert_ok("1 views");
 
@@ -103,8 +105,9 @@ async fn metrics_count_requests_and_rejected_cookies() {
     );
 
     // The demo's /metrics route renders the same registry.
-    let with_metrics = SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+    let with_metrics = SessionLayer::builder(engine.clone(), keys(&[SECRET_A]))
         .with_secure(false)
+        .build()
         .unwrap()
         .layer(DemoApp::new(engine, Some(handle)));
     let r = call(&with_metrics, get("/metrics", None)).await;

@@ -8,7 +8,7 @@ use tessera_engine::{
     record::{decode_value, Meta, META_FIELD},
     ErrorKind, MemoryStore, SessionConfig, SessionEngine, SessionId, SessionStore,
 };
-use tessera_middleware::{find_session_cookie, SigningKeys};
+use tessera_middleware::{signing::find_session_cookie, SigningKeys};
 
 const NAME: &str = "koa:sess";
 
@@ -93,7 +93,7 @@ fn stored_record_on_this_thread(data: &[u8]) {
     let (meta, value) = data.split_at(split);
     runtime().block_on(async {
         let store = MemoryStore::new();
-        let engine = SessionEngine::new(store.clone(), SessionConfig::default());
+        let engine = SessionEngine::new(store.clone(), SessionConfig::default()).unwrap();
         let id = SessionId::from_bytes([7; 16]);
         let key = engine.key(&id);
         let fields = vec![

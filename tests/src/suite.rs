@@ -84,7 +84,7 @@ impl Env {
     }
 
     fn engine(&self, config: SessionConfig) -> SessionEngine {
-        SessionEngine::from_arc(self.store.clone(), config)
+        SessionEngine::from_arc(self.store.clone(), config).unwrap()
     }
 
     /// Remaining TTL of `key` as the store sees it.
@@ -389,7 +389,7 @@ async fn lazy_load_and_skip_unchanged(env: &Env, config: SessionConfig) {
 }
 
 async fn sliding_ttl_and_throttled_renewal(env: &Env, config: SessionConfig) {
-    let engine = env.engine(config.with_idle_ttl(Duration::from_millis(1600)).unwrap());
+    let engine = env.engine(config.with_idle_ttl(Duration::from_millis(1600)));
     let id = new_session(&engine, "v", 1).await;
     let key = engine.key(&id);
     let ttl = env.pttl(&key).expect("a TTL is set");
@@ -468,12 +468,7 @@ async fn sliding_ttl_and_throttled_renewal(env: &Env, config: SessionConfig) {
 
 async fn writes_renew_like_reads(env: &Env, config: SessionConfig) {
     // Default throttle: a write past half the TTL renews it, in the same single command.
-    let engine = env.engine(
-        config
-            .clone()
-            .with_idle_ttl(Duration::from_millis(1600))
-            .unwrap(),
-    );
+    let engine = env.engine(config.clone().with_idle_ttl(Duration::from_millis(1600)));
     let id = new_session(&engine, "v", 1).await;
     let key = engine.key(&id);
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -504,9 +499,7 @@ async fn writes_renew_like_reads(env: &Env, config: SessionConfig) {
     let engine = env.engine(
         config
             .with_idle_ttl(Duration::from_millis(1600))
-            .unwrap()
-            .with_renew_below(0.0)
-            .unwrap(),
+            .with_renew_below(0.0),
     );
     let id = new_session(&engine, "v", 1).await;
     let key = engine.key(&id);
@@ -531,9 +524,7 @@ async fn absolute_lifetime_caps_ttl(env: &Env, config: SessionConfig) {
     let engine = env.engine(
         config
             .with_idle_ttl(Duration::from_millis(2000))
-            .unwrap()
-            .with_absolute_ttl(Some(Duration::from_millis(2500)))
-            .unwrap(),
+            .with_absolute_ttl(Some(Duration::from_millis(2500))),
     );
     let id = new_session(&engine, "v", 0).await;
     let key = engine.key(&id);
@@ -740,11 +731,7 @@ async fn regenerate_fails_closed_after_concurrent_destroy(env: &Env, config: Ses
 /// A session with as many fields as the configuration may allow is written and read back whole
 /// (the Lua scripts pass every field to one HSET).
 async fn sessions_at_the_field_limit_save(env: &Env, config: SessionConfig) {
-    let engine = env.engine(
-        config
-            .with_max_fields(tessera_engine::MAX_FIELDS_LIMIT)
-            .unwrap(),
-    );
+    let engine = env.engine(config.with_max_fields(tessera_engine::MAX_FIELDS_LIMIT));
     let s = engine.session(None);
     for i in 0..tessera_engine::MAX_FIELDS_LIMIT {
         s.insert(format!("f{i}"), &i).await.unwrap();
@@ -845,7 +832,7 @@ async fn create_never_overwrites(env: &Env, config: SessionConfig) {
 }
 
 async fn limits_leave_stored_session_unchanged(env: &Env, config: SessionConfig) {
-    let engine = env.engine(config.with_max_size(256).with_max_fields(3).unwrap());
+    let engine = env.engine(config.with_max_size(256).with_max_fields(3));
     let id = new_session(&engine, "a", 1).await;
     let before = env.store.load(&engine.key(&id)).await.unwrap();
     let _ = env.counts();

@@ -25,7 +25,7 @@ suite_tests!(suite_on_standalone_redis, {
 async fn scripts_survive_a_script_flush_and_concurrent_writes() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url()).await.unwrap();
-    let engine = SessionEngine::new(store, SessionConfig::default());
+    let engine = SessionEngine::new(store, SessionConfig::default()).unwrap();
     let session = engine.session(None);
     session.insert("n", &0u32).await.unwrap();
     let CookieAction::Set { id, .. } = session.commit().await.unwrap().cookie else {
@@ -100,7 +100,7 @@ suite_tests!(suite_on_sentinel, {
 async fn cluster_spreads_sessions_and_regenerates_across_slots() {
     let cluster = RedisCluster::start();
     let store = RedisStore::connect(&cluster.url()).await.unwrap();
-    let engine = SessionEngine::new(store, SessionConfig::default());
+    let engine = SessionEngine::new(store, SessionConfig::default()).unwrap();
     let mut tasks = Vec::new();
     for chunk in 0..20 {
         let engine = engine.clone();

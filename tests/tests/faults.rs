@@ -45,7 +45,7 @@ async fn cluster_engine(cluster: &RedisCluster, timeout_ms: u64) -> SessionEngin
         .connect()
         .await
         .unwrap();
-    SessionEngine::new(store, SessionConfig::default())
+    SessionEngine::new(store, SessionConfig::default()).unwrap()
 }
 
 /// SIGKILL one of three masters under load, then restart it. Sessions on the healthy masters
@@ -213,7 +213,7 @@ async fn sentinel_graceful_failover() {
         .connect()
         .await
         .unwrap();
-    let engine = SessionEngine::new(store, SessionConfig::default());
+    let engine = SessionEngine::new(store, SessionConfig::default()).unwrap();
     let ids = create_sessions(&engine, 120).await;
     let sessions: Arc<Vec<_>> = Arc::new(ids.iter().map(|id| (*id, 0)).collect());
     let driver = Driver::start(&engine, &sessions, 6, Duration::from_secs(30));
@@ -344,10 +344,12 @@ async fn redis_down_and_back() {
     args.redis_timeout_ms = timeout.as_millis() as u64;
     let engine = tessera_demo::build_engine(&args).await.unwrap();
     let closed = DemoServer::start(engine.clone(), &args).await;
-    let open_layer = SessionLayer::new(engine.clone(), SigningKeys::new(&args.secrets).unwrap())
-        .with_secure(false)
-        .unwrap()
-        .with_failure_policy(FailurePolicy::FailOpen);
+    let open_layer =
+        SessionLayer::builder(engine.clone(), SigningKeys::new(&args.secrets).unwrap())
+            .with_secure(false)
+            .with_failure_policy(FailurePolicy::FailOpen)
+            .build()
+            .unwrap();
     let open = DemoServer::start_with_layer(engine.clone(), open_layer).await;
     let client = HttpClient::new();
 
@@ -456,7 +458,7 @@ async fn wait_makes_acknowledged_writes_survive_master_loss() {
         if wait {
             b = b.with_wait_replicas(1, Duration::from_millis(500));
         }
-        async move { SessionEngine::new(b.connect().await.unwrap(), SessionConfig::default()) }
+        async move { SessionEngine::new(b.connect().await.unwrap(), SessionConfig::default()).unwrap() }
     };
     let plain = connect(false).await;
     let durable = connect(true).await;

@@ -31,7 +31,7 @@ async fn engine(url: &str, schema: &str) -> SessionEngine {
     let store = RedisStore::connect(url).await.unwrap();
     let config =
         SessionConfig::default().with_key_schema(tessera_engine::KeySchema::new(schema).unwrap());
-    SessionEngine::new(store, config)
+    SessionEngine::new(store, config).unwrap()
 }
 
 fn args(secrets: &[&str]) -> DemoArgs {

@@ -40,7 +40,7 @@ async fn wait_confirmed(store: &RedisStore) {
 }
 
 async fn engine(url: &str) -> SessionEngine {
-    SessionEngine::new(cached_store(url).await, SessionConfig::default())
+    SessionEngine::new(cached_store(url).await, SessionConfig::default()).unwrap()
 }
 
 async fn create(engine: &SessionEngine, n: u64) -> SessionId {
@@ -419,7 +419,8 @@ async fn sentinel_failover_with_the_near_cache_loses_nothing_and_never_goes_back
             .await
             .unwrap(),
         SessionConfig::default(),
-    );
+    )
+    .unwrap();
     let b = engine(&set.url()).await;
     let set = Arc::new(set);
     let failing = set.clone();
@@ -507,7 +508,7 @@ async fn a_blackholed_connection_stops_serving_cached_reads_within_the_bound() {
         .await
         .unwrap();
     wait_confirmed(&store).await;
-    let b = SessionEngine::new(store, SessionConfig::default());
+    let b = SessionEngine::new(store, SessionConfig::default()).unwrap();
     let id = create(&a, 1).await;
     assert_eq!(read(&b, &id).await, Some(1));
     assert_eq!(read(&b, &id).await, Some(1));
@@ -552,7 +553,7 @@ async fn a_lagged_invalidation_stream_flushes_instead_of_going_stale() {
         .await
         .unwrap();
     wait_confirmed(&store).await;
-    let b = SessionEngine::new(store, SessionConfig::default());
+    let b = SessionEngine::new(store, SessionConfig::default()).unwrap();
     let mut ids = Vec::new();
     for _ in 0..100 {
         ids.push(create(&a, 1).await);

@@ -94,7 +94,7 @@ impl Topo {
     }
 
     fn engine(&self, cap: Option<SessionCap>) -> SessionEngine {
-        SessionEngine::from_arc(self.store.clone(), config().with_session_cap(cap))
+        SessionEngine::from_arc(self.store.clone(), config().with_session_cap(cap)).unwrap()
     }
 
     /// The port of the master holding `key`.
@@ -363,8 +363,8 @@ async fn cap_refuses(topo: &Topo) {
 /// user out everywhere: once that returns, nothing of the user is usable or comes back.
 async fn revoke_all_races_in_flight_requests(topo: &Topo) {
     // Renew on every request, so the racing reads and writes all move TTLs and the index.
-    let config = config().with_renew_below(1.0).unwrap();
-    let engine = SessionEngine::from_arc(topo.store.clone(), config);
+    let config = config().with_renew_below(1.0);
+    let engine = SessionEngine::from_arc(topo.store.clone(), config).unwrap();
     let mut ids = Vec::new();
     for i in 0..12 {
         ids.push(login(&engine, "racer", &format!("d{i}")).await.unwrap());
@@ -425,8 +425,8 @@ async fn revoke_all_races_in_flight_requests(topo: &Topo) {
 /// Sessions that expire disappear from the list with no cleanup job, revoking them is no
 /// error, and the index key expires with the last of them.
 async fn expired_sessions_leave_no_trace(topo: &Topo) {
-    let config = config().with_idle_ttl(Duration::from_millis(800)).unwrap();
-    let engine = SessionEngine::from_arc(topo.store.clone(), config);
+    let config = config().with_idle_ttl(Duration::from_millis(800));
+    let engine = SessionEngine::from_arc(topo.store.clone(), config).unwrap();
     let a = login(&engine, "brief", "a").await.unwrap();
     let b = login(&engine, "brief", "b").await.unwrap();
     let handles: Vec<_> = engine
@@ -468,8 +468,8 @@ async fn expired_sessions_leave_no_trace(topo: &Topo) {
 /// deleted, then the login). A failure between steps leaves something bounded.
 async fn a_failure_between_steps_leaves_a_bound(topo: &Topo) {
     let faulty = FaultStore::new(topo.store.clone(), Fault::PassThrough);
-    let config = config().with_renew_below(1.0).unwrap();
-    let engine = SessionEngine::new(faulty.clone(), config);
+    let config = config().with_renew_below(1.0);
+    let engine = SessionEngine::new(faulty.clone(), config).unwrap();
     let id = login(&engine, "faulty", "a").await.unwrap();
 
     // The renewal's second step fails: the index has moved ahead, the session has not. The
@@ -762,8 +762,8 @@ async fn many_logins_leave_no_index_keys_after_expiry() {
         unreachable!()
     };
     let port = server.port();
-    let config = config().with_idle_ttl(Duration::from_secs(1)).unwrap();
-    let engine = SessionEngine::from_arc(topo.store.clone(), config);
+    let config = config().with_idle_ttl(Duration::from_secs(1));
+    let engine = SessionEngine::from_arc(topo.store.clone(), config).unwrap();
     const LOGINS: usize = 100_000;
     const USERS: usize = 10_000;
     const TASKS: usize = 64;

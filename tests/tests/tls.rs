@@ -104,7 +104,7 @@ async fn rediss_with_a_private_ca() {
         .connect()
         .await
         .expect("TLS connection with the private CA");
-    let engine = SessionEngine::new(store, SessionConfig::default());
+    let engine = SessionEngine::new(store, SessionConfig::default()).unwrap();
     let s = engine.session(None);
     s.insert("over", "tls").await.unwrap();
     let CookieAction::Set { id, .. } = s.commit().await.unwrap().cookie else {

@@ -78,8 +78,8 @@ pub fn check_field_name(name: &str) -> Result<()> {
 ///
 /// let ttl = Duration::from_secs(3600);
 /// let strings = MemoryStringStore::new();
-/// let config = SessionConfig::koa_session_redis3(KeySchema::new("app")?, ttl)?;
-/// let engine = SessionEngine::new(KoaJsonStore::new(strings.clone(), ttl), config);
+/// let config = SessionConfig::koa_session_redis3(KeySchema::new("app")?, ttl);
+/// let engine = SessionEngine::new(KoaJsonStore::new(strings.clone(), ttl), config)?;
 /// let session = engine.session(None);
 /// session.insert("views", &1u32).await?;
 /// let CookieAction::Set { id, .. } = session.commit().await?.cookie else { unreachable!() };
@@ -316,8 +316,8 @@ mod tests {
 
     fn engine() -> (MemoryStringStore, SessionEngine) {
         let strings = MemoryStringStore::new();
-        let config = SessionConfig::koa_session_redis3(KeySchema::new("s").unwrap(), TTL).unwrap();
-        let engine = SessionEngine::new(KoaJsonStore::new(strings.clone(), TTL), config);
+        let config = SessionConfig::koa_session_redis3(KeySchema::new("s").unwrap(), TTL);
+        let engine = SessionEngine::new(KoaJsonStore::new(strings.clone(), TTL), config).unwrap();
         (strings, engine)
     }
 

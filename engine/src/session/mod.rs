@@ -39,7 +39,7 @@ use self::state::{Bound, DestroyedKey, Lifecycle, OnLoadError, State, Stored};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> tessera_engine::Result<()> {
 /// use tessera_engine::{CookieAction, MemoryStore, SessionConfig, SessionEngine};
 ///
-/// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+/// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default())?;
 ///
 /// // A request without a cookie gets a new, empty session.
 /// let session = engine.session(None);
@@ -76,22 +76,32 @@ struct EngineInner {
 
 impl SessionEngine {
     /// An engine over `store`.
-    pub fn new(store: impl SessionStore, config: SessionConfig) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// An [`ErrorKind::Config`](crate::ErrorKind::Config) error when `config` is invalid (see
+    /// [`SessionConfig::validate`]).
+    pub fn new(store: impl SessionStore, config: SessionConfig) -> Result<Self> {
         Self::from_arc(Arc::new(store), config)
     }
 
     /// An engine over a shared, type-erased store.
-    pub fn from_arc(store: Arc<dyn SessionStore>, config: SessionConfig) -> Self {
+    ///
+    /// # Errors
+    ///
+    /// As [`SessionEngine::new`].
+    pub fn from_arc(store: Arc<dyn SessionStore>, config: SessionConfig) -> Result<Self> {
+        config.validate()?;
         metrics::describe();
         let keys = KeyDeriver::for_config(&config);
-        SessionEngine {
+        Ok(SessionEngine {
             inner: Arc::new(EngineInner {
                 store,
                 config,
                 keys,
                 metrics: metrics::Handles::default(),
             }),
-        }
+        })
     }
 
     /// A handle for one request; `id` comes from the request's (verified) cookie. Nothing is read
@@ -272,7 +282,7 @@ impl Session {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> tessera_engine::Result<()> {
     /// use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
     ///
-    /// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+    /// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default())?;
     /// let session = engine.session(None);
     /// session.insert("views", &1u32).await?;
     /// assert_eq!(session.id(), None, "a new session has no id until its commit");
@@ -291,7 +301,7 @@ impl Session {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> tessera_engine::Result<()> {
     /// use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
     ///
-    /// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+    /// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default())?;
     /// let session = engine.session(None);
     /// assert!(!session.is_modified());
     /// session.insert("views", &1u32).await?;
@@ -427,7 +437,7 @@ impl Session {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> tessera_engine::Result<()> {
     /// use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
     ///
-    /// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+    /// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default())?;
     /// let session = engine.session(None);
     /// session.insert("flash", "saved").await?;
     /// assert_eq!(session.remove::<String>("flash").await?.as_deref(), Some("saved"));
@@ -628,7 +638,7 @@ mod tests {
     #[tokio::test]
     async fn debug_output_redacts_contents_and_keys() {
         let config = SessionConfig::default().with_hash_ids_at_rest(false);
-        let engine = SessionEngine::new(MemoryStore::new(), config);
+        let engine = SessionEngine::new(MemoryStore::new(), config).unwrap();
         let session = engine.session(None);
         session.insert("token", "hunter2-secret").await.unwrap();
         let CookieAction::Set { id, .. } = session.commit().await.unwrap().cookie else {
@@ -666,7 +676,7 @@ mod commit_tests {
     #[tokio::test]
     async fn a_save_that_finds_the_session_gone_never_brings_it_back() {
         let store = MemoryStore::new();
-        let engine = SessionEngine::new(store.clone(), SessionConfig::default());
+        let engine = SessionEngine::new(store.clone(), SessionConfig::default()).unwrap();
         let id = stored(&engine).await;
         let b = engine.session(Some(id));
         assert!(!b.is_new().await.unwrap());
@@ -689,7 +699,7 @@ mod commit_tests {
     async fn a_destroyed_session_stays_destroyed_across_commits() {
         let store = MemoryStore::new();
         let config = SessionConfig::default().with_save_new_empty(true);
-        let engine = SessionEngine::new(store.clone(), config);
+        let engine = SessionEngine::new(store.clone(), config).unwrap();
         let id = stored(&engine).await;
         let s = engine.session(Some(id));
         s.destroy().await.unwrap();
@@ -717,7 +727,7 @@ mod commit_tests {
     #[tokio::test]
     async fn id_and_is_modified_answer_without_a_store_call_or_a_mint() {
         let store = MemoryStore::new();
-        let engine = SessionEngine::new(store.clone(), SessionConfig::default());
+        let engine = SessionEngine::new(store.clone(), SessionConfig::default()).unwrap();
         let id = stored(&engine).await;
 
         let s = engine.session(Some(id));
@@ -753,7 +763,7 @@ mod commit_tests {
 
     #[tokio::test]
     async fn is_new_survives_the_commit_that_creates_the_session() {
-        let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+        let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default()).unwrap();
         let s = engine.session(None);
         s.insert("a", &1u32).await.unwrap();
         s.commit().await.unwrap();

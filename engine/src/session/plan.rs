@@ -542,7 +542,7 @@ mod tests {
 
     #[test]
     fn renew_below_zero_renews_every_write_and_no_read() {
-        let c = config().with_renew_below(0.0).unwrap();
+        let c = config().with_renew_below(0.0);
         assert_eq!(run(plan(&loaded(NOW + 1000), &c, at(NOW))).0, vec![]);
         let mut s = loaded(NOW + HOUR - 1);
         set(&mut s, "a", "2");
@@ -636,9 +636,7 @@ mod tests {
             stale_cookie: true,
         });
         set(&mut s, "a", "1");
-        let c = config()
-            .with_absolute_ttl(Some(Duration::from_millis(HOUR / 2)))
-            .unwrap();
+        let c = config().with_absolute_ttl(Some(Duration::from_millis(HOUR / 2)));
         let (steps, cookie) = run(plan(&s, &c, at(NOW)));
         let [Step::Create {
             id: Some(got),
@@ -886,7 +884,7 @@ mod tests {
 
     #[test]
     fn limits_refuse_the_write_with_its_op() {
-        let c = config().with_max_fields(1).unwrap();
+        let c = config().with_max_fields(1);
         let mut s = loaded(NOW + HOUR);
         set(&mut s, "b", "2");
         assert_eq!(

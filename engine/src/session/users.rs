@@ -134,7 +134,7 @@ impl Session {
     ///
     /// let config = SessionConfig::default()
     ///     .with_user_key(UserKey::new(b"sixteen bytes or more of secret")?);
-    /// let engine = SessionEngine::new(MemoryStore::new(), config);
+    /// let engine = SessionEngine::new(MemoryStore::new(), config)?;
     /// let session = engine.session(None);
     /// session.login("ada", DeviceInfo::default().with_user_agent("curl/8")).await?;
     /// session.commit().await?;

@@ -36,7 +36,7 @@ struct Entry {
 /// ```
 /// use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
 ///
-/// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+/// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default()).unwrap();
 /// # let _ = engine;
 /// ```
 #[derive(Clone, Default)]

@@ -37,12 +37,12 @@ pub async fn build_engine(args: &DemoArgs) -> Result<SessionEngine, BoxError> {
     });
     let config = SessionConfig::default()
         .with_key_schema(KeySchema::new(schema)?)
-        .with_idle_ttl(Duration::from_secs(args.ttl.max(1)))?
+        .with_idle_ttl(Duration::from_secs(args.ttl.max(1)))
         .with_user_key(user_key(args)?)
         .with_session_cap(cap);
     Ok(match connect(args).await? {
-        None => SessionEngine::new(MemoryStore::new(), config),
-        Some(store) => SessionEngine::new(store, config),
+        None => SessionEngine::new(MemoryStore::new(), config)?,
+        Some(store) => SessionEngine::new(store, config)?,
     })
 }
 
@@ -95,8 +95,8 @@ fn koa_compat(args: &DemoArgs) -> Result<KoaCompat, BoxError> {
         return Err("--compat koa-session-redis3 needs the Koa app's keys: pass --secret".into());
     }
     Ok(KoaCompat::new(&args.secrets)?
-        .with_key_schema(&args.key_schema)?
-        .with_ttl(Duration::from_secs(args.ttl.max(1)))?
+        .with_key_schema(&args.key_schema)
+        .with_ttl(Duration::from_secs(args.ttl.max(1)))
         .with_secure(args.cookie_secure))
 }
 
@@ -112,12 +112,13 @@ pub async fn build_service(
     }
     let compat = koa_compat(args)?;
     let layer = if args.upgrade {
-        let layer = SessionLayer::new(engine.clone(), SigningKeys::new(&args.secrets)?)
-            .with_secure(args.cookie_secure)?;
+        let builder = SessionLayer::builder(engine.clone(), SigningKeys::new(&args.secrets)?)
+            .with_secure(args.cookie_secure);
         match connect(args).await? {
-            None => layer.with_koa_session_redis3_upgrade(MemoryStringStore::new(), &compat)?,
-            Some(store) => layer.with_koa_session_redis3_upgrade(store, &compat)?,
+            None => builder.with_koa_session_redis3_upgrade(MemoryStringStore::new(), &compat),
+            Some(store) => builder.with_koa_session_redis3_upgrade(store, &compat),
         }
+        .build()?
     } else {
         compat.layer(engine.clone())?
     };
@@ -139,7 +140,9 @@ pub fn build_app(
     } else {
         SigningKeys::new(&args.secrets)?
     };
-    let layer = SessionLayer::new(engine.clone(), keys).with_secure(args.cookie_secure)?;
+    let layer = SessionLayer::builder(engine.clone(), keys)
+        .with_secure(args.cookie_secure)
+        .build()?;
     Ok(layer.layer(DemoApp::new(engine, metrics)))
 }
 

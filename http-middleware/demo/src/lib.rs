@@ -15,8 +15,6 @@ use tessera_engine::{Session, SessionEngine};
 use tokio::net::TcpListener;
 use tower_service::Service;
 
-use tessera_middleware::error_status;
-
 /// Largest accepted `PUT /session/{field}` body.
 const MAX_BODY: usize = 64 * 1024;
 
@@ -319,7 +317,7 @@ where
         let app = self.clone();
         Box::pin(async move {
             Ok(app.route(req).await.unwrap_or_else(|err| {
-                let status = error_status(&err);
+                let status = err.status();
                 let mut response = text(status, format!("session error: {}\n", err.message()));
                 if status == StatusCode::SERVICE_UNAVAILABLE {
                     response

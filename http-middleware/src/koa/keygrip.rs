@@ -7,7 +7,7 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 use crate::{
-    error::{Error, ErrorKind},
+    error::{ConfigError, ConfigErrorKind},
     signing::{GOOD_SECRET_LEN, MIN_SECRET_LEN},
 };
 
@@ -42,7 +42,7 @@ impl std::fmt::Debug for Keygrip {
 impl Keygrip {
     /// Keys from secrets (the seed's `app.keys`), the first of which signs. As for native
     /// cookies, a secret under 16 bytes is refused and one under 32 bytes warned about.
-    pub fn new<I, K>(secrets: I) -> Result<Self, Error>
+    pub fn new<I, K>(secrets: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = K>,
         K: AsRef<[u8]>,
@@ -51,8 +51,8 @@ impl Keygrip {
         for (i, secret) in secrets.into_iter().enumerate() {
             let secret = secret.as_ref();
             if secret.len() < MIN_SECRET_LEN {
-                return Err(Error::new(
-                    ErrorKind::Config,
+                return Err(ConfigError::new(
+                    ConfigErrorKind::InvalidOption,
                     format!(
                         "app key #{} is {} bytes; use at least {MIN_SECRET_LEN} (add a long key in \
                          front, keep the old one after it until its cookies are gone)",
@@ -67,8 +67,8 @@ impl Keygrip {
             keys.push(HmacSha1::new_from_slice(secret).expect("HMAC takes any key length"));
         }
         if keys.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Config,
+            return Err(ConfigError::new(
+                ConfigErrorKind::InvalidOption,
                 "at least one app key is required",
             ));
         }
@@ -121,7 +121,9 @@ mod tests {
             keys.index(b"koa:sess=abc", "!!!!!!!!!!!!!!!!!!!!!!!!!!!"),
             None
         );
-        assert!(Keygrip::new(["short"]).unwrap_err().is_config());
-        assert!(Keygrip::new(Vec::<String>::new()).unwrap_err().is_config());
+        assert!(Keygrip::new(["short"]).unwrap_err().is_invalid_option());
+        assert!(Keygrip::new(Vec::<String>::new())
+            .unwrap_err()
+            .is_invalid_option());
     }
 }

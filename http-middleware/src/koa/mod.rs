@@ -10,8 +10,8 @@
 //!
 //! // The seed's options: app.keys, store.keySchema, store.ttl.
 //! let compat = KoaCompat::new(["some secret hurr"])?
-//!     .with_key_schema("your:schema")?
-//!     .with_ttl(Duration::from_secs(3600))?;
+//!     .with_key_schema("your:schema")
+//!     .with_ttl(Duration::from_secs(3600));
 //! // A RedisStore in production: the Redis the Koa app uses.
 //! let layer = SessionLayer::koa_session_redis3(MemoryStringStore::new(), &compat)?;
 //! # let _ = layer; Ok(()) }
@@ -25,8 +25,8 @@ use tessera_engine::{
 };
 
 use crate::{
-    error::{Error, ErrorKind},
-    session::SessionLayer,
+    error::ConfigError,
+    session::{SessionLayer, SessionLayerBuilder},
 };
 
 mod cookies;
@@ -36,63 +36,57 @@ pub(crate) use self::cookies::{KoaCookies, PairRead};
 pub use self::keygrip::Keygrip;
 
 /// The seed's options, for [`SessionLayer::koa_session_redis3`] and
-/// [`SessionLayer::with_koa_session_redis3_upgrade`]. Defaults are the seed's: cookie
+/// [`SessionLayerBuilder::with_koa_session_redis3_upgrade`]. Defaults are the seed's: cookie
 /// `koa:sess`, keySchema empty, TTL one hour (the seed has none by default; Tessera needs one).
 #[derive(Debug, Clone)]
 pub struct KoaCompat {
     keys: Keygrip,
-    key_schema: KeySchema,
+    key_schema: String,
     ttl: Duration,
     cookie_name: String,
     secure: bool,
 }
 
-fn config_error(err: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Config, err.to_string())
-}
-
 impl KoaCompat {
     /// The Koa app's `app.keys`: the first signs, every one verifies.
-    pub fn new<I, K>(app_keys: I) -> Result<Self, Error>
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when there is no key or one is shorter than 16 bytes.
+    pub fn new<I, K>(app_keys: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = K>,
         K: AsRef<[u8]>,
     {
         Ok(KoaCompat {
             keys: Keygrip::new(app_keys)?,
-            key_schema: KeySchema::new("").map_err(config_error)?,
+            key_schema: String::new(),
             ttl: Duration::from_secs(3600),
             cookie_name: "koa:sess".to_owned(),
             secure: false,
         })
     }
 
-    /// The seed's `store.keySchema` (a `:` is appended when missing).
-    pub fn with_key_schema(mut self, schema: &str) -> Result<Self, Error> {
-        self.key_schema = KeySchema::new(schema).map_err(config_error)?;
-        Ok(self)
+    /// The seed's `store.keySchema` (a `:` is appended when missing); checked as a
+    /// [`KeySchema`] when the engine is built.
+    pub fn with_key_schema(mut self, schema: impl Into<String>) -> Self {
+        self.key_schema = schema.into();
+        self
     }
 
-    /// The seed's `store.ttl`.
-    pub fn with_ttl(mut self, ttl: Duration) -> Result<Self, Error> {
-        // Validated the way the engine will use it.
-        SessionConfig::default()
-            .with_idle_ttl(ttl)
-            .map_err(config_error)?;
+    /// The seed's `store.ttl`; at most [`MAX_TTL`](tessera_engine::MAX_TTL), checked when the
+    /// engine is built.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
-        Ok(self)
+        self
     }
 
-    /// The seed's `key` option, the session cookie's name (default `koa:sess`).
-    pub fn with_cookie_name(mut self, name: &str) -> Result<Self, Error> {
-        let bad = |c: char| c.is_ascii_control() || c.is_whitespace() || "=;,\"\\".contains(c);
-        if name.is_empty() || !name.is_ascii() || name.chars().any(bad) {
-            return Err(config_error(format!(
-                "invalid cookie name {name:?}: use visible ASCII without = ; , or spaces"
-            )));
-        }
-        self.cookie_name = name.to_owned();
-        Ok(self)
+    /// The seed's `key` option, the session cookie's name (default `koa:sess`). Koa apps name
+    /// their cookies `app:sess` alike, so besides RFC 6265 token characters `:` is accepted
+    /// here; the name is checked when the layer is built.
+    pub fn with_cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.cookie_name = name.into();
+        self
     }
 
     /// Mark the pair `secure` (the seed does so over HTTPS only; default off).
@@ -102,23 +96,41 @@ impl KoaCompat {
     }
 
     /// The engine on the seed's layout over `strings` (the Koa app's Redis).
-    pub fn engine<S: StringStore>(&self, strings: S) -> Result<SessionEngine, Error> {
-        let config = SessionConfig::koa_session_redis3(self.key_schema.clone(), self.ttl)
-            .map_err(config_error)?;
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for an invalid key schema or a TTL over
+    /// [`MAX_TTL`](tessera_engine::MAX_TTL).
+    pub fn engine<S: StringStore>(&self, strings: S) -> Result<SessionEngine, ConfigError> {
+        let schema = KeySchema::new(&self.key_schema)?;
+        let config = SessionConfig::koa_session_redis3(schema, self.ttl);
         Ok(SessionEngine::new(
             KoaJsonStore::new(strings, self.ttl),
             config,
-        ))
+        )?)
     }
 
     /// The profile's layer over an engine made by [`KoaCompat::engine`] (what
     /// [`SessionLayer::koa_session_redis3`] does in one call).
-    pub fn layer(&self, engine: SessionEngine) -> Result<SessionLayer, Error> {
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for an invalid cookie name.
+    pub fn layer(&self, engine: SessionEngine) -> Result<SessionLayer, ConfigError> {
+        let name = &self.cookie_name;
+        let seed_style = name.split(':').all(crate::session::is_token);
+        if !seed_style {
+            return Err(ConfigError::option(format!(
+                "invalid cookie name {name:?}: use RFC 6265 token characters, optionally \
+                 joined by : as in the seed's koa:sess"
+            )));
+        }
         // Native signing keys are never used in this mode; the layer needs some.
-        let layer = SessionLayer::new(engine, crate::SigningKeys::random())
-            .with_secure(self.secure)?
-            .with_cookie_name(self.cookie_name.clone())?;
-        Ok(layer.with_koa_pair(self.cookies()))
+        SessionLayer::builder(engine, crate::SigningKeys::random())
+            .with_secure(self.secure)
+            .with_cookie_name(name.clone())
+            .with_koa_pair(self.cookies())
+            .build()
     }
 
     pub(crate) fn cookies(&self) -> KoaCookies {
@@ -138,27 +150,35 @@ impl SessionLayer {
     /// seed's pair (`koa:sess` and `koa:sess.sig`, keygrip signatures under `app.keys`), Redis
     /// holds `JSON.stringify` of the session under `<keySchema><sid>` with the seed's TTL. See
     /// the README's migration guide for what differs from the native mode.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] for an invalid key schema, TTL or cookie name.
     pub fn koa_session_redis3<S: StringStore>(
         strings: S,
         compat: &KoaCompat,
-    ) -> Result<SessionLayer, Error> {
+    ) -> Result<SessionLayer, ConfigError> {
         compat.layer(compat.engine(strings)?)
     }
+}
 
+impl SessionLayerBuilder {
     /// Upgrade mode, for after the Koa app is retired: this (native) layer also accepts the
     /// seed's cookie pair. Such a request gets the seed session's fields in a new native
     /// session, stored under a fresh id when the request commits; then the old key is deleted,
-    /// Tessera's cookie set and the old pair cleared. Native sessions work as usual.
+    /// Tessera's cookie set and the old pair cleared. Native sessions work as usual. A profile
+    /// that cannot be set up (invalid key schema or TTL) is reported by
+    /// [`build`](SessionLayerBuilder::build).
     pub fn with_koa_session_redis3_upgrade<S: StringStore>(
         self,
         strings: S,
         compat: &KoaCompat,
-    ) -> Result<SessionLayer, Error> {
-        let upgrade = Upgrade {
-            engine: compat.engine(strings)?,
+    ) -> Self {
+        let upgrade = compat.engine(strings).map(|engine| Upgrade {
+            engine,
             cookies: compat.cookies(),
-        };
-        Ok(self.with_koa_upgrade(upgrade))
+        });
+        self.with_koa_upgrade(upgrade)
     }
 }
 

@@ -6,7 +6,7 @@ use tower_layer::Layer;
 
 use super::service::SessionService;
 use crate::{
-    error::{Error, ErrorKind},
+    error::ConfigError,
     koa::{CookieMode, KoaCookies, Upgrade},
     metrics,
     signing::SigningKeys,
@@ -21,7 +21,7 @@ pub enum FailurePolicy {
     #[default]
     FailClosed,
     /// Let the request go on with an empty, unsaved session; nothing is written back. Applies
-    /// to an unavailable store only (the 503 class of [`error_status`](crate::error_status)):
+    /// to an unavailable store only (the 503 class of [`ErrorKind::status`](tessera_engine::ErrorKind::status)):
     /// other commit errors keep their status, and a request that destroyed its session still
     /// gets a 503 (with the clearing cookie) when the delete fails, so a failed logout never
     /// looks like a successful one.
@@ -68,24 +68,69 @@ impl Settings {
     }
 }
 
+/// The default cookie name, the Node seed's. It is not an RFC 6265 token (`:` is a separator),
+/// but browsers and servers accept it, and keeping it lets a Koa app and Tessera share cookies.
+pub const DEFAULT_COOKIE_NAME: &str = "koa:sess";
+
 /// Mounts sessions on a tower service: puts a [`Session`](tessera_engine::Session) into each
 /// request's extensions and commits it after the inner service has answered.
 ///
-/// Options are set with by-value `with_*` methods; see the crate docs for an example.
+/// [`SessionLayer::new`] gives the defaults; [`SessionLayer::builder`] sets options, each
+/// checked when the layer is built. See the crate docs for an example.
 #[derive(Debug, Clone)]
 pub struct SessionLayer {
     pub(crate) settings: Arc<Settings>,
 }
 
 impl SessionLayer {
-    /// A layer over `engine`, signing cookies with `keys`. Defaults: cookie `koa:sess`, Path `/`,
-    /// HttpOnly, SameSite=Lax, Secure, persistent (Max-Age follows the server TTL), fail closed.
+    /// A layer over `engine`, signing cookies with `keys`, with the defaults: cookie `koa:sess`,
+    /// Path `/`, HttpOnly, SameSite=Lax, Secure, persistent (Max-Age follows the server TTL),
+    /// fail closed.
     pub fn new(engine: SessionEngine, keys: SigningKeys) -> Self {
-        SessionLayer {
-            settings: Arc::new(Settings {
+        SessionLayerBuilder::new(engine, keys).finish()
+    }
+
+    /// A builder for a layer over `engine` with other options than the defaults.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
+    /// use tessera_middleware::{SessionLayer, SigningKeys};
+    ///
+    /// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default())?;
+    /// let layer = SessionLayer::builder(engine, SigningKeys::random())
+    ///     .with_cookie_name("__Host-sid")
+    ///     .with_http_only(true)
+    ///     .build()?;
+    /// # let _ = layer; Ok(()) }
+    /// ```
+    pub fn builder(engine: SessionEngine, keys: SigningKeys) -> SessionLayerBuilder {
+        SessionLayerBuilder::new(engine, keys)
+    }
+
+    /// The engine the layer uses.
+    pub fn engine(&self) -> &SessionEngine {
+        &self.settings.engine
+    }
+}
+
+/// Options for a [`SessionLayer`]. Every `with_*` method only records its value;
+/// [`build`](SessionLayerBuilder::build) checks each one and their combinations.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct SessionLayerBuilder {
+    settings: Settings,
+    /// Upgrade mode's seed side, or why it could not be set up (reported by `build`).
+    upgrade: Option<Result<Upgrade, ConfigError>>,
+}
+
+impl SessionLayerBuilder {
+    fn new(engine: SessionEngine, keys: SigningKeys) -> Self {
+        SessionLayerBuilder {
+            settings: Settings {
                 engine,
                 keys,
-                cookie_name: "koa:sess".to_owned(),
+                cookie_name: DEFAULT_COOKIE_NAME.to_owned(),
                 path: "/".to_owned(),
                 domain: None,
                 secure: true,
@@ -98,127 +143,182 @@ impl SessionLayer {
                 attributes: String::new(),
                 cookie_mode: CookieMode::Native,
                 upgrade: None,
-            }),
+            },
+            upgrade: None,
         }
-        .edit(|_| {})
     }
 
-    pub(crate) fn with_koa_pair(self, cookies: KoaCookies) -> Self {
-        self.edit(|s| s.cookie_mode = CookieMode::KoaPair(Arc::new(cookies)))
-    }
-
-    pub(crate) fn with_koa_upgrade(self, upgrade: Upgrade) -> Self {
-        self.edit(|s| s.upgrade = Some(Arc::new(upgrade)))
-    }
-
-    fn edit(mut self, f: impl FnOnce(&mut Settings)) -> Self {
-        let settings = Arc::make_mut(&mut self.settings);
-        f(settings);
-        settings.attributes = settings.render_attributes();
+    pub(crate) fn with_koa_pair(mut self, cookies: KoaCookies) -> Self {
+        self.settings.cookie_mode = CookieMode::KoaPair(Arc::new(cookies));
         self
     }
 
-    /// The cookie name (default `koa:sess`). Must be a non-empty token without `=`, `;`, `,`,
-    /// spaces or control characters.
-    pub fn with_cookie_name(self, name: impl Into<String>) -> Result<Self, Error> {
-        let name = name.into();
-        let bad = |c: char| c.is_ascii_control() || c.is_whitespace() || "=;,\"\\".contains(c);
-        if name.is_empty() || !name.is_ascii() || name.chars().any(bad) {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!("invalid cookie name {name:?}: use visible ASCII without = ; , or spaces"),
-            ));
-        }
-        Ok(self.edit(|s| s.cookie_name = name))
+    pub(crate) fn with_koa_upgrade(mut self, upgrade: Result<Upgrade, ConfigError>) -> Self {
+        self.upgrade = Some(upgrade);
+        self
     }
 
-    /// The cookie's Path (default `/`). Must start with `/` and hold printable ASCII without
+    /// The cookie name (default `koa:sess`). It must be an RFC 6265 token: visible ASCII
+    /// without separators such as `=`, `;`, `,`, `:`, `/`, quotes or spaces (the default is the
+    /// one exception). A `__Host-` name needs Secure, Path `/` and no Domain; a `__Secure-` name
+    /// needs Secure: browsers drop such cookies otherwise, so `build` refuses them.
+    pub fn with_cookie_name(mut self, name: impl Into<String>) -> Self {
+        self.settings.cookie_name = name.into();
+        self
+    }
+
+    /// The cookie's Path (default `/`). It must start with `/` and hold printable ASCII without
     /// `;` (RFC 6265 `path-value`): a `;` would smuggle in attributes of its own.
-    pub fn with_path(self, path: impl Into<String>) -> Result<Self, Error> {
-        let path = path.into();
-        let printable = |b: u8| (0x20..0x7f).contains(&b) && b != b';';
-        if !path.starts_with('/') || !path.bytes().all(printable) {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "invalid cookie Path {path:?}: start it with / and use printable ASCII \
-                     without ; or control characters"
-                ),
-            ));
-        }
-        Ok(self.edit(|s| s.path = path))
+    pub fn with_path(mut self, path: impl Into<String>) -> Self {
+        self.settings.path = path.into();
+        self
     }
 
-    /// The cookie's Domain (default none: host-only). Must be a host name: labels of ASCII
+    /// The cookie's Domain (default none: host-only). It must be a host name: labels of ASCII
     /// letters, digits and `-` separated by dots, optionally with a leading dot.
-    pub fn with_domain(self, domain: Option<String>) -> Result<Self, Error> {
-        if let Some(domain) = &domain {
-            if !is_host_name(domain) {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "invalid cookie Domain {domain:?}: use a host name such as \
-                         example.com or .example.com (letters, digits, - and .)"
-                    ),
-                ));
-            }
-        }
-        Ok(self.edit(|s| s.domain = domain))
+    pub fn with_domain(mut self, domain: Option<String>) -> Self {
+        self.settings.domain = domain;
+        self
     }
 
-    /// The Secure attribute (default on). Turn it off only for plain-http development.
-    ///
-    /// Secure and SameSite are checked as a pair by both setters, so whichever is called last
-    /// refuses `SameSite=None` without Secure (browsers drop such cookies) and no layer can hold
-    /// that combination at any point: to go from `None` to plain http, set SameSite first.
-    pub fn with_secure(self, on: bool) -> Result<Self, Error> {
-        check_same_site_pair(self.settings.same_site, on)?;
-        Ok(self.edit(|s| s.secure = on))
+    /// The Secure attribute (default on). Turn it off only for plain-http development;
+    /// `SameSite=None` and the `__Host-`/`__Secure-` name prefixes need it.
+    pub fn with_secure(mut self, on: bool) -> Self {
+        self.settings.secure = on;
+        self
     }
 
     /// The HttpOnly attribute (default on).
-    pub fn with_http_only(self, on: bool) -> Self {
-        self.edit(|s| s.http_only = on)
+    pub fn with_http_only(mut self, on: bool) -> Self {
+        self.settings.http_only = on;
+        self
     }
 
-    /// The SameSite attribute (default Lax). `SameSite::None` needs Secure on (see
-    /// [`with_secure`](Self::with_secure)).
-    pub fn with_same_site(self, same_site: SameSite) -> Result<Self, Error> {
-        check_same_site_pair(same_site, self.settings.secure)?;
-        Ok(self.edit(|s| s.same_site = same_site))
+    /// The SameSite attribute (default Lax). `SameSite::None` needs Secure on.
+    pub fn with_same_site(mut self, same_site: SameSite) -> Self {
+        self.settings.same_site = same_site;
+        self
     }
 
-    /// Persistent cookie with Max-Age and Expires following the server TTL (default), or a
-    /// browser-session cookie without them (`false`).
-    pub fn with_persistent_cookie(self, on: bool) -> Self {
-        self.edit(|s| s.persistent = on)
+    /// Persistent cookies with Max-Age and Expires following the server TTL (default), or
+    /// browser-session cookies without them (`false`).
+    pub fn with_persistent_cookie(mut self, on: bool) -> Self {
+        self.settings.persistent = on;
+        self
     }
 
     /// What happens when the store fails (default [`FailurePolicy::FailClosed`]).
-    pub fn with_failure_policy(self, policy: FailurePolicy) -> Self {
-        self.edit(|s| s.policy = policy)
+    pub fn with_failure_policy(mut self, policy: FailurePolicy) -> Self {
+        self.settings.policy = policy;
+        self
     }
 
     /// The Retry-After sent with a fail-closed 503 (default 1 s).
-    pub fn with_retry_after(self, after: Duration) -> Self {
-        self.edit(|s| s.retry_after = after)
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.settings.retry_after = after;
+        self
     }
 
-    /// The engine the layer uses.
-    pub fn engine(&self) -> &SessionEngine {
-        &self.settings.engine
+    /// Checks the options and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first invalid option: a cookie name that is not a token,
+    /// a malformed Path or Domain, `SameSite=None` without Secure, a `__Host-` or `__Secure-`
+    /// name without the attributes its prefix requires, or an upgrade mode that could not be
+    /// set up.
+    pub fn build(mut self) -> Result<SessionLayer, ConfigError> {
+        let s = &self.settings;
+        if matches!(s.cookie_mode, CookieMode::Native) {
+            check_cookie_name(&s.cookie_name)?;
+        }
+        check_path(&s.path)?;
+        if let Some(domain) = &s.domain {
+            check_domain(domain)?;
+        }
+        if s.same_site == SameSite::None && !s.secure {
+            return Err(ConfigError::option(
+                "SameSite=None requires the Secure attribute (browsers drop such cookies): keep \
+                 with_secure(true), or use SameSite Lax or Strict",
+            ));
+        }
+        check_prefix(s)?;
+        if let Some(upgrade) = self.upgrade.take() {
+            self.settings.upgrade = Some(Arc::new(upgrade?));
+        }
+        Ok(self.finish())
+    }
+
+    /// The layer, without checks (for the defaults, which are valid).
+    fn finish(mut self) -> SessionLayer {
+        self.settings.attributes = self.settings.render_attributes();
+        SessionLayer {
+            settings: Arc::new(self.settings),
+        }
     }
 }
 
-/// Browsers drop a `SameSite=None` cookie that is not Secure, which would silently log everyone
-/// out; refuse it at configuration time instead.
-fn check_same_site_pair(same_site: SameSite, secure: bool) -> Result<(), Error> {
-    if same_site == SameSite::None && !secure {
-        return Err(Error::new(
-            ErrorKind::Config,
-            "SameSite=None requires the Secure attribute (browsers drop such cookies): keep \
-             with_secure(true), or use SameSite Lax or Strict",
-        ));
+/// An RFC 6265 `token`: one or more visible ASCII characters other than the separators.
+pub(crate) fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| (0x21..0x7f).contains(&b) && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
+fn check_cookie_name(name: &str) -> Result<(), ConfigError> {
+    if name == DEFAULT_COOKIE_NAME || is_token(name) {
+        return Ok(());
+    }
+    Err(ConfigError::option(format!(
+        "invalid cookie name {name:?}: use an RFC 6265 token (visible ASCII without spaces or \
+         any of ( ) < > @ , ; : \\ \" / [ ] ? = {{ }}), such as \"sid\" or \"__Host-sid\""
+    )))
+}
+
+fn check_path(path: &str) -> Result<(), ConfigError> {
+    let printable = |b: u8| (0x20..0x7f).contains(&b) && b != b';';
+    if path.starts_with('/') && path.bytes().all(printable) {
+        return Ok(());
+    }
+    Err(ConfigError::option(format!(
+        "invalid cookie Path {path:?}: start it with / and use printable ASCII without ; or \
+         control characters"
+    )))
+}
+
+fn check_domain(domain: &str) -> Result<(), ConfigError> {
+    if is_host_name(domain) {
+        return Ok(());
+    }
+    Err(ConfigError::option(format!(
+        "invalid cookie Domain {domain:?}: use a host name such as example.com or .example.com \
+         (letters, digits, - and .)"
+    )))
+}
+
+/// The cookie-name prefixes browsers enforce (RFC 6265bis, matched without regard to case): a
+/// cookie that breaks its prefix's rule is dropped, which would log everyone out.
+fn check_prefix(s: &Settings) -> Result<(), ConfigError> {
+    let has_prefix = |prefix: &str| {
+        s.cookie_name
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    let name = &s.cookie_name;
+    if has_prefix("__Host-") {
+        if !s.secure || s.path != "/" || s.domain.is_some() {
+            return Err(ConfigError::option(format!(
+                "the cookie name {name:?} has the __Host- prefix, which needs Secure, Path=/ and \
+                 no Domain (browsers drop it otherwise): keep with_secure(true) and the default \
+                 Path and Domain, or drop the prefix"
+            )));
+        }
+    } else if has_prefix("__Secure-") && !s.secure {
+        return Err(ConfigError::option(format!(
+            "the cookie name {name:?} has the __Secure- prefix, which needs Secure (browsers drop \
+             it otherwise): keep with_secure(true), or drop the prefix"
+        )));
     }
     Ok(())
 }
@@ -251,15 +351,21 @@ mod tests {
 
     use super::*;
 
-    fn layer() -> SessionLayer {
-        let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
-        SessionLayer::new(engine, SigningKeys::random())
+    fn builder() -> SessionLayerBuilder {
+        let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default()).unwrap();
+        SessionLayer::builder(engine, SigningKeys::random())
+    }
+
+    fn refused(builder: SessionLayerBuilder, what: &str) {
+        let err = builder.build().unwrap_err();
+        assert!(err.is_invalid_option(), "{err}");
+        assert!(err.to_string().contains(what), "{what:?} not in {err}");
     }
 
     #[test]
     fn paths_are_validated() {
         for good in ["/", "/app", "/a b/c-d_e.f~%20"] {
-            assert!(layer().with_path(good).is_ok(), "{good:?}");
+            assert!(builder().with_path(good).build().is_ok(), "{good:?}");
         }
         for bad in [
             "",
@@ -270,9 +376,7 @@ mod tests {
             "/\0",
             "/caf\u{e9}",
         ] {
-            let err = layer().with_path(bad).unwrap_err();
-            assert!(err.is_config(), "{bad:?}");
-            assert!(err.to_string().contains("cookie Path"), "{err}");
+            refused(builder().with_path(bad), "cookie Path");
         }
     }
 
@@ -285,9 +389,10 @@ mod tests {
             "localhost",
             "127.0.0.1",
         ] {
-            assert!(layer().with_domain(Some(good.into())).is_ok(), "{good:?}");
+            let layer = builder().with_domain(Some(good.into())).build();
+            assert!(layer.is_ok(), "{good:?}");
         }
-        assert!(layer().with_domain(None).is_ok());
+        assert!(builder().with_domain(None).build().is_ok());
         for bad in [
             "",
             ".",
@@ -299,32 +404,79 @@ mod tests {
             "ex_ample.com",
             "b\u{fc}cher.de",
         ] {
-            let err = layer().with_domain(Some(bad.into())).unwrap_err();
-            assert!(err.is_config(), "{bad:?}");
-            assert!(err.to_string().contains("cookie Domain"), "{err}");
+            refused(builder().with_domain(Some(bad.into())), "cookie Domain");
         }
     }
 
     #[test]
-    fn same_site_none_needs_secure_whichever_is_set_last() {
+    fn same_site_none_needs_secure_in_either_order() {
         assert!(
-            layer().with_same_site(SameSite::None).is_ok(),
+            builder().with_same_site(SameSite::None).build().is_ok(),
             "Secure is on by default"
         );
-        let insecure = layer().with_secure(false).unwrap();
-        let err = insecure.clone().with_same_site(SameSite::None).unwrap_err();
-        assert!(
-            err.is_config() && err.to_string().contains("SameSite=None"),
-            "{err}"
-        );
-        assert!(insecure.with_same_site(SameSite::Strict).is_ok());
-        let none = layer().with_same_site(SameSite::None).unwrap();
-        let err = none.clone().with_secure(false).unwrap_err();
-        assert!(
-            err.is_config() && err.to_string().contains("SameSite=None"),
-            "{err}"
-        );
-        let lax = none.with_same_site(SameSite::Lax).unwrap();
-        assert!(lax.with_secure(false).is_ok());
+        let none = |b: SessionLayerBuilder| b.with_same_site(SameSite::None);
+        refused(none(builder().with_secure(false)), "SameSite=None");
+        refused(none(builder()).with_secure(false), "SameSite=None");
+        // Only the final combination counts: going from None to plain http in any order works.
+        let layer = none(builder())
+            .with_secure(false)
+            .with_same_site(SameSite::Lax)
+            .build();
+        assert!(layer.is_ok());
+    }
+
+    #[test]
+    fn cookie_names_are_rfc_6265_tokens_except_the_seed_default() {
+        for good in [
+            "sid",
+            "koa:sess",
+            "SESSION_ID",
+            "a.b-c~d!#$%&'*+^`|",
+            "__Host-sid",
+        ] {
+            assert!(builder().with_cookie_name(good).build().is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a=b",
+            "a;b",
+            "a,b",
+            "a:b",
+            "app:sess",
+            "a/b",
+            "a\"b",
+            "a(b)",
+            "a[b]",
+            "a?b",
+            "a{b}",
+            "a@b",
+            "a<b>",
+            "a\\b",
+            "a\tb",
+            "a\u{7f}",
+            "s\u{e9}ssion",
+        ] {
+            refused(builder().with_cookie_name(bad), "RFC 6265 token");
+        }
+    }
+
+    #[test]
+    fn cookie_name_prefixes_enforce_their_attributes() {
+        for host in ["__Host-sid", "__host-sid", "__HOST-sid"] {
+            assert!(builder().with_cookie_name(host).build().is_ok(), "{host}");
+            let b = || builder().with_cookie_name(host);
+            refused(b().with_secure(false), "__Host-");
+            refused(b().with_path("/app"), "__Host-");
+            refused(b().with_domain(Some("example.com".into())), "__Host-");
+        }
+        for secure in ["__Secure-sid", "__secure-sid"] {
+            let b = || builder().with_cookie_name(secure);
+            assert!(b().with_path("/app").build().is_ok(), "{secure}");
+            assert!(b().with_domain(Some("example.com".into())).build().is_ok());
+            refused(b().with_secure(false), "__Secure-");
+        }
+        // Without a prefix, plain http stays possible for development.
+        assert!(builder().with_secure(false).build().is_ok());
     }
 }

@@ -11,9 +11,10 @@
 //! use tessera_middleware::{SessionLayer, SigningKeys};
 //! use tower::{service_fn, Layer, ServiceExt};
 //!
-//! let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
-//! let layer = SessionLayer::new(engine, SigningKeys::random())
+//! let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default()).unwrap();
+//! let layer = SessionLayer::builder(engine, SigningKeys::random())
 //!     .with_secure(false)
+//!     .build()
 //!     .unwrap();
 //! let service = layer.layer(service_fn(|req: Request<String>| async move {
 //!     let session = req.extensions().get::<Session>().unwrap().clone();
@@ -31,7 +32,8 @@ mod cookies;
 mod layer;
 mod service;
 
+pub(crate) use self::layer::is_token;
 pub use self::{
-    layer::{FailurePolicy, SessionLayer},
+    layer::{FailurePolicy, SessionLayer, SessionLayerBuilder, DEFAULT_COOKIE_NAME},
     service::{ResponseFuture, SessionService},
 };

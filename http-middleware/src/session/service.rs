@@ -14,10 +14,7 @@ use super::{
     cookies::{clear_headers, clear_old_pair, read_cookies, set_headers, CookieRead},
     layer::{FailurePolicy, Settings},
 };
-use crate::{
-    koa::{self, CookieMode, Upgrade},
-    status::{is_unavailable, status_of},
-};
+use crate::koa::{self, CookieMode, Upgrade};
 
 /// The service built by [`SessionLayer`](super::SessionLayer).
 #[derive(Debug, Clone)]
@@ -208,10 +205,10 @@ struct FailurePlan {
 }
 
 fn plan_failure(policy: FailurePolicy, destroyed: bool, kind: ErrorKind) -> FailurePlan {
-    let status = status_of(kind);
+    let status = kind.status();
     // Fail-open stands in an empty session for an unavailable store. A destroy that did not
     // happen is not such a case: serving the handler's "logged out" would be a lie.
-    if is_unavailable(kind) && policy == FailurePolicy::FailOpen && !destroyed {
+    if kind.is_unavailable() && policy == FailurePolicy::FailOpen && !destroyed {
         return FailurePlan {
             status: None,
             clear_cookie: false,
@@ -264,10 +261,10 @@ mod tests {
         layer.settings
     }
 
-    fn layer() -> SessionLayer {
-        let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default());
+    fn layer() -> crate::SessionLayerBuilder {
+        let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default()).unwrap();
         let keys = SigningKeys::new(["a secret that is long enough for the tests"]).unwrap();
-        SessionLayer::new(engine, keys)
+        SessionLayer::builder(engine, keys)
     }
 
     #[test]
@@ -275,10 +272,9 @@ mod tests {
         let s = settings(
             layer()
                 .with_domain(Some("example.com".into()))
-                .unwrap()
                 .with_path("/app")
-                .unwrap()
                 .with_same_site(SameSite::Strict)
+                .build()
                 .unwrap(),
         );
         let id = SessionId::generate();
@@ -344,7 +340,7 @@ mod tests {
 
     #[test]
     fn far_future_expiries_are_clamped_not_a_panic() {
-        let s = settings(layer());
+        let s = settings(layer().build().unwrap());
         let year_9999 = UNIX_EPOCH + Duration::from_secs(253_370_764_800);
         let year_10000 = UNIX_EPOCH + Duration::from_secs(253_402_300_800);
         for expires in [
@@ -378,8 +374,9 @@ mod tests {
             layer()
                 .with_persistent_cookie(false)
                 .with_secure(false)
-                .unwrap()
-                .with_http_only(false),
+                .with_http_only(false)
+                .build()
+                .unwrap(),
         );
         let header = build_cookie(
             &s,

@@ -136,7 +136,7 @@ pub(crate) fn keys(secrets: &[&str]) -> SigningKeys {
 }
 
 pub(crate) fn engine_on(store: impl SessionStore, config: SessionConfig) -> SessionEngine {
-    SessionEngine::new(store, config)
+    SessionEngine::new(store, config).unwrap()
 }
 
 /// The demo routes behind `layer`.
@@ -148,8 +148,9 @@ pub(crate) fn app_with(layer: &SessionLayer) -> App {
 /// The demo routes behind a plain-http layer signing with `SECRET_A`.
 pub(crate) fn app(engine: &SessionEngine) -> App {
     app_with(
-        &SessionLayer::new(engine.clone(), keys(&[SECRET_A]))
+        &SessionLayer::builder(engine.clone(), keys(&[SECRET_A]))
             .with_secure(false)
+            .build()
             .unwrap(),
     )
 }
