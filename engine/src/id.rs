@@ -140,6 +140,11 @@ impl SessionId {
     /// assert!(!id.is_native());
     /// assert!(SessionId::from_foreign("short").is_err());
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidId`] when `s` is not [`MIN_FOREIGN_LEN`] to [`MAX_FOREIGN_LEN`]
+    /// characters of `A-Z a-z 0-9 - _`.
     pub fn from_foreign(s: &str) -> Result<Self, Error> {
         if let Ok(native) = s.parse::<SessionId>() {
             return Ok(native);

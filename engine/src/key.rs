@@ -26,6 +26,10 @@ impl KeySchema {
     ///
     /// A schema containing `{` or `}` is rejected: its braces would become the cluster hash tag
     /// and put every session into a single slot.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for a schema with `{` or `}`.
     pub fn new(schema: &str) -> Result<Self> {
         if schema.contains(['{', '}']) {
             return Err(Error::new(

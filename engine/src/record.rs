@@ -45,6 +45,10 @@ impl DeviceRecord {
     }
 
     /// Decodes a record; foreign or corrupt bytes give a [`ErrorKind::Decode`] error.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Decode`] when the bytes are not a record this engine wrote.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         from_slice(bytes).map_err(|err| {
             Error::new(
@@ -98,6 +102,10 @@ impl Meta {
     }
 
     /// Decodes a meta record; foreign or corrupt bytes give a [`ErrorKind::Decode`] error.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Decode`] when the bytes are not a record this engine wrote.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let meta: Meta = from_slice(bytes).map_err(|err| {
             Error::new(
@@ -122,11 +130,20 @@ impl Meta {
 }
 
 /// Encodes one session value.
+///
+/// # Errors
+///
+/// [`ErrorKind::Encode`] when `value` cannot be represented in MessagePack (a map with
+/// non-string keys, a failing `Serialize` impl).
 pub fn encode_value<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
     Ok(Bytes::from(rmp_serde::to_vec_named(value)?))
 }
 
 /// Decodes one session value.
+///
+/// # Errors
+///
+/// [`ErrorKind::Decode`] when the bytes are corrupt or hold another type than `T`.
 pub fn decode_value<T: DeserializeOwned>(field: &str, bytes: &[u8]) -> Result<T> {
     from_slice(bytes).map_err(|err| {
         Error::new(

@@ -54,6 +54,11 @@ static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new(
 /// [`render`](PrometheusHandle::render) produces the `/metrics` text.
 ///
 /// Calling it again returns the same handle; it fails if another recorder was installed first.
+///
+/// # Errors
+///
+/// A [`ConfigError`] of kind [`ConfigErrorKind::Metrics`] when another global recorder is
+/// installed, or the upkeep thread cannot start.
 pub fn install_prometheus_recorder() -> Result<PrometheusHandle, ConfigError> {
     static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());

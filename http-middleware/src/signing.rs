@@ -95,6 +95,10 @@ impl SigningKeys {
     /// Keys from secrets, the first of which signs. A secret shorter than 16 bytes is a
     /// configuration error; one shorter than 32 bytes is accepted but logged as a warning. Use
     /// random bytes (`openssl rand -base64 48`), not a word.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when there is no secret or one is shorter than 16 bytes.
     pub fn new<I, K>(secrets: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = K>,
@@ -181,6 +185,10 @@ impl SigningKeys {
     }
 
     /// Verifies a cookie value.
+    ///
+    /// # Errors
+    ///
+    /// The [`Rejection`] saying why the value is not a valid cookie of this name.
     pub fn verify(&self, name: &str, value: &str) -> Result<Verified, Rejection> {
         if self.unsigned {
             if value.len() > BOUND_SESSION_ID_LEN {
@@ -233,6 +241,10 @@ const MAX_CANDIDATES: usize = 4;
 ///
 /// The header is read as bytes: another application's cookie with non-ASCII bytes (a
 /// `theme=déjà` set by a sibling app) must not hide ours, so only our own value has to be ASCII.
+///
+/// # Errors
+///
+/// The last candidate's [`Rejection`] when every candidate is invalid.
 pub fn find_session_cookie(
     keys: &SigningKeys,
     name: &str,

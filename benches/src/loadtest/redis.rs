@@ -32,7 +32,7 @@ pub const HARNESS_COMMANDS: &[&str] = &[
 /// script ran. No system under test sends them at top level: Tessera's own commands are
 /// `HGETALL`, `EVALSHA`/`EVAL` and `DEL`; tower-sessions sends `GET`, `SET` and `DEL`; rawget
 /// sends `GET` and `SET`. `PTTL` runs only in the near cache's scripts, each followed by one
-/// `HGETALL` (see [`SCRIPT_READS`]).
+/// `HGETALL` (see `SCRIPT_READS`).
 pub const SCRIPT_BODY_COMMANDS: &[&str] = &["exists", "hset", "hdel", "pexpire", "pttl"];
 
 /// The near cache's scripts read the hash after `PTTL`: that many `HGETALL`s (at most one per

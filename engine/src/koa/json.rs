@@ -214,6 +214,10 @@ pub fn write_string(out: &mut String, s: &str) {
 }
 
 /// `JSON.parse(text)`; errors are [`ErrorKind::Decode`].
+///
+/// # Errors
+///
+/// [`ErrorKind::Decode`] when `text` is not JSON, or nests deeper than the engine accepts.
 pub fn parse(text: &str) -> Result<JsValue> {
     let mut p = Parser {
         s: text.as_bytes(),

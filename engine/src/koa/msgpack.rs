@@ -161,6 +161,10 @@ pub fn to_msgpack(value: &JsValue) -> Bytes {
 }
 
 /// The engine's MessagePack bytes of session field `field` as a JSON value.
+///
+/// # Errors
+///
+/// [`ErrorKind::Decode`](crate::ErrorKind::Decode) when `bytes` is not the engine's MessagePack.
 pub fn from_msgpack(field: &str, bytes: &[u8]) -> Result<JsValue> {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
     de.set_max_depth(crate::record::MAX_DEPTH);

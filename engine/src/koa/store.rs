@@ -41,6 +41,11 @@ pub const NODE_RESERVED: [&str; 8] = [
 /// Checks that a top-level field name survives the Node side: its reserved names are refused,
 /// and so are the names its `toJSON` drops (`isNew`, any `_`-prefixed name), which would vanish
 /// on the next Node write.
+///
+/// # Errors
+///
+/// [`ErrorKind::InvalidField`](crate::ErrorKind::InvalidField) for a name the Node side breaks on
+/// or drops.
 pub fn check_field_name(name: &str) -> Result<()> {
     if NODE_RESERVED.contains(&name) {
         return Err(Error::new(

@@ -42,6 +42,10 @@ impl std::fmt::Debug for Keygrip {
 impl Keygrip {
     /// Keys from secrets (the seed's `app.keys`), the first of which signs. As for native
     /// cookies, a secret under 16 bytes is refused and one under 32 bytes warned about.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] when there is no key or one is shorter than 16 bytes.
     pub fn new<I, K>(secrets: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = K>,

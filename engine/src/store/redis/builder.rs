@@ -181,6 +181,12 @@ impl RedisStoreBuilder {
 
     /// Connects, failing with a clear error if the URL is invalid or no connection can be made
     /// within the connect timeout.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`](crate::ErrorKind::Config) for an invalid URL or option;
+    /// [`ErrorKind::Redis`](crate::ErrorKind::Redis) or [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when no
+    /// connection is made within the connect timeout.
     pub async fn connect(self) -> Result<RedisStore> {
         let mut config = self.config()?;
         let near = match &self.near {

@@ -102,6 +102,10 @@ impl RedisStore {
     }
 
     /// Connects to `url` with the default options.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisStoreBuilder::connect`].
     pub async fn connect(url: &str) -> Result<Self> {
         Self::builder(url).connect().await
     }
@@ -139,6 +143,11 @@ impl RedisStore {
     }
 
     /// Closes all connections.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Redis`](crate::ErrorKind::Redis) when a connection could not be closed
+    /// cleanly.
     pub async fn quit(&self) -> Result<()> {
         match &self.inner.backend {
             Backend::Pool(pool) => pool.quit().await.map_err(Error::from),
