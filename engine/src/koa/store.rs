@@ -2,9 +2,13 @@
 //! The engine keeps its hash-of-MessagePack view; this turns it into one JSON string per key and
 //! back. Saves merge only the fields the request changed into the current stored document with
 //! a compare-and-set, so nothing another writer (Node or Rust) stored meanwhile is erased.
+//! Saves of one session from one process take turns (a striped lock), so the compare-and-set
+//! only ever races other processes; a lost race is retried after a short random pause.
 
 use std::{
     collections::HashSet,
+    hash::{BuildHasher, RandomState},
+    sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -24,6 +28,14 @@ use crate::{
 /// How often a save re-reads and re-merges after losing a compare-and-set to another writer
 /// before it gives up (each attempt is bounded by the store's command timeout).
 const MAX_ATTEMPTS: usize = 32;
+
+/// How many locks the saves of this process share out by key: saves of one session wait for
+/// each other, saves of different sessions almost never do.
+const STRIPES: usize = 64;
+
+/// The longest pause before a retry, in microseconds: long enough for the other writer's
+/// request to finish, short against the command timeout that bounds the whole save.
+const MAX_PAUSE_US: u64 = 2_000;
 
 /// Top-level names the seed's `Session` object owns (its context, methods and getters): a
 /// stored field with one of these names breaks every later Node request.
@@ -96,12 +108,47 @@ pub fn check_field_name(name: &str) -> Result<()> {
 pub struct KoaJsonStore<S> {
     strings: S,
     ttl: Duration,
+    turns: Arc<Turns>,
+}
+
+/// The striped locks that make this process's saves of one key take turns. Without them, a
+/// burst of concurrent saves of one session pipelined on one connection each read the same
+/// document, and every one but the first loses its compare-and-set, round after round.
+#[derive(Debug)]
+struct Turns {
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    hasher: RandomState,
+}
+
+impl Turns {
+    fn new() -> Self {
+        Turns {
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn of(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        let at = self.hasher.hash_one(key) as usize % self.stripes.len();
+        &self.stripes[at]
+    }
+}
+
+/// A short random pause after a lost compare-and-set, so two processes racing for one session
+/// do not retry in lockstep.
+async fn pause() {
+    let us = rand::random_range(MAX_PAUSE_US / 4..=MAX_PAUSE_US);
+    tokio::time::sleep(Duration::from_micros(us)).await;
 }
 
 impl<S: StringStore> KoaJsonStore<S> {
     /// The layout over `strings`; `ttl` is the seed's `ttl` option (the engine's idle TTL).
     pub fn new(strings: S, ttl: Duration) -> Self {
-        KoaJsonStore { strings, ttl }
+        KoaJsonStore {
+            strings,
+            ttl,
+            turns: Arc::new(Turns::new()),
+        }
     }
 
     /// The string store underneath.
@@ -241,8 +288,12 @@ impl<S: StringStore> SessionStore for KoaJsonStore<S> {
         // The seed resets the TTL on every write; so does the profile.
         let ttl = ttl.unwrap_or(self.ttl);
         let merged = async {
+            let _turn = self.turns.of(key).lock().await;
             let mut current = self.strings.get(key).await?;
-            for _ in 0..MAX_ATTEMPTS {
+            for attempt in 0..MAX_ATTEMPTS {
+                if attempt > 0 {
+                    pause().await;
+                }
                 let Some(raw) = current else {
                     return Ok(false);
                 };
@@ -276,8 +327,12 @@ impl<S: StringStore> SessionStore for KoaJsonStore<S> {
         let wanted = converted(fields)?;
         let names: HashSet<&str> = wanted.iter().map(|(k, _)| k.as_str()).collect();
         let moved = async {
+            let _turn = self.turns.of(old).lock().await;
             let mut current = self.strings.get(old).await?;
-            for _ in 0..MAX_ATTEMPTS {
+            for attempt in 0..MAX_ATTEMPTS {
+                if attempt > 0 {
+                    pause().await;
+                }
                 let Some(raw) = current else {
                     return Ok(Regenerated::OldGone);
                 };
@@ -430,6 +485,71 @@ mod tests {
         let err = store.update(key, &set, &[], None).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Redis, "{err}");
         assert!(!stored(&inner, key).await.contains("cart"));
+    }
+
+    /// A store whose compare-and-set answers after a pause, as a Redis round trip does: saves
+    /// in flight together read the same document, and all but one lose.
+    #[derive(Debug, Clone)]
+    struct Slow(MemoryStringStore);
+
+    #[async_trait]
+    impl StringStore for Slow {
+        async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+            self.0.get(key).await
+        }
+        async fn set_new(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool> {
+            self.0.set_new(key, value, ttl).await
+        }
+        async fn replace(
+            &self,
+            key: &str,
+            expected: Bytes,
+            value: Bytes,
+            ttl: Duration,
+        ) -> Result<Replaced> {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            self.0.replace(key, expected, value, ttl).await
+        }
+        async fn delete(&self, key: &str) -> Result<bool> {
+            self.0.delete(key).await
+        }
+        async fn rename(
+            &self,
+            old: &str,
+            expected: Bytes,
+            new: &str,
+            value: Bytes,
+            ttl: Duration,
+        ) -> Result<Renamed> {
+            self.0.rename(old, expected, new, value, ttl).await
+        }
+        async fn ping(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn saves_of_one_session_from_one_process_never_exhaust_their_retries() {
+        let inner = MemoryStringStore::new();
+        let store = KoaJsonStore::new(Slow(inner.clone()), TTL);
+        let key = "s:mx5kckqa0ohc9584335nwbg1";
+        inner.put(key, r#"{"views":1}"#, TTL);
+        let tasks: Vec<_> = (0..16)
+            .map(|t| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for j in 0..10 {
+                        let set = [(format!("r{t}_{j}"), to_msgpack(&JsValue::Int(j)))];
+                        store.update(key, &set, &[], None).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let doc = document(stored(&inner, key).await.as_bytes()).unwrap();
+        assert_eq!(doc.len(), 1 + 16 * 10, "every save landed");
     }
 
     #[tokio::test]

@@ -27,6 +27,35 @@ const SCHEMES: &[&str] = &[
     "rediss-sentinel",
 ];
 
+/// How often [`connected`] looks at the clients' state.
+const CONNECTED_POLL: Duration = Duration::from_millis(5);
+
+/// Waits until every client is connected, or one's connection fails.
+///
+/// fred's `wait_for_connect` reads the client's state and only then subscribes to the connect
+/// notification: a connection made in between is missed, and the wait lasts until the next
+/// reconnection (with a running server, until the caller's timeout). So the state is polled
+/// too, and whichever tells first answers.
+pub(super) async fn connected<C: ClientLike>(clients: &[C]) -> fred::prelude::FredResult<()> {
+    let notified = async {
+        for client in clients {
+            if !client.is_connected() {
+                client.wait_for_connect().await?;
+            }
+        }
+        Ok(())
+    };
+    let polled = async {
+        while !clients.iter().all(ClientLike::is_connected) {
+            tokio::time::sleep(CONNECTED_POLL).await;
+        }
+    };
+    tokio::select! {
+        result = notified => result,
+        () = polled => Ok(()),
+    }
+}
+
 /// The connection options shared by every fred client the store builds.
 #[derive(Debug, Clone)]
 pub(super) struct FredSettings {
@@ -224,7 +253,7 @@ impl RedisStoreBuilder {
                 .build_pool(settings.pool_size)
                 .map_err(Error::from)?;
             pool.connect_pool();
-            tokio::time::timeout(settings.connect_timeout, pool.wait_for_connect())
+            tokio::time::timeout(settings.connect_timeout, connected(pool.clients()))
                 .await
                 .map_err(|_| {
                     Error::new(

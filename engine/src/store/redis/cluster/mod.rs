@@ -24,6 +24,7 @@ use tokio::{sync::Notify, time::Instant};
 
 use self::parse::{classify, slot_map, Redirect};
 use super::{
+    builder::connected,
     builder::FredSettings,
     near::{FlushCause, Near},
 };
@@ -134,7 +135,7 @@ impl ClusterRouter {
             })??;
         let pools: Vec<Pool> = router.topology.read().nodes.values().cloned().collect();
         for pool in pools {
-            tokio::time::timeout(connect_timeout, pool.wait_for_connect())
+            tokio::time::timeout(connect_timeout, connected(pool.clients()))
                 .await
                 .map_err(|_| {
                     Error::new(
@@ -192,7 +193,7 @@ impl ClusterRouter {
                         .map_err(Error::from)?;
                     client.connect();
                     let connected =
-                        tokio::time::timeout(PROBE_TIMEOUT * 4, client.wait_for_connect()).await;
+                        tokio::time::timeout(PROBE_TIMEOUT * 4, connected(&[client.clone()])).await;
                     if !matches!(connected, Ok(Ok(()))) {
                         last_err = Some(match connected {
                             Ok(Err(err)) => Error::from(err),
