@@ -194,7 +194,7 @@ pub(super) fn watch_sentinels(
         let gate = gate.clone();
         let listener = tokio::spawn(async move {
             // Subscribing can wait for the sentinel to come up; the manager resubscribes later.
-            let _ = super::builder::connected(&[sub.clone()]).await;
+            let _ = super::builder::connected(std::slice::from_ref(&sub)).await;
             let _: std::result::Result<(), _> = sub.subscribe(SENTINEL_CHANNELS.to_vec()).await;
             while let Ok(message) = rx.recv().await {
                 let Some(text) = message.value.as_str().map(|s| s.to_string()) else {

@@ -192,8 +192,11 @@ impl ClusterRouter {
                         .build()
                         .map_err(Error::from)?;
                     client.connect();
-                    let connected =
-                        tokio::time::timeout(PROBE_TIMEOUT * 4, connected(&[client.clone()])).await;
+                    let connected = tokio::time::timeout(
+                        PROBE_TIMEOUT * 4,
+                        connected(std::slice::from_ref(&client)),
+                    )
+                    .await;
                     if !matches!(connected, Ok(Ok(()))) {
                         last_err = Some(match connected {
                             Ok(Err(err)) => Error::from(err),
