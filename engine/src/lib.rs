@@ -39,7 +39,7 @@ pub use crate::{
     },
     key::{KeyDeriver, KeySchema},
     koa::KoaJsonStore,
-    session::{Committed, CookieAction, Session, SessionEngine},
+    session::{Committed, CookieAction, CookieLifetime, Expiry, Session, SessionEngine},
     store::{MemoryStore, NearCache, RedisStore, RedisStoreBuilder, Regenerated, SessionStore},
     users::{
         CapPolicy, Device, DeviceHandle, DeviceInfo, LoggedIn, Revoked, SessionCap, UserKey,

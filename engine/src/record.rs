@@ -87,6 +87,22 @@ pub struct Meta {
     pub deadline_ms: Option<u64>,
     /// The expiry last written to the store (ms since the epoch).
     pub expires_ms: u64,
+    /// This session's own expiry rule, when it has one (set with `Session::set_expiry`). Absent
+    /// from the encoding when `None`, so such records are byte for byte what earlier versions
+    /// wrote, and records written before the field existed decode with `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry: Option<StoredExpiry>,
+}
+
+/// A session's own expiry rule as stored in its [`Meta`], times in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredExpiry {
+    /// Expires after this many milliseconds without a request; a persistent cookie.
+    Idle(u64),
+    /// The configured idle TTL; a cookie that ends with the browser session.
+    BrowserSession,
+    /// Ends at this instant (ms since the epoch), whatever the activity.
+    At(u64),
 }
 
 impl Meta {
@@ -160,13 +176,47 @@ mod tests {
 
     #[test]
     fn meta_round_trips() {
-        let meta = Meta {
+        let mut meta = Meta {
             version: FORMAT_VERSION,
             created_ms: 1,
             deadline_ms: Some(3),
             expires_ms: 2,
+            expiry: None,
         };
         assert_eq!(Meta::decode(&meta.encode()).unwrap(), meta);
+        for expiry in [
+            StoredExpiry::Idle(7),
+            StoredExpiry::BrowserSession,
+            StoredExpiry::At(9),
+        ] {
+            meta.expiry = Some(expiry);
+            assert_eq!(Meta::decode(&meta.encode()).unwrap(), meta);
+        }
+    }
+
+    /// What the previous version wrote (four fields, no expiry rule) still decodes, and a meta
+    /// without a rule encodes to exactly those bytes, so instances of both versions can share
+    /// sessions during a rolling deploy.
+    #[test]
+    fn meta_without_an_expiry_rule_keeps_the_earlier_encoding() {
+        #[derive(Serialize)]
+        struct Earlier {
+            version: u8,
+            created_ms: u64,
+            deadline_ms: Option<u64>,
+            expires_ms: u64,
+        }
+        let earlier = rmp_serde::to_vec(&Earlier {
+            version: FORMAT_VERSION,
+            created_ms: 1,
+            deadline_ms: None,
+            expires_ms: 2,
+        })
+        .unwrap();
+        let meta = Meta::decode(&earlier).unwrap();
+        assert_eq!(meta.expiry, None);
+        assert_eq!((meta.created_ms, meta.expires_ms), (1, 2));
+        assert_eq!(&meta.encode()[..], &earlier[..]);
     }
 
     #[test]

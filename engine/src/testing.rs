@@ -234,6 +234,10 @@ impl<S: SessionStore> SessionStore for FaultStore<S> {
         self.inner.ping().await
     }
 
+    fn keeps_meta(&self) -> bool {
+        self.inner.keeps_meta()
+    }
+
     async fn bind(&self, request: &BindRequest<'_>) -> Result<BindOutcome> {
         self.user_call("bind")?;
         self.inner.bind(request).await

@@ -98,3 +98,56 @@ async fn extractor_without_layer_is_500() {
     assert_eq!(r.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(r.body, "no session layer is mounted on this route");
 }
+
+/// "Remember me" and "this computer only" at login, as a handler sets them: the cookie's
+/// lifetime follows the session's rule over the layer's setting, on later renewals too.
+#[tokio::test]
+async fn a_sessions_expiry_rule_decides_its_cookie() {
+    use std::time::Duration;
+    use tessera_engine::Expiry;
+    const MONTH: u64 = 30 * 86_400;
+
+    async fn login(session: Session, uri: http::Uri) -> Result<&'static str, EngineError> {
+        session.insert("user", "ada").await?;
+        let rule = match uri.query() {
+            Some("remember") => Some(Expiry::OnInactivity(Duration::from_secs(MONTH))),
+            Some("shared") => Some(Expiry::OnSessionEnd),
+            _ => None,
+        };
+        session.set_expiry(rule).await?;
+        session.regenerate().await?;
+        Ok("in")
+    }
+
+    let store = MemoryStore::new();
+    let engine = engine_on(store.clone(), SessionConfig::default().with_renew_below(0.0));
+    let router = Router::new()
+        .route("/login", get_route(login))
+        .route("/", get_route(count))
+        .layer(
+            SessionLayer::builder(engine.clone(), keys(&[SECRET_A]))
+                .with_secure(false)
+                .build()
+                .unwrap(),
+        );
+
+    let remembered = call(&router, get("/login?remember", None)).await;
+    remembered.assert_ok("in");
+    let c = remembered.cookie();
+    let max_age = c.max_age().expect("persistent").whole_seconds() as u64;
+    assert!((MONTH - 5..=MONTH).contains(&max_age), "{max_age}");
+    let id = id_of(&c, &[SECRET_A]);
+    let ttl = store.ttl(&engine.key(&id)).unwrap().as_secs();
+    assert!((MONTH - 5..=MONTH).contains(&ttl), "{ttl}");
+    // A later write renews by the month, not the configured hour.
+    let later = call(&router, get("/", Some(&c))).await;
+    later.assert_ok("1 views");
+    let max_age = later.cookie().max_age().unwrap().whole_seconds() as u64;
+    assert!((MONTH - 5..=MONTH).contains(&max_age), "{max_age}");
+
+    let shared = call(&router, get("/login?shared", None)).await;
+    let c = shared.cookie();
+    assert_eq!((c.max_age(), c.expires()), (None, None), "a browser-session cookie");
+    let ttl = store.ttl(&engine.key(&id_of(&c, &[SECRET_A]))).unwrap();
+    assert!(ttl <= Duration::from_secs(TTL_SECS as u64), "{ttl:?}");
+}

@@ -264,6 +264,7 @@ impl<S: StringStore> SessionStore for KoaJsonStore<S> {
             created_ms: now,
             deadline_ms: None,
             expires_ms: now + ttl_ms - 1,
+            expiry: None,
         };
         fields.insert(META_FIELD.to_owned(), meta.encode());
         Ok(Some(fields))
@@ -357,6 +358,11 @@ impl<S: StringStore> SessionStore for KoaJsonStore<S> {
 
     async fn ping(&self) -> Result<()> {
         self.strings.ping().await
+    }
+
+    /// The seed's document holds the session's own fields only.
+    fn keeps_meta(&self) -> bool {
+        false
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{
+    expiry::{cookie_lifetime, CookieLifetime},
     plan::{from_epoch_ms, Plan, PlannedCookie, Step, WriteOp},
     state::{Lifecycle, State, Stored},
     Committed, CookieAction, SessionEngine,
@@ -68,10 +69,11 @@ pub(super) async fn execute(
         _ if gone => CookieAction::Clear,
         PlannedCookie::Keep => CookieAction::Keep,
         PlannedCookie::Clear => CookieAction::Clear,
-        PlannedCookie::Set { expires } => match stored {
+        PlannedCookie::Set { expires, lifetime } => match stored {
             Some(stored) => CookieAction::Set {
                 id: stored.id,
                 expires,
+                lifetime,
             },
             None => CookieAction::Clear,
         },
@@ -80,6 +82,9 @@ pub(super) async fn execute(
         cookie,
         writes,
         expires: stored.map(|s| from_epoch_ms(s.meta.expires_ms)),
+        lifetime: stored.map_or(CookieLifetime::Configured, |s| {
+            cookie_lifetime(s.meta.expiry)
+        }),
     })
 }
 

@@ -27,10 +27,12 @@ use crate::{
 };
 
 mod execute;
+mod expiry;
 mod plan;
 mod state;
 mod users;
 
+pub use self::expiry::{CookieLifetime, Expiry};
 use self::state::{Bound, DestroyedKey, Lifecycle, OnLoadError, State, Stored};
 
 /// Shared, cheap-to-clone entry point: a store, its configuration and the key derivation.
@@ -187,6 +189,8 @@ pub enum CookieAction {
         id: SessionId,
         /// When the stored session expires, for a persistent cookie's Max-Age and Expires.
         expires: SystemTime,
+        /// Whether the cookie should be persistent, as the session's [`Expiry`] decides.
+        lifetime: CookieLifetime,
     },
     /// Clear the client's cookie: the session was destroyed or no longer exists.
     Clear,
@@ -202,6 +206,9 @@ pub struct Committed {
     pub writes: u8,
     /// When the stored session expires, if it exists after the commit.
     pub expires: Option<SystemTime>,
+    /// The lifetime a cookie naming the stored session should have (re-issuing one that the
+    /// commit kept, for example).
+    pub lifetime: CookieLifetime,
 }
 
 /// One request's view of a session. Cheap to clone; clones share state.
@@ -386,6 +393,7 @@ impl Session {
                     bound,
                 });
                 st.found_at_load = true;
+                st.expiry = meta.expiry;
                 st.data = fields;
                 Ok(st)
             }
@@ -542,6 +550,58 @@ impl Session {
         st.regenerate();
         self.publish(&st);
         Ok(())
+    }
+
+    /// Gives this session its own expiry rule instead of the configured idle TTL (`None`: back
+    /// to the configuration). The rule is stored with the session at commit, so every later
+    /// renewal and cookie follows it; the configured absolute lifetime still caps it. Setting a
+    /// rule writes the session at commit even when nothing else changed, and takes effect then
+    /// even when it ends the session sooner than its current expiry.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> tessera_engine::Result<()> {
+    /// use std::time::Duration;
+    /// use tessera_engine::{CookieAction, CookieLifetime, Expiry, MemoryStore, SessionConfig, SessionEngine};
+    ///
+    /// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default())?;
+    /// let session = engine.session(None);
+    /// session.insert("user", "ada").await?;
+    /// // The login form's "remember me" box was ticked.
+    /// session.set_expiry(Some(Expiry::OnInactivity(Duration::from_secs(30 * 86_400)))).await?;
+    /// let CookieAction::Set { lifetime, .. } = session.commit().await?.cookie else { unreachable!() };
+    /// assert_eq!(lifetime, CookieLifetime::Persistent);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Config`] for a rule out of range (an idle TTL under one second or over
+    /// [`MAX_TTL`](crate::MAX_TTL), a deadline not in the future or more than `MAX_TTL` ahead);
+    /// [`ErrorKind::Unsupported`] when the store's layout keeps no per-session data beside the
+    /// fields (the koa-session-redis3 profile); the load's error otherwise.
+    pub async fn set_expiry(&self, expiry: Option<Expiry>) -> Result<()> {
+        let rule = expiry.map(|e| e.checked(SystemTime::now())).transpose()?;
+        if rule.is_some() && !self.engine.inner.store.keeps_meta() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "this store's layout has no place for a per-session expiry (the \
+                 koa-session-redis3 profile stores only the session's own fields); every session \
+                 follows the configured TTL",
+            ));
+        }
+        let mut st = self.loaded().await?;
+        st.expiry = rule;
+        self.publish(&st);
+        Ok(())
+    }
+
+    /// The session's own expiry rule, if it has one ([`Session::set_expiry`]).
+    ///
+    /// # Errors
+    ///
+    /// The load's error.
+    pub async fn expiry(&self) -> Result<Option<Expiry>> {
+        Ok(self.loaded().await?.expiry.map(Expiry::from_stored))
     }
 
     /// Writes what changed to the store. The HTTP middleware calls this once the handler has

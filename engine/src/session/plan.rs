@@ -9,12 +9,15 @@ use std::{
 
 use bytes::Bytes;
 
-use super::state::{Bound, Lifecycle, State, Stored};
+use super::{
+    expiry::{cookie_lifetime, expiry, idle_ttl, CookieLifetime},
+    state::{Bound, Lifecycle, State, Stored},
+};
 use crate::{
     config::SessionConfig,
     error::{Error, ErrorKind},
     id::SessionId,
-    record::{Meta, DEVICE_FIELD, FORMAT_VERSION, META_FIELD, SEEN_FIELD},
+    record::{Meta, StoredExpiry, DEVICE_FIELD, FORMAT_VERSION, META_FIELD, SEEN_FIELD},
 };
 
 /// What a store write is, as the `op` label of the writes metric.
@@ -84,7 +87,10 @@ pub(crate) enum PlannedCookie {
     /// Leave the client's cookie alone.
     Keep,
     /// Name the session the plan leaves stored, expiring at `expires`.
-    Set { expires: SystemTime },
+    Set {
+        expires: SystemTime,
+        lifetime: CookieLifetime,
+    },
     /// Clear it: the session is gone.
     Clear,
 }
@@ -152,7 +158,7 @@ pub(crate) fn plan(state: &State, config: &SessionConfig, now: SystemTime) -> Pl
                 };
                 return Plan::nothing(cookie);
             }
-            let meta = new_meta(config, now_ms);
+            let meta = new_meta(config, now_ms, state.expiry);
             with_fields(
                 state,
                 config,
@@ -166,7 +172,8 @@ pub(crate) fn plan(state: &State, config: &SessionConfig, now: SystemTime) -> Pl
             // The new id keeps the old session's creation time and absolute deadline: a login
             // must not extend a capped lifetime.
             let meta = Meta {
-                expires_ms: expiry(config, now_ms, old.meta.deadline_ms),
+                expires_ms: expiry(config, now_ms, old.meta.deadline_ms, state.expiry),
+                expiry: state.expiry,
                 ..old.meta
             };
             with_fields(
@@ -209,7 +216,7 @@ pub(crate) fn plan(state: &State, config: &SessionConfig, now: SystemTime) -> Pl
                     cookie,
                 };
             }
-            let meta = new_meta(config, now_ms);
+            let meta = new_meta(config, now_ms, state.expiry);
             with_fields(
                 state,
                 config,
@@ -227,26 +234,27 @@ pub(crate) fn plan(state: &State, config: &SessionConfig, now: SystemTime) -> Pl
     }
 }
 
-/// A stored session: send what changed, and renew once less than `renew_below` of the idle TTL
-/// remains (reads and writes alike; with `0.0`, writes renew every time and reads never).
+/// A stored session: send what changed, and renew once less than `renew_below` of its idle TTL
+/// remains (reads and writes alike; with `0.0`, writes renew every time and reads never). A new
+/// expiry rule is written at once, and its expiry replaces the stored one even when earlier.
 fn plan_loaded(state: &State, stored: &Stored, config: &SessionConfig, now_ms: u64) -> Plan {
     let meta = stored.meta;
     let (mut set, delete) = diff(&state.original, &state.data);
     let changed = !set.is_empty() || !delete.is_empty();
-    let new_expiry = expiry(config, now_ms, meta.deadline_ms);
-    let renew_due = new_expiry > meta.expires_ms
-        && if config.renew_below > 0.0 {
-            (meta.expires_ms.saturating_sub(now_ms) as f64)
-                < config.renew_below * ms(config.idle_ttl) as f64
-        } else {
-            changed
-        };
+    let rule_changed = state.expiry != meta.expiry;
+    let new_expiry = expiry(config, now_ms, meta.deadline_ms, state.expiry);
+    let renew_due = rule_changed
+        || new_expiry > meta.expires_ms
+            && if config.renew_below > 0.0 {
+                (meta.expires_ms.saturating_sub(now_ms) as f64)
+                    < config.renew_below * ms(idle_ttl(config, state.expiry)) as f64
+            } else {
+                changed
+            };
     if !changed && !renew_due {
         // After a login the new id still has to reach the client.
         return Plan::nothing(if state.announce {
-            PlannedCookie::Set {
-                expires: from_epoch_ms(meta.expires_ms),
-            }
+            set_cookie(&meta)
         } else {
             PlannedCookie::Keep
         });
@@ -265,6 +273,7 @@ fn plan_loaded(state: &State, stored: &Stored, config: &SessionConfig, now_ms: u
     let renewal = renew_due.then(|| {
         let new_meta = Meta {
             expires_ms: new_expiry,
+            expiry: state.expiry,
             ..meta
         };
         set.push((META_FIELD.to_owned(), new_meta.encode()));
@@ -278,12 +287,8 @@ fn plan_loaded(state: &State, stored: &Stored, config: &SessionConfig, now_ms: u
         )
     });
     let cookie = match renewal {
-        Some((m, _)) => PlannedCookie::Set {
-            expires: from_epoch_ms(m.expires_ms),
-        },
-        None if state.announce => PlannedCookie::Set {
-            expires: from_epoch_ms(meta.expires_ms),
-        },
+        Some((m, _)) => set_cookie(&m),
+        None if state.announce => set_cookie(&meta),
         None => PlannedCookie::Keep,
     };
     Plan::Run {
@@ -296,6 +301,14 @@ fn plan_loaded(state: &State, stored: &Stored, config: &SessionConfig, now_ms: u
             bound: stored.bound.as_ref().map(Bound::entry),
         }],
         cookie,
+    }
+}
+
+/// The cookie naming a session stored with `meta`.
+fn set_cookie(meta: &Meta) -> PlannedCookie {
+    PlannedCookie::Set {
+        expires: from_epoch_ms(meta.expires_ms),
+        lifetime: cookie_lifetime(meta.expiry),
     }
 }
 
@@ -328,9 +341,7 @@ fn with_fields(
     let ttl = Duration::from_millis(meta.expires_ms.saturating_sub(now_ms));
     Plan::Run {
         steps: steps(fields, ttl),
-        cookie: PlannedCookie::Set {
-            expires: from_epoch_ms(meta.expires_ms),
-        },
+        cookie: set_cookie(&meta),
     }
 }
 
@@ -343,20 +354,16 @@ fn create(id: Option<SessionId>, fields: Vec<(String, Bytes)>, meta: Meta, ttl: 
     }
 }
 
-pub(crate) fn new_meta(config: &SessionConfig, now_ms: u64) -> Meta {
+/// The meta of a session created now with the expiry `rule`.
+pub(crate) fn new_meta(config: &SessionConfig, now_ms: u64, rule: Option<StoredExpiry>) -> Meta {
     let deadline_ms = config.absolute_ttl.map(|t| now_ms.saturating_add(ms(t)));
     Meta {
         version: FORMAT_VERSION,
         created_ms: now_ms,
         deadline_ms,
-        expires_ms: expiry(config, now_ms, deadline_ms),
+        expires_ms: expiry(config, now_ms, deadline_ms, rule),
+        expiry: rule,
     }
-}
-
-/// The expiry to set now: a full idle TTL, capped by the absolute deadline.
-pub(crate) fn expiry(config: &SessionConfig, now_ms: u64, deadline: Option<u64>) -> u64 {
-    let sliding = now_ms.saturating_add(ms(config.idle_ttl));
-    deadline.map_or(sliding, |d| sliding.min(d))
 }
 
 /// Fields whose encoded bytes changed, and fields that disappeared, among those touched.
@@ -437,6 +444,7 @@ mod tests {
                 created_ms: NOW - HOUR,
                 deadline_ms,
                 expires_ms,
+                expiry: None,
             },
             bound: None,
         }
@@ -507,7 +515,8 @@ mod tests {
         assert_eq!(
             cookie,
             PlannedCookie::Set {
-                expires: at(NOW + HOUR)
+                expires: at(NOW + HOUR),
+                lifetime: CookieLifetime::Configured,
             }
         );
     }
@@ -576,7 +585,8 @@ mod tests {
         assert_eq!(
             cookie,
             PlannedCookie::Set {
-                expires: at(deadline)
+                expires: at(deadline),
+                lifetime: CookieLifetime::Configured,
             }
         );
         // Already at the cap: nothing to renew.
@@ -611,7 +621,8 @@ mod tests {
         assert_eq!(
             cookie,
             PlannedCookie::Set {
-                expires: at(NOW + HOUR)
+                expires: at(NOW + HOUR),
+                lifetime: CookieLifetime::Configured,
             }
         );
     }
@@ -658,7 +669,8 @@ mod tests {
         assert_eq!(
             cookie,
             PlannedCookie::Set {
-                expires: at(NOW + HOUR / 2)
+                expires: at(NOW + HOUR / 2),
+                lifetime: CookieLifetime::Configured,
             }
         );
     }
@@ -844,7 +856,8 @@ mod tests {
         assert_eq!(
             cookie,
             PlannedCookie::Set {
-                expires: at(NOW + HOUR)
+                expires: at(NOW + HOUR),
+                lifetime: CookieLifetime::Configured,
             }
         );
     }

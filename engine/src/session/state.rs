@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::{
     error::Error,
     id::SessionId,
-    record::{DeviceRecord, Meta},
+    record::{DeviceRecord, Meta, StoredExpiry},
 };
 
 /// A session that exists in the store: its id, the key derived from it (kept, since deriving it
@@ -124,6 +124,9 @@ pub(crate) struct State {
     /// A login moved the session to a new id outside a commit: the next commit sends the
     /// cookie even if it writes nothing.
     pub(crate) announce: bool,
+    /// The expiry rule the session is to have after the commit: the stored one after a load,
+    /// unless `set_expiry` changed it. A commit writes the meta when it differs.
+    pub(crate) expiry: Option<StoredExpiry>,
 }
 
 impl fmt::Debug for State {
@@ -137,6 +140,7 @@ impl fmt::Debug for State {
             .field("life", &self.life)
             .field("fields", &fields)
             .field("changed", &self.original.len())
+            .field("expiry", &self.expiry)
             .finish()
     }
 }
@@ -151,6 +155,7 @@ impl State {
             original: HashMap::new(),
             found_at_load: false,
             announce: false,
+            expiry: None,
         }
     }
 
@@ -205,6 +210,8 @@ impl State {
         self.life = Lifecycle::Destroyed { old, id: None };
         self.found_at_load = false;
         self.announce = false;
+        // A session started after the destroy is a new one, with the configured expiry.
+        self.expiry = None;
         self.data.clear();
         self.original.clear();
     }
@@ -217,6 +224,7 @@ impl State {
             stale_cookie: true,
         };
         self.announce = false;
+        self.expiry = None;
         self.data.clear();
         self.original.clear();
     }

@@ -6,6 +6,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{
+    expiry,
     plan::{self, epoch_ms, from_epoch_ms},
     state::{Bound, Lifecycle, Stored},
     Session, SessionEngine,
@@ -183,10 +184,11 @@ impl Session {
         // A login keeps a guest session's creation time and absolute deadline, as a regenerate.
         let meta = match &old {
             Some(old) => Meta {
-                expires_ms: plan::expiry(config, now_ms, old.meta.deadline_ms),
+                expires_ms: expiry::expiry(config, now_ms, old.meta.deadline_ms, st.expiry),
+                expiry: st.expiry,
                 ..old.meta
             },
-            None => plan::new_meta(config, now_ms),
+            None => plan::new_meta(config, now_ms, st.expiry),
         };
         plan::check_limits(config, &st.data)?;
         let (user_agent, client_addr) = device.into_parts();

@@ -84,6 +84,12 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
     /// Checks that the store answers.
     async fn ping(&self) -> Result<()>;
 
+    /// Whether the layout stores the meta field as written, so a session's own expiry rule
+    /// survives (`Session::set_expiry` is refused when it does not). The default: it does.
+    fn keeps_meta(&self) -> bool {
+        true
+    }
+
     /// A login into a user's slot, in one atomic step with the cap and the index entry: prunes
     /// entries whose session expired, then refuses or evicts the least recently seen (by the
     /// `__tessera_seen` field) when the live count reaches the cap, creates the session only if
@@ -179,6 +185,10 @@ impl<T: SessionStore + ?Sized> SessionStore for std::sync::Arc<T> {
 
     async fn ping(&self) -> Result<()> {
         (**self).ping().await
+    }
+
+    fn keeps_meta(&self) -> bool {
+        (**self).keeps_meta()
     }
 
     async fn bind(&self, request: &BindRequest<'_>) -> Result<BindOutcome> {

@@ -8,7 +8,7 @@ use std::{
 };
 
 use http::{header::InvalidHeaderValue, HeaderMap, HeaderValue};
-use tessera_engine::{SessionId, MAX_TTL};
+use tessera_engine::{CookieLifetime, SessionId, MAX_TTL};
 
 use super::layer::Settings;
 use crate::{
@@ -80,9 +80,11 @@ pub(crate) fn set_headers(
     settings: &Settings,
     id: &SessionId,
     expires: SystemTime,
+    lifetime: CookieLifetime,
 ) -> Result<Vec<HeaderValue>, InvalidHeaderValue> {
     match &settings.cookie_mode {
-        CookieMode::Native => Ok(vec![build_cookie(settings, id, expires)?]),
+        CookieMode::Native => Ok(vec![build_cookie(settings, id, expires, lifetime)?]),
+        // The profile keeps no per-session rule (the engine refuses one): always the seed's.
         CookieMode::KoaPair(koa) => koa.set_pair(id, expires),
     }
 }
@@ -117,13 +119,15 @@ pub(crate) fn now_ms() -> u64 {
 /// The last second `httpdate` formats (9999-12-31T23:59:59Z); it panics from year 10000 on.
 pub(crate) const LAST_HTTP_DATE_SECS: u64 = 253_402_300_799;
 
-/// A session cookie naming `id`. The expiry is clamped to `[epoch, now + MAX_TTL]` (and to the
-/// last formattable date), so whatever a store or engine reports can neither panic the date
+/// A session cookie naming `id`, persistent as the layer is configured unless the session's own
+/// expiry rule decides (`lifetime`). The expiry is clamped to `[epoch, now + MAX_TTL]` (and to
+/// the last formattable date), so whatever a store or engine reports can neither panic the date
 /// formatting nor promise a lifetime no configuration allows.
 pub(crate) fn build_cookie(
     settings: &Settings,
     id: &SessionId,
     expires: SystemTime,
+    lifetime: CookieLifetime,
 ) -> Result<HeaderValue, InvalidHeaderValue> {
     // Formatted by hand on the pre-rendered attributes: this runs on every write.
     let mut value = String::with_capacity(192);
@@ -131,7 +135,12 @@ pub(crate) fn build_cookie(
     value.push('=');
     value.push_str(&settings.keys.sign(&settings.cookie_name, id));
     value.push_str(&settings.attributes);
-    if settings.persistent {
+    let persistent = match lifetime {
+        CookieLifetime::Persistent => true,
+        CookieLifetime::BrowserSession => false,
+        _ => settings.persistent,
+    };
+    if persistent {
         let now = now_ms();
         let latest = now.saturating_add(MAX_TTL.as_millis() as u64);
         let expires_ms = expires

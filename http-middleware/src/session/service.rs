@@ -104,14 +104,18 @@ async fn finish<B: Default>(
     match session.commit().await {
         Ok(committed) => {
             let set_cookie = match committed.cookie {
-                CookieAction::Set { id, expires } => Some(set_headers(settings, &id, expires)),
+                CookieAction::Set {
+                    id,
+                    expires,
+                    lifetime,
+                } => Some(set_headers(settings, &id, expires, lifetime)),
                 CookieAction::Clear => Some(clear_headers(settings)),
                 _ if destroyed => Some(clear_headers(settings)),
                 // A cookie signed by an older key is re-issued under the current one.
                 CookieAction::Keep => verified
                     .filter(|v| v.stale_key)
                     .zip(committed.expires)
-                    .map(|(v, expires)| set_headers(settings, &v.id, expires)),
+                    .map(|(v, expires)| set_headers(settings, &v.id, expires, committed.lifetime)),
                 _ => None,
             };
             let set_cookie = set_cookie.transpose().and_then(|headers| {
@@ -247,7 +251,7 @@ fn error_response<B: Default>(status: StatusCode, retry_after: Option<Duration>)
 #[cfg(test)]
 mod tests {
     use cookie::{Cookie, SameSite};
-    use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
+    use tessera_engine::{CookieLifetime, MemoryStore, SessionConfig, SessionEngine};
 
     use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -279,7 +283,13 @@ mod tests {
         );
         let id = SessionId::generate();
         let expires_ms = now_ms() + 3_600_000;
-        let header = build_cookie(&s, &id, UNIX_EPOCH + Duration::from_millis(expires_ms)).unwrap();
+        let header = build_cookie(
+            &s,
+            &id,
+            UNIX_EPOCH + Duration::from_millis(expires_ms),
+            CookieLifetime::Configured,
+        )
+        .unwrap();
         let c = Cookie::parse(header.to_str().unwrap()).unwrap();
         assert_eq!(c.name(), "koa:sess");
         assert_eq!(s.keys.verify("koa:sess", c.value()).unwrap().id, id);
@@ -348,7 +358,13 @@ mod tests {
             year_9999,
             year_10000,
         ] {
-            let header = build_cookie(&s, &SessionId::generate(), expires).unwrap();
+            let header = build_cookie(
+                &s,
+                &SessionId::generate(),
+                expires,
+                CookieLifetime::Configured,
+            )
+            .unwrap();
             let c = Cookie::parse(header.to_str().unwrap()).unwrap();
             let max_age = c.max_age().unwrap().whole_seconds();
             let limit = tessera_engine::MAX_TTL.as_secs() as i64;
@@ -362,6 +378,7 @@ mod tests {
             &s,
             &SessionId::generate(),
             UNIX_EPOCH - Duration::from_secs(1),
+            CookieLifetime::Configured,
         )
         .unwrap();
         let c = Cookie::parse(header.to_str().unwrap()).unwrap();
@@ -382,11 +399,39 @@ mod tests {
             &s,
             &SessionId::generate(),
             SystemTime::now() + Duration::from_secs(1),
+            CookieLifetime::Configured,
         )
         .unwrap();
         let c = Cookie::parse(header.to_str().unwrap()).unwrap();
         assert_eq!((c.max_age(), c.expires()), (None, None));
         assert_eq!((c.secure(), c.http_only()), (None, None));
         assert_eq!(c.path(), Some("/"));
+    }
+
+    /// A session's own expiry rule decides over the layer's setting, both ways.
+    #[test]
+    fn a_sessions_lifetime_overrides_the_layer() {
+        let expires = SystemTime::now() + Duration::from_secs(600);
+        for (persistent_layer, lifetime, max_age) in [
+            (false, CookieLifetime::Persistent, Some(600)),
+            (true, CookieLifetime::BrowserSession, None),
+            (true, CookieLifetime::Configured, Some(600)),
+            (false, CookieLifetime::Configured, None),
+        ] {
+            let s = settings(
+                layer()
+                    .with_persistent_cookie(persistent_layer)
+                    .build()
+                    .unwrap(),
+            );
+            let header = build_cookie(&s, &SessionId::generate(), expires, lifetime).unwrap();
+            let c = Cookie::parse(header.to_str().unwrap()).unwrap();
+            assert_eq!(
+                c.max_age().map(|d| d.whole_seconds()),
+                max_age,
+                "{persistent_layer} {lifetime:?}"
+            );
+            assert_eq!(c.expires().is_some(), max_age.is_some());
+        }
     }
 }
