@@ -10,8 +10,7 @@ use tessera_middleware::{
 };
 
 async fn count(session: Session) -> Result<String, Error> {
-    let views = session.get::<u64>("views").await?.unwrap_or(0) + 1;
-    session.insert("views", &views).await?;
+    let views = session.update("views", |n: &mut u64| *n += 1).await?;
     Ok(format!("{views} views"))
 }
 

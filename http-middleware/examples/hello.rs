@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::{rt::TokioIo, service::TowerToHyperService};
 use tessera_middleware::{
-    engine::{MemoryStore, SessionConfig, SessionEngine},
+    engine::{Error, MemoryStore, SessionConfig, SessionEngine},
     Session, SessionLayer, SigningKeys,
 };
 use tokio::net::TcpListener;
@@ -22,20 +22,20 @@ async fn handler(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infall
         .get::<Session>()
         .expect("SessionLayer is mounted");
     // `this.session = null` in the seed is `session.destroy()` here.
-    if req.uri().path() == "/logout" {
-        return Ok(match session.destroy().await {
-            Ok(()) => Response::new(Full::from("bye")),
-            Err(_) => status(StatusCode::SERVICE_UNAVAILABLE),
-        });
-    }
-    let views = match session.get::<u64>("views").await {
-        Ok(n) => n.unwrap_or(0) + 1,
-        Err(_) => return Ok(status(StatusCode::SERVICE_UNAVAILABLE)),
+    let answer = if req.uri().path() == "/logout" {
+        session.destroy().await.map(|()| "bye".to_owned())
+    } else {
+        count(session).await.map(|views| format!("{views} views"))
     };
-    if session.insert("views", &views).await.is_err() {
-        return Ok(status(StatusCode::SERVICE_UNAVAILABLE));
-    }
-    Ok(Response::new(Full::from(format!("{views} views"))))
+    Ok(match answer {
+        Ok(text) => Response::new(Full::from(text)),
+        // The one status table: 503 while the store is unavailable, and so on.
+        Err(err) => status(err.status()),
+    })
+}
+
+async fn count(session: &Session) -> Result<u64, Error> {
+    session.update("views", |n: &mut u64| *n += 1).await
 }
 
 fn status(code: StatusCode) -> Response<Full<Bytes>> {
@@ -47,12 +47,13 @@ fn status(code: StatusCode) -> Response<Full<Bytes>> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     // Swap MemoryStore for `RedisStore::connect("redis-cluster://...").await?` in production.
-    let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default()).unwrap();
+    let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default())?;
     let keys = SigningKeys::new(["replace me with 32+ random bytes from a secret store"])?;
-    let service = SessionLayer::builder(engine, keys)
+    // Plain http on localhost: no Secure attribute.
+    let layer = SessionLayer::builder(engine, keys)
         .with_secure(false)
-.build()? // plain http on localhost
-        .layer(service_fn(handler));
+        .build()?;
+    let service = layer.layer(service_fn(handler));
 
     let listener = TcpListener::bind("127.0.0.1:3001").await?;
     println!("listening on http://{}", listener.local_addr()?);

@@ -120,7 +120,10 @@ async fn a_sessions_expiry_rule_decides_its_cookie() {
     }
 
     let store = MemoryStore::new();
-    let engine = engine_on(store.clone(), SessionConfig::default().with_renew_below(0.0));
+    let engine = engine_on(
+        store.clone(),
+        SessionConfig::default().with_renew_below(0.0),
+    );
     let router = Router::new()
         .route("/login", get_route(login))
         .route("/", get_route(count))
@@ -147,7 +150,11 @@ async fn a_sessions_expiry_rule_decides_its_cookie() {
 
     let shared = call(&router, get("/login?shared", None)).await;
     let c = shared.cookie();
-    assert_eq!((c.max_age(), c.expires()), (None, None), "a browser-session cookie");
+    assert_eq!(
+        (c.max_age(), c.expires()),
+        (None, None),
+        "a browser-session cookie"
+    );
     let ttl = store.ttl(&engine.key(&id_of(&c, &[SECRET_A]))).unwrap();
     assert!(ttl <= Duration::from_secs(TTL_SECS as u64), "{ttl:?}");
 }

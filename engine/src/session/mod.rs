@@ -10,7 +10,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use serde::{de::DeserializeOwned, Serialize};
 use tokio::sync::Mutex;
 
 use crate::{
@@ -19,15 +18,13 @@ use crate::{
     id::SessionId,
     key::KeyDeriver,
     metrics,
-    record::{
-        decode_value, encode_value, is_reserved, DeviceRecord, Meta, DEVICE_FIELD, META_FIELD,
-        SEEN_FIELD,
-    },
+    record::{DeviceRecord, Meta, DEVICE_FIELD, META_FIELD, SEEN_FIELD},
     store::SessionStore,
 };
 
 mod execute;
 mod expiry;
+mod fields;
 mod plan;
 mod state;
 mod users;
@@ -406,93 +403,6 @@ impl Session {
                 Ok(st)
             }
         }
-    }
-
-    /// The value of `field`, decoded as `T`; `None` when absent.
-    pub async fn get<T: DeserializeOwned>(&self, field: &str) -> Result<Option<T>> {
-        let st = self.loaded().await?;
-        st.data
-            .get(field)
-            .map(|bytes| decode_value(field, bytes))
-            .transpose()
-    }
-
-    /// Sets `field` to `value`. Setting a value equal to the stored one is no change.
-    pub async fn insert<T: Serialize + ?Sized>(
-        &self,
-        field: impl Into<String>,
-        value: &T,
-    ) -> Result<()> {
-        let field = field.into();
-        if is_reserved(&field) {
-            return Err(Error::new(
-                ErrorKind::InvalidField,
-                format!("the field name {field:?} is reserved by the engine; use another"),
-            ));
-        }
-        let bytes = encode_value(value)?;
-        let mut st = self.loaded().await?;
-        st.remember(&field);
-        st.data.insert(field, bytes);
-        self.publish(&st);
-        Ok(())
-    }
-
-    /// Removes `field` and returns its value, decoded as `T` (`None` when absent): the read
-    /// half of a flash message. The field is removed even when it does not decode as `T`.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> tessera_engine::Result<()> {
-    /// use tessera_engine::{MemoryStore, SessionConfig, SessionEngine};
-    ///
-    /// let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default())?;
-    /// let session = engine.session(None);
-    /// session.insert("flash", "saved").await?;
-    /// assert_eq!(session.remove::<String>("flash").await?.as_deref(), Some("saved"));
-    /// assert_eq!(session.remove::<String>("flash").await?, None);
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// The load's error, or [`ErrorKind::Decode`] when the value is not a `T`.
-    pub async fn remove<T: DeserializeOwned>(&self, field: &str) -> Result<Option<T>> {
-        let mut st = self.loaded().await?;
-        st.remember(field);
-        let removed = st.data.remove(field);
-        self.publish(&st);
-        removed.map(|bytes| decode_value(field, &bytes)).transpose()
-    }
-
-    /// [`Session::remove`] under the name flash messages use: read a value once.
-    ///
-    /// # Errors
-    ///
-    /// As [`Session::remove`].
-    pub async fn take<T: DeserializeOwned>(&self, field: &str) -> Result<Option<T>> {
-        self.remove(field).await
-    }
-
-    /// Removes every field; the session itself stays (see [`Session::destroy`]).
-    pub async fn clear(&self) -> Result<()> {
-        let mut st = self.loaded().await?;
-        let keys: Vec<String> = st.data.keys().cloned().collect();
-        for key in &keys {
-            st.remember(key);
-        }
-        st.data.clear();
-        self.publish(&st);
-        Ok(())
-    }
-
-    /// The field names, in no particular order.
-    pub async fn keys(&self) -> Result<Vec<String>> {
-        Ok(self.loaded().await?.data.keys().cloned().collect())
-    }
-
-    /// Whether the session has no fields.
-    pub async fn is_empty(&self) -> Result<bool> {
-        Ok(self.loaded().await?.data.is_empty())
     }
 
     /// Whether the session did not exist in the store when this request began (the seed's

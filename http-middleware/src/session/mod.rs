@@ -18,8 +18,7 @@
 //!     .unwrap();
 //! let service = layer.layer(service_fn(|req: Request<String>| async move {
 //!     let session = req.extensions().get::<Session>().unwrap().clone();
-//!     let views: u64 = session.get("views").await.ok().flatten().unwrap_or(0) + 1;
-//!     session.insert("views", &views).await.unwrap();
+//!     let views = session.update("views", |n: &mut u64| *n += 1).await.unwrap();
 //!     Ok::<_, Infallible>(Response::new(format!("{views} views")))
 //! }));
 //!
