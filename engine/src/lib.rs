@@ -15,6 +15,9 @@
 //! # Ok(()) }
 //! ```
 
+// Every public function that returns a `Result` says when it fails.
+#![warn(clippy::missing_errors_doc)]
+
 mod config;
 mod error;
 #[cfg(feature = "http")]

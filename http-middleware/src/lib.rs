@@ -7,6 +7,9 @@
 //! with [`ErrorKind::status`](engine::ErrorKind::status)). See [`session`] for a complete
 //! example.
 
+// Every public function that returns a `Result` says when it fails.
+#![warn(clippy::missing_errors_doc)]
+
 mod error;
 pub mod koa;
 pub mod metrics;

@@ -154,6 +154,10 @@ impl SessionEngine {
     }
 
     /// Checks that the store answers (for health endpoints).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Redis`] or [`ErrorKind::Timeout`] when the store does not answer in time.
     pub async fn ping(&self) -> Result<()> {
         self.timed("ping", self.inner.store.ping()).await
     }
@@ -407,6 +411,10 @@ impl Session {
 
     /// Whether the session did not exist in the store when this request began (the seed's
     /// `isNew`), or was destroyed during it.
+    ///
+    /// # Errors
+    ///
+    /// The load's error.
     pub async fn is_new(&self) -> Result<bool> {
         Ok(self.loaded().await?.is_new())
     }
@@ -433,6 +441,11 @@ impl Session {
     /// inserted afterwards start a new session with a new id.
     ///
     /// Needs no load: destroying costs one store command, and works while loads fail.
+    ///
+    /// # Errors
+    ///
+    /// None today: the store command runs at commit, whose result tells. The `Result` leaves
+    /// room for a check that needs the store.
     pub async fn destroy(&self) -> Result<()> {
         let mut st = self.state.lock().await;
         st.destroy(|id| self.engine.destroyed_key(id));
@@ -455,6 +468,10 @@ impl Session {
     /// against session fixation). At commit the old id stops working, and the new session is
     /// created only if the old one still exists then: a session destroyed meanwhile (a logout in
     /// another request) stays destroyed, and this commit clears the cookie instead.
+    ///
+    /// # Errors
+    ///
+    /// The load's error (the data to move must be read first).
     pub async fn regenerate(&self) -> Result<()> {
         let mut st = self.loaded().await?;
         st.regenerate();
@@ -520,6 +537,16 @@ impl Session {
     /// An unused session, or an unchanged one whose renewal is not due, costs no store command.
     /// A session whose load failed is never written (that could wipe the real one): its commit
     /// returns the [`ErrorKind::LoadFailed`] error.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::LoadFailed`] as above; [`ErrorKind::TooLarge`] for a session over its limits
+    /// (nothing written); [`ErrorKind::InvalidField`] or [`ErrorKind::Encode`] when the store's
+    /// layout refuses a field (the koa-session-redis3 profile's name and number rules);
+    /// [`ErrorKind::Redis`], [`ErrorKind::Timeout`] or [`ErrorKind::NotDurable`] from the store;
+    /// [`ErrorKind::IdCollision`] when new ids kept colliding. A failed commit may have written
+    /// some of its steps (a regenerate across cluster slots deletes before it creates), never a
+    /// session the handle did not mean to store.
     pub async fn commit(&self) -> Result<Committed> {
         let mut st = self.state.lock().await;
         let plan = plan::plan(&st, &self.engine.inner.config, SystemTime::now());

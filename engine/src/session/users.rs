@@ -298,6 +298,10 @@ impl Session {
     }
 
     /// Whether this session is logged in (bound to a user by [`Session::login`]).
+    ///
+    /// # Errors
+    ///
+    /// The load's error.
     pub async fn is_logged_in(&self) -> Result<bool> {
         match self.binding().await {
             Ok(_) => Ok(true),
