@@ -5,5 +5,7 @@ pub mod fuzzing;
 pub mod http;
 pub mod koa;
 pub mod load;
+pub mod near;
+pub mod proxy;
 pub mod suite;
 pub mod support;

@@ -1,101 +1,22 @@
 //! The near cache against real redis-server processes: every coherence rule, with two or more
 //! engine instances that each have their own connections, and Redis changed behind their backs.
+//! Topology changes with the cache on are in `near_cache_topologies.rs`.
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use tessera_engine::{
-    CookieAction, NearCache, RedisStore, SessionConfig, SessionEngine, SessionId,
-};
+use tessera_engine::{NearCache, RedisStore, SessionConfig, SessionEngine, SessionId};
 use tessera_tests::{
+    near::{
+        cached_store, create, engine, read, session_commands, until, wait_confirmed, write, BOUND,
+    },
+    proxy::Blackhole,
     suite::Env,
     suite_tests,
     support::{command_stats, redis_cli, reset_stats, RedisCluster, RedisSentinelSet, RedisServer},
 };
-
-/// The staleness bound these tests configure (the heartbeat runs every quarter of it).
-const BOUND: Duration = Duration::from_millis(400);
-
-async fn cached_store(url: &str) -> RedisStore {
-    let store = RedisStore::builder(url)
-        .with_near_cache(NearCache::new(10_000).with_max_stale(BOUND))
-        .connect()
-        .await
-        .unwrap();
-    wait_confirmed(&store).await;
-    store
-}
-
-async fn wait_confirmed(store: &RedisStore) {
-    let start = Instant::now();
-    while store.near_cache_confirmed() != Some(true) {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "tracking was never confirmed"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn engine(url: &str) -> SessionEngine {
-    SessionEngine::new(cached_store(url).await, SessionConfig::default()).unwrap()
-}
-
-async fn create(engine: &SessionEngine, n: u64) -> SessionId {
-    let session = engine.session(None);
-    session.insert("n", &n).await.unwrap();
-    match session.commit().await.unwrap().cookie {
-        CookieAction::Set { id, .. } => id,
-        other => panic!("a new session sets a cookie, not {other:?}"),
-    }
-}
-
-async fn read(engine: &SessionEngine, id: &SessionId) -> Option<u64> {
-    engine.session(Some(*id)).get("n").await.unwrap()
-}
-
-async fn write(engine: &SessionEngine, id: &SessionId, n: u64) {
-    let session = engine.session(Some(*id));
-    session.insert("n", &n).await.unwrap();
-    session.commit().await.unwrap();
-}
-
-/// Session commands the engine sent since the last reset: scripts (commandstats also counts
-/// the commands inside them, so those are left out) and plain reads outside scripts.
-fn session_commands(port: u16) -> u64 {
-    let stats = command_stats(port);
-    let scripts: u64 = ["evalsha", "eval"]
-        .iter()
-        .filter_map(|c| stats.get(*c))
-        .sum();
-    // Each tracked script reads the hash once; reads beyond that were sent on their own.
-    let reads = stats.get("hgetall").copied().unwrap_or(0);
-    scripts + reads.saturating_sub(scripts)
-}
-
-/// Polls `engine` until `check` holds for its read of `id`, for at most `within`; answers how
-/// long it took.
-async fn until(
-    engine: &SessionEngine,
-    id: &SessionId,
-    within: Duration,
-    check: impl Fn(Option<u64>) -> bool,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        let seen = read(engine, id).await;
-        if check(seen) {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < within,
-            "still {seen:?} after {within:?}: a stale entry outlived the bound"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
 
 // No command counts (the suite's expect one read per request; the budget with the cache is
 // checked below): every behaviour must be the same as without the cache.
@@ -326,174 +247,6 @@ suite_tests!(suite_on_sentinel_with_the_near_cache, {
     .keep_alive(set)
 });
 
-/// Counters that only grow, written on A and read on B through a topology change: no read on B
-/// ever goes backwards, and once writes stop B sees every last value within the bound.
-/// `change` runs on a blocking thread from step 20 on, while the writes and reads go on.
-async fn counters_survive(
-    a: &SessionEngine,
-    b: &SessionEngine,
-    change: impl FnOnce() + Send + 'static,
-) {
-    let mut ids = Vec::new();
-    for _ in 0..32 {
-        ids.push(create(a, 0).await);
-    }
-    for id in &ids {
-        assert_eq!(read(b, id).await, Some(0));
-    }
-    let mut last_seen = vec![0u64; ids.len()];
-    let mut written = vec![0u64; ids.len()];
-    let mut change = Some(change);
-    let mut changing = None;
-    for step in 1..=60u64 {
-        if step == 20 {
-            changing = Some(tokio::task::spawn_blocking(change.take().expect("once")));
-        }
-        for (i, id) in ids.iter().enumerate() {
-            // Writes may fail while the topology moves; a failed write is retried next step.
-            let session = a.session(Some(*id));
-            if session.insert("n", &step).await.is_ok() && session.commit().await.is_ok() {
-                written[i] = step;
-            }
-            if let Ok(Some(seen)) = b.session(Some(*id)).get::<u64>("n").await {
-                assert!(
-                    seen >= last_seen[i],
-                    "session {i} went back from {} to {seen}",
-                    last_seen[i]
-                );
-                last_seen[i] = seen;
-            }
-        }
-    }
-    changing.expect("started").await.expect("the change ran");
-    for (i, id) in ids.iter().enumerate() {
-        let want = written[i];
-        until(b, id, BOUND * 3, |seen| seen == Some(want)).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resharding_with_the_near_cache_loses_nothing_and_never_goes_back() {
-    let cluster = RedisCluster::start();
-    let a = engine(&cluster.url()).await;
-    let b = engine(&cluster.url()).await;
-    let masters = cluster.master_ports();
-    let id_of = |port: u16| redis_cli(port, &["CLUSTER", "MYID"]);
-    let (from, to, seed) = (id_of(masters[0]), id_of(masters[1]), masters[0]);
-    counters_survive(&a, &b, move || {
-        let output = std::process::Command::new("redis-cli")
-            .args(["--cluster", "reshard", &format!("127.0.0.1:{seed}")])
-            .args(["--cluster-from", &from, "--cluster-to", &to])
-            .args(["--cluster-slots", "3000", "--cluster-yes"])
-            .output()
-            .expect("redis-cli runs");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_failover_with_the_near_cache_loses_nothing_and_never_goes_back() {
-    let cluster = RedisCluster::start();
-    let a = engine(&cluster.url()).await;
-    let b = engine(&cluster.url()).await;
-    let replica = cluster.replica_ports()[0];
-    counters_survive(&a, &b, move || {
-        redis_cli(replica, &["CLUSTER", "FAILOVER"]);
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinel_failover_with_the_near_cache_loses_nothing_and_never_goes_back() {
-    let set = RedisSentinelSet::start();
-    let a = SessionEngine::new(
-        RedisStore::builder(set.url())
-            .with_command_timeout(Duration::from_secs(3))
-            .with_near_cache(NearCache::new(10_000).with_max_stale(BOUND))
-            .connect()
-            .await
-            .unwrap(),
-        SessionConfig::default(),
-    )
-    .unwrap();
-    let b = engine(&set.url()).await;
-    let set = Arc::new(set);
-    let failing = set.clone();
-    counters_survive(&a, &b, move || failing.failover()).await;
-}
-
-/// A TCP proxy that can be frozen: while frozen it moves no byte either way and closes nothing
-/// (a half-open, blackholed path).
-struct Blackhole {
-    addr: std::net::SocketAddr,
-    frozen: Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Blackhole {
-    async fn start(upstream: u16) -> Self {
-        use std::sync::atomic::AtomicBool;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let frozen = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn({
-            let frozen = frozen.clone();
-            async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                    else {
-                        continue;
-                    };
-                    let (cr, cw) = client.into_split();
-                    let (sr, sw) = server.into_split();
-                    tokio::spawn(pump(cr, sw, frozen.clone()));
-                    tokio::spawn(pump(sr, cw, frozen.clone()));
-                }
-            }
-        });
-        Blackhole { addr, frozen, task }
-    }
-
-    fn freeze(&self, on: bool) {
-        self.frozen.store(on, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-/// Copies `from` to `to`; while frozen, holds what it read and sends nothing.
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    frozen: Arc<std::sync::atomic::AtomicBool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let Ok(n) = from.read(&mut buf).await else {
-            return;
-        };
-        if n == 0 {
-            return;
-        }
-        while frozen.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
-impl Drop for Blackhole {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Rule 2: a silently dead path (no FIN, no error) is caught by the heartbeat: past the bound no
 /// cached read is served; reads then wait for Redis (and fail at the command timeout) instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -590,4 +343,68 @@ async fn a_lagged_invalidation_stream_flushes_instead_of_going_stale() {
             "session {i}: stale after a lagged stream"
         );
     }
+}
+
+/// Server memory a cached session costs: `used_memory` before and after 10,000 sessions are
+/// first read through one cached instance (the tracking table gains one key each), then through
+/// a second one (each key gains one more client).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_memory_per_cached_session() {
+    const SESSIONS: u64 = 10_000;
+    let server = RedisServer::start();
+    let port = server.port();
+    let plain = SessionEngine::new(
+        RedisStore::builder(server.url()).connect().await.unwrap(),
+        SessionConfig::default(),
+    )
+    .unwrap();
+    let a = engine(&server.url()).await;
+    let b = engine(&server.url()).await;
+    let mut ids = Vec::new();
+    for i in 0..SESSIONS {
+        ids.push(create(&plain, i).await);
+    }
+    let memory = || {
+        let info = redis_cli(port, &["INFO", "memory"]);
+        let stats = redis_cli(port, &["INFO", "stats"]);
+        let field = |text: &str, name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in INFO"))
+        };
+        (
+            field(&info, "used_memory"),
+            field(&stats, "tracking_total_keys"),
+        )
+    };
+    let (before, keys_before) = memory();
+    for id in &ids {
+        read(&a, id).await;
+    }
+    let (one, keys_one) = memory();
+    for id in &ids {
+        read(&b, id).await;
+    }
+    let (two, keys_two) = memory();
+    assert_eq!(keys_before, 0);
+    assert_eq!(keys_one, SESSIONS, "every cached session is tracked once");
+    assert_eq!(
+        keys_two, SESSIONS,
+        "a second tracking client adds no tracked key"
+    );
+    let first = one.saturating_sub(before) as f64 / SESSIONS as f64;
+    let further = two.saturating_sub(one) as f64 / SESSIONS as f64;
+    eprintln!(
+        "server memory per cached session: {first:.0} B for the first tracking instance, \
+         {further:.0} B for each further one ({SESSIONS} sessions)"
+    );
+    assert!(
+        (16.0..2048.0).contains(&first),
+        "{first} B per tracked key is out of any plausible range"
+    );
+    assert!(
+        further < first,
+        "a further client costs less than a new key"
+    );
 }
