@@ -79,7 +79,7 @@ async fn writes_on_one_instance_reach_the_others_within_the_bound() {
     for id in &ids {
         assert_eq!(read(&b, id).await, Some(0));
     }
-    let pairs = 2_000u64;
+    let pairs = 10_000u64;
     let mut windows = Vec::with_capacity(pairs as usize);
     for i in 1..=pairs {
         let id = &ids[(i as usize) % ids.len()];
