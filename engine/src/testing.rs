@@ -238,6 +238,10 @@ impl<S: SessionStore> SessionStore for FaultStore<S> {
         self.inner.keeps_meta()
     }
 
+    fn check_field(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.inner.check_field(name, value)
+    }
+
     async fn bind(&self, request: &BindRequest<'_>) -> Result<BindOutcome> {
         self.user_call("bind")?;
         self.inner.bind(request).await

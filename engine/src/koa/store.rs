@@ -364,6 +364,12 @@ impl<S: StringStore> SessionStore for KoaJsonStore<S> {
     fn keeps_meta(&self) -> bool {
         false
     }
+
+    /// A name Node breaks on or drops, or a value JSON cannot carry as Node reads it (an
+    /// integer beyond 2^53, bytes, a non-string map key), fails at `insert`.
+    fn check_field(&self, name: &str, value: &[u8]) -> Result<()> {
+        field(name, value).map(drop)
+    }
 }
 
 #[cfg(test)]
@@ -561,16 +567,26 @@ mod tests {
     #[tokio::test]
     async fn names_node_breaks_on_and_unsafe_integers_are_errors() {
         let (strings, engine) = engine();
+        // Refused where they are written, by every writing call; the session stays as it was.
         for name in ["length", "_ctx", "__proto__", "toJSON", "isNew", "_private"] {
             let s = engine.session(None);
-            s.insert(name, &1u32).await.unwrap();
-            let err = s.commit().await.unwrap_err();
+            s.insert("kept", &1u32).await.unwrap();
+            let err = s.insert(name, &1u32).await.unwrap_err();
             assert_eq!(err.kind(), ErrorKind::InvalidField, "{name}: {err}");
+            let err = s.update(name, |n: &mut u32| *n += 1).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidField, "{name}: {err}");
+            let err = s.get_or_insert_with(name, || 1u32).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidField, "{name}: {err}");
+            assert_eq!(s.keys().await.unwrap(), vec!["kept".to_string()]);
         }
         let s = engine.session(None);
-        s.insert("big", &(1u64 << 60)).await.unwrap();
-        assert_eq!(s.commit().await.unwrap_err().kind(), ErrorKind::Encode);
-        assert!(strings.is_empty(), "nothing was written");
+        let err = s.insert("big", &(1u64 << 60)).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+        assert!(s.is_empty().await.unwrap());
+        s.insert("safe", &((1u64 << 53) - 1)).await.unwrap();
+        assert!(strings.is_empty(), "nothing was written before the commit");
+        s.commit().await.unwrap();
+        assert_eq!(strings.len(), 1);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! The handle's field access: reads decode from the loaded bytes, writes stay in memory until
 //! the commit, which sends only the fields that changed.
 
+use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::Session;
@@ -36,7 +37,7 @@ impl Session {
         value: &T,
     ) -> Result<()> {
         let field = checked_name(field.into())?;
-        let bytes = encode_value(value)?;
+        let bytes = self.encoded(&field, value)?;
         let mut st = self.loaded().await?;
         st.remember(&field);
         st.data.insert(field, bytes);
@@ -110,7 +111,7 @@ impl Session {
             None => T::default(),
         };
         f(&mut value);
-        let bytes = encode_value(&value)?;
+        let bytes = self.encoded(&field, &value)?;
         st.remember(&field);
         st.data.insert(field, bytes);
         self.publish(&st);
@@ -147,7 +148,7 @@ impl Session {
             return decode_value(&field, bytes);
         }
         let value = f();
-        let bytes = encode_value(&value)?;
+        let bytes = self.encoded(&field, &value)?;
         st.remember(&field);
         st.data.insert(field, bytes);
         self.publish(&st);
@@ -186,6 +187,14 @@ impl Session {
     /// The load's error.
     pub async fn is_empty(&self) -> Result<bool> {
         Ok(self.loaded().await?.data.is_empty())
+    }
+
+    /// `value` encoded, once the store has accepted it for `field` (the koa profile refuses
+    /// what Node cannot read back).
+    fn encoded<T: Serialize + ?Sized>(&self, field: &str, value: &T) -> Result<Bytes> {
+        let bytes = encode_value(value)?;
+        self.engine.inner.store.check_field(field, &bytes)?;
+        Ok(bytes)
     }
 }
 

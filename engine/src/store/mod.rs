@@ -90,6 +90,18 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
         true
     }
 
+    /// Checks one field as [`Session::insert`](crate::Session::insert) writes it (`value` in
+    /// MessagePack), so a name or value the layout cannot store fails where it was written
+    /// rather than at the save. The default accepts everything.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::ErrorKind::InvalidField`] (or the layout's own kind) for a field it cannot store.
+    fn check_field(&self, name: &str, value: &[u8]) -> Result<()> {
+        let _ = (name, value);
+        Ok(())
+    }
+
     /// A login into a user's slot, in one atomic step with the cap and the index entry: prunes
     /// entries whose session expired, then refuses or evicts the least recently seen (by the
     /// `__tessera_seen` field) when the live count reaches the cap, creates the session only if
@@ -189,6 +201,10 @@ impl<T: SessionStore + ?Sized> SessionStore for std::sync::Arc<T> {
 
     fn keeps_meta(&self) -> bool {
         (**self).keeps_meta()
+    }
+
+    fn check_field(&self, name: &str, value: &[u8]) -> Result<()> {
+        (**self).check_field(name, value)
     }
 
     async fn bind(&self, request: &BindRequest<'_>) -> Result<BindOutcome> {
