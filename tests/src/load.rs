@@ -66,14 +66,16 @@ impl Driver {
     ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
+        let printed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let start = Instant::now();
         let tasks = (0..workers)
             .map(|w| {
-                let (engine, sessions, stop, samples) = (
+                let (engine, sessions, stop, samples, printed) = (
                     engine.clone(),
                     sessions.clone(),
                     stop.clone(),
                     samples.clone(),
+                    printed.clone(),
                 );
                 tokio::spawn(async move {
                     let mine: Vec<usize> = (w..sessions.len()).step_by(workers).collect();
@@ -100,11 +102,14 @@ impl Driver {
                         }
                         .await;
                         if let Err(err) = &result {
-                            // A few errors in the output say what failed, without flooding it.
-                            static PRINTED: std::sync::atomic::AtomicUsize =
-                                std::sync::atomic::AtomicUsize::new(0);
-                            if PRINTED.fetch_add(1, Ordering::Relaxed) < 5 {
-                                eprintln!("load driver: operation failed: {err}");
+                            // A few errors per driver say what failed, without flooding the
+                            // output (a binary-wide count let earlier tests use them all up).
+                            if printed.fetch_add(1, Ordering::Relaxed) < 5 {
+                                eprintln!(
+                                    "load driver: operation failed after {:?}: {err} ({:?})",
+                                    began.elapsed(),
+                                    err.kind()
+                                );
                             }
                         }
                         samples.lock().push(Sample {
