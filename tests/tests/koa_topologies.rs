@@ -1,6 +1,7 @@
 //! The koa-session-redis3 profile on sentinel and cluster Redis. The seed's Redis client speaks
-//! to one node only: on sentinel the Koa app talks to the current master, on a cluster the
-//! profile is checked from the Rust side.
+//! to one node only: on sentinel the Koa app talks to the current master; on cluster-mode Redis
+//! both apps share sessions on a one-node cluster, and a three-master cluster is checked from
+//! the Rust side.
 
 use std::time::Duration;
 
@@ -118,5 +119,39 @@ async fn the_profile_through_a_sentinel_failover() {
             format!("{counted} views"),
             "lost increments"
         );
+    }
+}
+
+/// The seed on cluster-mode Redis: a one-node cluster serves every slot, so the seed's
+/// single-node client works there, while Tessera speaks the cluster protocol to it. A counter
+/// crosses both ways, a destroy on either side ends the session on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_crosses_both_ways_on_a_one_node_cluster() {
+    let cluster = RedisCluster::start_one_shard();
+    let port = cluster.ports()[0];
+    assert!(redis_cli(port, &["INFO", "cluster"]).contains("cluster_enabled:1"));
+    let node = KoaApp::start(port, SCHEMA, TTL, &[OLD_KEY]);
+    let rust = DemoServer::start_from_args(&args(&cluster.url(), &[OLD_KEY])).await;
+    let mut b = Browser::new();
+    assert_eq!(b.get(node.addr(), "/").await, "1 views");
+    assert_eq!(b.get(rust.addr(), "/").await, "2 views");
+    assert_eq!(b.get(node.addr(), "/").await, "3 views");
+    assert_eq!(b.get(rust.addr(), "/").await, "4 views");
+    let key = b.key(SCHEMA);
+    assert_eq!(redis_cli(port, &["GET", &key]), r#"{"views":4}"#);
+    let mut c = Browser::new();
+    assert_eq!(c.get(rust.addr(), "/").await, "1 views");
+    assert_eq!(c.get(node.addr(), "/").await, "2 views");
+    // A destroy on either side ends the session on both.
+    for (browser, side, other) in [
+        (&mut b, rust.addr(), node.addr()),
+        (&mut c, node.addr(), rust.addr()),
+    ] {
+        let key = browser.key(SCHEMA);
+        let out = browser.send(side, Method::POST, "/logout", "").await;
+        assert_eq!(out.status, StatusCode::NO_CONTENT);
+        assert_eq!(redis_cli(port, &["EXISTS", &key]), "0");
+        assert_eq!(browser.get(other, "/views").await, "0 views");
+        assert_eq!(browser.get(side, "/views").await, "0 views");
     }
 }

@@ -174,21 +174,7 @@ impl RedisCluster {
     /// detected and replicas promoted) and waits until it is fully healthy.
     pub fn start_with_node_timeout(node_timeout_ms: u64) -> Self {
         let node_timeout = node_timeout_ms.to_string();
-        let prepare = |port: u16, dir: &Path| {
-            let mut args = base_args(port, dir);
-            args.extend(
-                [
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    node_timeout.as_str(),
-                ]
-                .map(str::to_owned),
-            );
-            args
-        };
+        let prepare = |port: u16, dir: &Path| cluster_args(port, dir, &node_timeout);
         // If a later node fails to start, unwinding drops the nodes collected so far.
         let nodes: Vec<RedisServer> = (0..CLUSTER_NODES)
             .map(|_| RedisServer::spawn_fresh(free_cluster_port, &prepare))
@@ -212,6 +198,35 @@ impl RedisCluster {
         );
         cluster.wait_healthy(TOPOLOGY_TIMEOUT);
         cluster
+    }
+
+    /// A one-node cluster (cluster mode on, that node serving all 16384 slots, no replica): what
+    /// a client that speaks to one node only can still use, and cluster-aware clients treat as
+    /// any cluster. Most methods assume the six-node layout; use [`RedisCluster::url`] and
+    /// [`RedisCluster::ports`].
+    pub fn start_one_shard() -> Self {
+        let timeout = DEFAULT_NODE_TIMEOUT_MS.to_string();
+        let node = RedisServer::spawn_fresh(free_cluster_port, &|port: u16, dir: &Path| {
+            cluster_args(port, dir, &timeout)
+        });
+        let port = node.port();
+        let last = (CLUSTER_SLOTS - 1).to_string();
+        assert_eq!(
+            redis_cli(port, &["CLUSTER", "ADDSLOTSRANGE", "0", &last]),
+            "OK"
+        );
+        let ready = poll(TOPOLOGY_TIMEOUT, TOPOLOGY_INTERVAL, || {
+            let info = try_redis_cli(port, &["CLUSTER", "INFO"])?;
+            if info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                Ok(())
+            } else {
+                Err("cluster_state is not ok".to_owned())
+            }
+        });
+        if let Err(reason) = ready {
+            panic!("one-node cluster not ok: {reason}\n{}", node.log_tail(30));
+        }
+        Self { nodes: vec![node] }
     }
 
     /// Cluster URL listing all six nodes:
@@ -451,4 +466,21 @@ pub(super) fn nodes_report(nodes: &[RedisServer]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The arguments of one cluster node in `dir`.
+fn cluster_args(port: u16, dir: &Path, node_timeout_ms: &str) -> Vec<String> {
+    let mut args = base_args(port, dir);
+    args.extend(
+        [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            node_timeout_ms,
+        ]
+        .map(str::to_owned),
+    );
+    args
 }

@@ -11,8 +11,8 @@ use fred::{
 pub(super) enum Redirect {
     Moved(Server),
     Ask,
-    /// fred gave up following redirections for us (a slot moved again while it followed ASK):
-    /// route afresh from our own slot map.
+    /// fred gave up following redirections for us (a slot moved again while it followed ASK,
+    /// or it could not send ASKING to the target): route afresh from our own slot map.
     Reroute,
     /// The node may be gone or demoted: refresh the topology in the background.
     Refresh,
@@ -38,6 +38,13 @@ pub(super) fn classify(err: &fred::error::Error) -> Redirect {
         return Redirect::Reroute;
     }
     use fred::error::ErrorKind as F;
+    // fred's ASK path could not send ASKING to the target (no connection to it yet in the
+    // fallback pool's map): the command itself was never sent, so routing afresh is safe.
+    if err.kind() == &F::Routing
+        && (details == "Max attempts reached." || details.starts_with("Unable to route command"))
+    {
+        return Redirect::Reroute;
+    }
     match err.kind() {
         F::IO | F::Timeout | F::Canceled | F::NotFound => Redirect::Refresh,
         _ if [
@@ -89,6 +96,17 @@ mod tests {
             classify(&err(F::Unknown, "Too many failed write attempts.")),
             Redirect::Reroute
         );
+        // Met under load during a resharding: ASKING could not be sent, so the command was not.
+        for details in [
+            "Max attempts reached.",
+            "Unable to route command or reconnect.",
+        ] {
+            assert_eq!(
+                classify(&err(F::Routing, details)),
+                Redirect::Reroute,
+                "{details}"
+            );
+        }
         for kind in [F::IO, F::Timeout, F::Canceled, F::NotFound] {
             let name = format!("{kind:?}");
             assert_eq!(classify(&err(kind, "x")), Redirect::Refresh, "{name}");
