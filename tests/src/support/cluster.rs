@@ -206,6 +206,8 @@ impl RedisCluster {
     /// [`RedisCluster::ports`].
     pub fn start_one_shard() -> Self {
         let timeout = DEFAULT_NODE_TIMEOUT_MS.to_string();
+        // A lone node never learns its own address from a peer: CLUSTER SLOTS lists it with an
+        // empty host, which clients must read as "the host that answered".
         let node = RedisServer::spawn_fresh(free_cluster_port, &|port: u16, dir: &Path| {
             cluster_args(port, dir, &timeout)
         });

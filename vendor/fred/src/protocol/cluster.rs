@@ -67,7 +67,10 @@ fn parse_cluster_slot_hostname(server: &[Value], default_host: &Str) -> Result<S
   } else {
     HashMap::new()
   };
-  if server[0].is_null() {
+  // Tessera patch: Redis 7.0 lists a node that does not know its own address (a lone cluster
+  // node no peer has met) with an empty host; like null, that means the host that answered.
+  let unknown_host = server[0].is_null() || server[0].as_str().is_some_and(|host| host.is_empty());
+  if unknown_host {
     // option 3
     Ok(check_metadata_hostname(&metadata).unwrap_or(default_host).clone())
   } else {

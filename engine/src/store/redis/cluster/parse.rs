@@ -149,6 +149,17 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_host_is_the_node_that_answered() {
+        // How Redis 7.0 lists a lone cluster node that has not learned its own address.
+        let slots = Value::Array(vec![range(0, 16383, vec![node(Some(""), 7001, "b")])]);
+        let routing = slot_map(slots, &Str::from("127.0.0.1")).unwrap().unwrap();
+        assert_eq!(
+            routing.get_server(16383),
+            Some(&Server::new("127.0.0.1", 7001))
+        );
+    }
+
+    #[test]
     fn parses_a_slot_map() {
         let slots = Value::Array(vec![
             range(
