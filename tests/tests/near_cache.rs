@@ -60,6 +60,54 @@ async fn repeat_reads_cost_no_commands_and_a_write_costs_one() {
         1,
         "a read after the own write asked Redis"
     );
+    // The entry was current, so the write answered its status only and the entry with the
+    // write applied was cached: no read of the hash at all, and the next writes are the same.
+    for n in 3..=20 {
+        write(&a, &id, n).await;
+        assert_eq!(read(&a, &id).await, Some(n));
+    }
+    let stats = command_stats(port);
+    assert_eq!(stats.get("hgetall"), None, "{stats:?}");
+    assert_eq!(session_commands(port), 19, "{stats:?}");
+}
+
+/// Writes applied to a cached entry while another instance changes other fields of the same
+/// session: Redis merges both (each write sends only its fields), and the writer's cache, built
+/// from its entry plus its own change, never keeps missing the other's field past the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_applied_to_cached_entries_keep_the_other_instances_fields() {
+    let server = RedisServer::start();
+    let a = engine(&server.url()).await;
+    let b = engine(&server.url()).await;
+    let id = create(&a, 0).await;
+    let field = |engine: &SessionEngine, name: &'static str| {
+        let session = engine.session(Some(id));
+        async move { session.get::<u64>(name).await.unwrap() }
+    };
+    let set = |engine: &SessionEngine, name: &'static str, n: u64| {
+        let session = engine.session(Some(id));
+        async move {
+            session.insert(name, &n).await.unwrap();
+            session.commit().await.unwrap();
+        }
+    };
+    for i in 1..=2000u64 {
+        // B's entry is current before A writes; A's invalidation may still be on its way when
+        // B's write goes out.
+        assert_eq!(field(&b, "b").await, (i > 1).then(|| i - 1));
+        set(&a, "a", i).await;
+        set(&b, "b", i).await;
+        let start = Instant::now();
+        for (reader, name, writer) in [(&b, "a", "A"), (&a, "b", "B")] {
+            while field(reader, name).await != Some(i) {
+                assert!(
+                    start.elapsed() < BOUND,
+                    "round {i}: {writer}'s write still unseen after {BOUND:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    }
 }
 
 /// Rule 3's neighbour: an acknowledged write on A is seen by B once the invalidation arrives.

@@ -73,7 +73,7 @@ struct Inner {
     regenerate: Script,
     users: users::UserScripts,
     /// The near cache and its scripts (load, update), when on.
-    near: Option<(Arc<Near>, [Script; 2])>,
+    near: Option<(Arc<Near>, [Script; 3])>,
     _watchers: Vec<Watcher>,
 }
 
@@ -526,8 +526,11 @@ impl SessionStore for RedisStore {
         args.push(Value::Integer(set.len() as i64));
         push_pairs(&mut args, set);
         args.extend(delete.iter().map(|f| Value::String(f.as_str().into())));
-        if let Some((near, [.., update])) = &self.inner.near {
-            return self.update_near(near, update, key, &args).await;
+        if let Some((near, [_, update, applied])) = &self.inner.near {
+            let change = tracked::Change { set, delete, ttl };
+            return self
+                .update_near(near, [update, applied], key, &args, change)
+                .await;
         }
         let n: i64 = within_deadline!(
             self,

@@ -72,12 +72,17 @@ return {t, redis.call('HGETALL', KEYS[1])}
 const TRACKED_RETURN: &str =
     "return {1, redis.call('PTTL', KEYS[1]), redis.call('HGETALL', KEYS[1])}";
 
+/// The ending of a tracked write whose caller knows the state it leaves (its cached entry with
+/// the write applied): only the status. `EXISTS` re-tracks the key for this connection, which
+/// `NOLOOP` untracked when the write changed it; it costs no reply to speak of.
+const TRACKED_RETRACK: &str = "redis.call('EXISTS', KEYS[1])\nreturn {1}";
+
 /// `source` with its answers as tables: `return 0` becomes `{0}`, the final `return 1` becomes
-/// [`TRACKED_RETURN`].
-fn tracked(source: &str) -> String {
+/// `ending`.
+fn tracked(source: &str, ending: &str) -> String {
     source
         .replace("return 0", "return {0}")
-        .replace("return 1\n", &format!("{TRACKED_RETURN}\n"))
+        .replace("return 1\n", &format!("{ending}\n"))
 }
 
 /// Which answer counts when a write overlapped a sentinel failover and was run a second time on
@@ -163,11 +168,13 @@ impl Script {
         Self::new(REGENERATE_LUA, Reapply::KeepFirstSuccess)
     }
 
-    /// The near cache's scripts: load, and update ending with the state read.
-    pub(super) fn tracked_set() -> [Self; 2] {
+    /// The near cache's scripts: load, update ending with the state read, and update ending
+    /// with the status only (for a write applied to a cached entry known current).
+    pub(super) fn tracked_set() -> [Self; 3] {
         [
             Self::new(LOAD_TRACKED_LUA, Reapply::TakeLatest),
-            Self::new(tracked(UPDATE_LUA), Reapply::TakeLatest),
+            Self::new(tracked(UPDATE_LUA, TRACKED_RETURN), Reapply::TakeLatest),
+            Self::new(tracked(UPDATE_LUA, TRACKED_RETRACK), Reapply::TakeLatest),
         ]
     }
 }
@@ -213,11 +220,15 @@ mod tests {
 
     #[test]
     fn tracked_scripts_answer_tables_and_end_with_the_state() {
-        let [load, update] = Script::tracked_set();
-        assert!(!update.source.contains("return 0\n"));
-        assert!(update.source.contains("return {0}"));
-        assert!(update.source.trim_end().ends_with(TRACKED_RETURN));
-        assert_eq!(update.reapply, Reapply::TakeLatest);
+        let [load, update, applied] = Script::tracked_set();
+        for (script, ending) in [(&update, TRACKED_RETURN), (&applied, TRACKED_RETRACK)] {
+            assert!(!script.source.contains("return 0\n"));
+            assert!(!script.source.contains("return 1\n"));
+            assert!(script.source.contains("return {0}"));
+            assert!(script.source.trim_end().ends_with(ending));
+            assert_eq!(script.reapply, Reapply::TakeLatest);
+        }
+        assert_ne!(update.sha1, applied.sha1);
         assert!(load.source.contains("HGETALL"));
     }
 

@@ -1,9 +1,13 @@
 //! The store calls with the near cache on: a hit costs no command, a miss is one tracked load
-//! script, and a write is one script that answers the state it left, which is cached when no
-//! invalidation raced it. Everything else (deadlines, the sentinel gate, re-apply, WAIT) is the
-//! plain path's, in `super`.
+//! script, and a write is one script. When the key's entry is known current, the script answers
+//! only its status and the entry with the write applied is cached; otherwise it answers the
+//! state it left, which is cached. Either is cached only when no invalidation raced it.
+//! Everything else (deadlines, the sentinel gate, re-apply, WAIT) is the plain path's, in
+//! `super`.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use bytes::Bytes;
 
 use fred::{interfaces::LuaInterface as _, prelude::Client, types::Value};
 
@@ -16,6 +20,13 @@ use crate::{
     error::{Error, ErrorKind, Result},
     store::Fields,
 };
+
+/// One update's changes, as the store was handed them.
+pub(super) struct Change<'a> {
+    pub(super) set: &'a [(String, Bytes)],
+    pub(super) delete: &'a [String],
+    pub(super) ttl: Option<Duration>,
+}
 
 /// A write about to go out on the key's pinned connection, with what the cache needs to admit
 /// its answer.
@@ -80,22 +91,70 @@ impl RedisStore {
         Ok(fields)
     }
 
-    /// An update with the near cache on: `args` as for the plain update script.
+    /// An update with the near cache on: `args` as for the plain update script, `change` the
+    /// same write as values. When the key's cached entry is known current (see [`Near::base`]),
+    /// the script answers only its status and the entry with `change` applied is cached;
+    /// otherwise the script answers the state it left.
     pub(super) async fn update_near(
         &self,
         near: &Arc<Near>,
-        script: &Script,
+        [answers_state, answers_status]: [&Script; 2],
         key: &str,
         args: &[Value],
+        change: Change<'_>,
     ) -> Result<bool> {
         let deadline = self.deadline();
         let pinned = self.pinned(near, key);
+        let base = match (&pinned.link, &pinned.ticket) {
+            (Some(link), Some(ticket)) => near.base(key, link, ticket),
+            _ => None,
+        };
+        let script = if base.is_some() {
+            answers_status
+        } else {
+            answers_state
+        };
         let result: Result<Value> = within_deadline!(
             self,
             deadline,
             self.run(script, &[key], args, deadline, pinned.client.as_ref())
         );
-        self.written(near, key, &pinned, result)
+        match base {
+            Some(base) => self.applied(near, key, &pinned, result, base, change),
+            None => self.written(near, key, &pinned, result),
+        }
+    }
+
+    /// Caches the base entry with the write applied, once the status-only script answered that
+    /// it applied; drops the entry otherwise.
+    fn applied(
+        &self,
+        near: &Arc<Near>,
+        key: &str,
+        pinned: &Pinned<'_>,
+        result: Result<Value>,
+        (base, expires_ms): (Arc<Fields>, u64),
+        change: Change<'_>,
+    ) -> Result<bool> {
+        let reply = result.inspect_err(|_| near.invalidate(key))?;
+        if reply.status() != scripts::APPLIED {
+            near.invalidate(key);
+            return Ok(false);
+        }
+        let mut fields = Arc::unwrap_or_clone(base);
+        for name in change.delete {
+            fields.remove(name);
+        }
+        for (name, value) in change.set {
+            fields.insert(name.clone(), value.clone());
+        }
+        // The key's TTL: the renewal's when the write renewed, else what was left of it.
+        let pttl = match change.ttl {
+            Some(ttl) => i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+            None => i64::try_from(expires_ms.saturating_sub(Near::clock())).unwrap_or(0),
+        };
+        self.admit(near, key, pinned, Some(&fields), pttl);
+        Ok(true)
     }
 
     /// Caches what a tracked write answered, or drops the entry when that is not known to be

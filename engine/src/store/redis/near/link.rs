@@ -58,6 +58,11 @@ impl Ticket {
     pub(super) fn generation(&self) -> u64 {
         self.generation
     }
+
+    /// The link's invalidation count when the ticket was taken.
+    pub(super) fn seq(&self) -> u64 {
+        self.seq
+    }
 }
 
 impl std::fmt::Debug for Link {

@@ -170,6 +170,10 @@ struct Entry {
     fields: Arc<Fields>,
     link: Arc<Link>,
     generation: u64,
+    /// The link's invalidation count when it was admitted: while the link's count is still
+    /// this, no invalidation of any key reached the link since, so the entry is the key's
+    /// current state as far as this connection heard.
+    seq: u64,
     /// The topology epoch it was loaded in.
     epoch: u64,
     /// Milliseconds on [`Near::clock`]: the key's TTL as Redis reported it.
@@ -366,6 +370,33 @@ impl Near {
         Some((*entry.fields).clone())
     }
 
+    /// The entry of `key` as the base of a write about to go out on `link` under `ticket`
+    /// (taken before this call): its fields and when it expires on [`Near::clock`], only when
+    /// it may serve now, was admitted through `link` in the ticket's generation and epoch, and
+    /// no invalidation reached `link` since it was admitted. Then the entry with the write
+    /// applied is the state the write leaves, unless something changes the key meanwhile, and
+    /// that is an invalidation `admit`'s ticket check sees. (An invalidation bumps the link's
+    /// count before it removes its keys, so an entry still present but invalidated fails the
+    /// count check.)
+    pub(super) fn base(
+        &self,
+        key: &str,
+        link: &Arc<Link>,
+        ticket: &(Ticket, u64),
+    ) -> Option<(Arc<Fields>, u64)> {
+        let entry = self.cache.get(key)?;
+        let now = Self::clock();
+        let (ticket, epoch) = ticket;
+        let current = Arc::ptr_eq(&entry.link, link)
+            && entry.generation == ticket.generation()
+            && entry.seq == ticket.seq()
+            && entry.epoch == *epoch
+            && *epoch == self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+            && now < entry.expires_ms
+            && link.serves(entry.generation, now);
+        current.then(|| (entry.fields.clone(), entry.expires_ms))
+    }
+
     /// A ticket for a request about to go out on `link`; `None` when its reply must not be
     /// cached (the link is not confirmed).
     pub(super) fn ticket(&self, link: &Link) -> Option<(Ticket, u64)> {
@@ -407,6 +438,7 @@ impl Near {
             fields: Arc::new(fields.clone()),
             link: link.clone(),
             generation: ticket.generation(),
+            seq: ticket.seq(),
             epoch,
             expires_ms: now.saturating_add(pttl as u64),
             weight: bytes.max(self.min_weight),
