@@ -186,6 +186,67 @@ async fn outside_changes_evict_cached_sessions() {
     assert!(read(&b, &id).await.is_none());
 }
 
+/// Eviction under `maxmemory`: Redis deletes cached sessions to make room for other keys and
+/// invalidates them; the instance that cached them serves none of them afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_evicted_by_maxmemory_are_evicted_from_the_cache() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let a = engine(&server.url()).await;
+    let b = engine(&server.url()).await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(create(&a, i).await);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(read(&b, id).await, Some(i as u64));
+    }
+    let used: u64 = redis_cli(port, &["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    let limit = (used + 2 * 1024 * 1024).to_string();
+    redis_cli(
+        port,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-random"],
+    );
+    redis_cli(port, &["CONFIG", "SET", "maxmemory", &limit]);
+    // 20 MB of other keys through a 2 MB headroom: most sessions are evicted.
+    let filler = "x".repeat(10_000);
+    let script: String = (0..2_000)
+        .map(|i| format!("SET filler:{i} {filler}\n"))
+        .collect();
+    let mut child = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--pipe"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-cli runs");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("the pipe takes the commands");
+    }
+    assert!(child.wait().expect("redis-cli ends").success());
+    let evicted: Vec<_> = ids
+        .iter()
+        .filter(|id| redis_cli(port, &["EXISTS", &a.key(id)]) == "0")
+        .collect();
+    assert!(
+        evicted.len() >= 25,
+        "only {} of 50 sessions were evicted",
+        evicted.len()
+    );
+    for id in evicted {
+        until(&b, id, BOUND, |seen| seen.is_none()).await;
+    }
+}
+
 /// Rule 1: a killed connection loses its stream; after the reconnect nothing stale is served
 /// (tracking is off on the new connection until confirmed again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
