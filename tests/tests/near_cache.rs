@@ -186,67 +186,6 @@ async fn outside_changes_evict_cached_sessions() {
     assert!(read(&b, &id).await.is_none());
 }
 
-/// Eviction under `maxmemory`: Redis deletes cached sessions to make room for other keys and
-/// invalidates them; the instance that cached them serves none of them afterwards.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sessions_evicted_by_maxmemory_are_evicted_from_the_cache() {
-    let server = RedisServer::start();
-    let port = server.port();
-    let a = engine(&server.url()).await;
-    let b = engine(&server.url()).await;
-    let mut ids = Vec::new();
-    for i in 0..50 {
-        ids.push(create(&a, i).await);
-    }
-    for (i, id) in ids.iter().enumerate() {
-        assert_eq!(read(&b, id).await, Some(i as u64));
-    }
-    let used: u64 = redis_cli(port, &["INFO", "memory"])
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("used_memory");
-    let limit = (used + 2 * 1024 * 1024).to_string();
-    redis_cli(
-        port,
-        &["CONFIG", "SET", "maxmemory-policy", "allkeys-random"],
-    );
-    redis_cli(port, &["CONFIG", "SET", "maxmemory", &limit]);
-    // 20 MB of other keys through a 2 MB headroom: most sessions are evicted.
-    let filler = "x".repeat(10_000);
-    let script: String = (0..2_000)
-        .map(|i| format!("SET filler:{i} {filler}\n"))
-        .collect();
-    let mut child = std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--pipe"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-cli runs");
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(script.as_bytes())
-            .expect("the pipe takes the commands");
-    }
-    assert!(child.wait().expect("redis-cli ends").success());
-    let evicted: Vec<_> = ids
-        .iter()
-        .filter(|id| redis_cli(port, &["EXISTS", &a.key(id)]) == "0")
-        .collect();
-    assert!(
-        evicted.len() >= 25,
-        "only {} of 50 sessions were evicted",
-        evicted.len()
-    );
-    for id in evicted {
-        until(&b, id, BOUND, |seen| seen.is_none()).await;
-    }
-}
-
 /// Rule 1: a killed connection loses its stream; after the reconnect nothing stale is served
 /// (tracking is off on the new connection until confirmed again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,30 +250,6 @@ async fn loads_racing_invalidations_never_cache_a_stale_value() {
                 "round {round}: stale entry"
             );
         }
-    }
-}
-
-/// A tiny tracking table makes Redis evict tracked keys by invalidating them: that must stay
-/// safe, with 0 stale reads.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_tracking_table_invalidates_safely() {
-    let server = RedisServer::start();
-    let port = server.port();
-    redis_cli(port, &["CONFIG", "SET", "tracking-table-max-keys", "10"]);
-    let a = engine(&server.url()).await;
-    let b = engine(&server.url()).await;
-    let mut ids = Vec::new();
-    for i in 0..100 {
-        ids.push(create(&a, i).await);
-    }
-    for round in 1..=3u64 {
-        for (i, id) in ids.iter().enumerate() {
-            assert_eq!(read(&b, id).await, Some(round * 1000 - 1000 + i as u64));
-        }
-        for (i, id) in ids.iter().enumerate() {
-            write(&a, id, round * 1000 + i as u64).await;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -452,68 +367,4 @@ async fn a_lagged_invalidation_stream_flushes_instead_of_going_stale() {
             "session {i}: stale after a lagged stream"
         );
     }
-}
-
-/// Server memory a cached session costs: `used_memory` before and after 10,000 sessions are
-/// first read through one cached instance (the tracking table gains one key each), then through
-/// a second one (each key gains one more client).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_memory_per_cached_session() {
-    const SESSIONS: u64 = 10_000;
-    let server = RedisServer::start();
-    let port = server.port();
-    let plain = SessionEngine::new(
-        RedisStore::builder(server.url()).connect().await.unwrap(),
-        SessionConfig::default(),
-    )
-    .unwrap();
-    let a = engine(&server.url()).await;
-    let b = engine(&server.url()).await;
-    let mut ids = Vec::new();
-    for i in 0..SESSIONS {
-        ids.push(create(&plain, i).await);
-    }
-    let memory = || {
-        let info = redis_cli(port, &["INFO", "memory"]);
-        let stats = redis_cli(port, &["INFO", "stats"]);
-        let field = |text: &str, name: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} in INFO"))
-        };
-        (
-            field(&info, "used_memory"),
-            field(&stats, "tracking_total_keys"),
-        )
-    };
-    let (before, keys_before) = memory();
-    for id in &ids {
-        read(&a, id).await;
-    }
-    let (one, keys_one) = memory();
-    for id in &ids {
-        read(&b, id).await;
-    }
-    let (two, keys_two) = memory();
-    assert_eq!(keys_before, 0);
-    assert_eq!(keys_one, SESSIONS, "every cached session is tracked once");
-    assert_eq!(
-        keys_two, SESSIONS,
-        "a second tracking client adds no tracked key"
-    );
-    let first = one.saturating_sub(before) as f64 / SESSIONS as f64;
-    let further = two.saturating_sub(one) as f64 / SESSIONS as f64;
-    eprintln!(
-        "server memory per cached session: {first:.0} B for the first tracking instance, \
-         {further:.0} B for each further one ({SESSIONS} sessions)"
-    );
-    assert!(
-        (16.0..2048.0).contains(&first),
-        "{first} B per tracked key is out of any plausible range"
-    );
-    assert!(
-        further < first,
-        "a further client costs less than a new key"
-    );
 }
