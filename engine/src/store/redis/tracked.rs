@@ -22,6 +22,7 @@ use crate::{
 };
 
 /// One update's changes, as the store was handed them.
+#[derive(Clone, Copy)]
 pub(super) struct Change<'a> {
     pub(super) set: &'a [(String, Bytes)],
     pub(super) delete: &'a [String],
