@@ -368,3 +368,66 @@ async fn a_lagged_invalidation_stream_flushes_instead_of_going_stale() {
         );
     }
 }
+
+/// Store-level writes with the cache on: a write whose future is dropped after it was sent
+/// (the client went away) leaves no entry that a later write builds on; a field both set and
+/// deleted by one write ends as Redis has it (HSET, then HDEL); deletes that empty the hash
+/// leave no session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_writes_with_the_cache_match_redis() {
+    use std::future::Future as _;
+
+    use bytes::Bytes;
+    use tessera_engine::SessionStore;
+
+    let server = RedisServer::start();
+    let port = server.port();
+    let store = cached_store(&server.url()).await;
+    let ttl = Duration::from_secs(600);
+    let value = |v: &'static str| Bytes::from_static(v.as_bytes());
+    let key = "tessera:sess:{store-level}";
+    assert!(store
+        .create(key, &[("a".into(), value("1"))], ttl)
+        .await
+        .unwrap());
+    assert!(store.load(key).await.unwrap().is_some());
+    assert!(store.load(key).await.unwrap().is_some(), "cached");
+
+    // Polled once (sent), then dropped before its reply.
+    let set = [("gone".to_string(), value("w1"))];
+    let mut write = Box::pin(store.update(key, &set, &[], None));
+    let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await;
+    assert!(polled.is_pending(), "the write answered on its first poll");
+    drop(write);
+    let start = Instant::now();
+    while redis_cli(port, &["HEXISTS", key, "gone"]) != "1" {
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "the dropped write never reached Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let set = [("b".to_string(), value("w2"))];
+    assert!(store.update(key, &set, &[], None).await.unwrap());
+    let fields = store.load(key).await.unwrap().unwrap();
+    assert_eq!(fields.get("gone"), Some(&value("w1")), "{fields:?}");
+
+    // One write that sets and deletes the same field: Redis runs HSET, then HDEL.
+    assert!(store.load(key).await.unwrap().is_some());
+    let set = [("x".to_string(), value("1"))];
+    assert!(store.update(key, &set, &["x".into()], None).await.unwrap());
+    assert_eq!(redis_cli(port, &["HEXISTS", key, "x"]), "0");
+    assert!(!store.load(key).await.unwrap().unwrap().contains_key("x"));
+
+    // Deleting every field removes the key: no session, cached or not.
+    let all: Vec<String> = store
+        .load(key)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_keys()
+        .collect();
+    assert!(store.update(key, &[], &all, None).await.unwrap());
+    assert_eq!(redis_cli(port, &["EXISTS", key]), "0");
+    assert_eq!(store.load(key).await.unwrap(), None);
+}

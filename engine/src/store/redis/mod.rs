@@ -542,11 +542,14 @@ impl SessionStore for RedisStore {
 
     async fn delete(&self, key: &str) -> Result<bool> {
         let deadline = self.deadline();
-        let result = within_deadline!(self, deadline, self.delete_by(key, deadline));
-        if let Some((near, _)) = &self.inner.near {
-            near.invalidate(key);
-        }
-        result
+        // With the cache on: the delete counts as a request of the key in flight (a load
+        // answered meanwhile is not cached), and the entry goes when it ends, even cancelled.
+        let _busy = self
+            .inner
+            .near
+            .as_ref()
+            .map(|(near, _)| (near.begin(key), tracked::Forget::new(near, key)));
+        within_deadline!(self, deadline, self.delete_by(key, deadline))
     }
 
     async fn regenerate(
@@ -557,16 +560,20 @@ impl SessionStore for RedisStore {
         ttl: Duration,
     ) -> Result<Regenerated> {
         let deadline = self.deadline();
-        let result = within_deadline!(
+        // As in `delete`, for both keys.
+        let _busy = self.inner.near.as_ref().map(|(near, _)| {
+            (
+                near.begin(old),
+                near.begin(new),
+                tracked::Forget::new(near, old),
+                tracked::Forget::new(near, new),
+            )
+        });
+        within_deadline!(
             self,
             deadline,
             self.regenerate_by(old, new, fields, ttl, deadline)
-        );
-        if let Some((near, _)) = &self.inner.near {
-            near.invalidate(old);
-            near.invalidate(new);
-        }
-        result
+        )
     }
 
     async fn ping(&self) -> Result<()> {

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use fred::{interfaces::LuaInterface as _, prelude::Client, types::Value};
 
 use super::{
-    near::{Near, Ticket},
+    near::{Lifetime, Near, Ticket},
     scripts::{self, Answer, Script},
     Backend, RedisStore,
 };
@@ -20,6 +20,38 @@ use crate::{
     error::{Error, ErrorKind, Result},
     store::Fields,
 };
+
+/// Drops `key`'s entry when it goes out of scope armed: a write whose future was dropped
+/// mid-flight (a client that went away) may still have been applied, and `NOLOOP` sends this
+/// connection no invalidation for it, so nothing cached may stand.
+pub(super) struct Forget<'a> {
+    near: &'a Near,
+    key: &'a str,
+    armed: bool,
+}
+
+impl<'a> Forget<'a> {
+    pub(super) fn new(near: &'a Near, key: &'a str) -> Self {
+        Forget {
+            near,
+            key,
+            armed: true,
+        }
+    }
+
+    /// The call finished: whoever answered it decides about the entry.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.near.invalidate(self.key);
+        }
+    }
+}
 
 /// One update's changes, as the store was handed them.
 #[derive(Clone, Copy)]
@@ -115,11 +147,13 @@ impl RedisStore {
         } else {
             answers_state
         };
+        let mut forget = Forget::new(near, key);
         let result: Result<Value> = within_deadline!(
             self,
             deadline,
             self.run(script, &[key], args, deadline, pinned.client.as_ref())
         );
+        forget.disarm();
         match base {
             Some(base) => self.applied(near, key, &pinned, result, base, change),
             None => self.written(near, key, &pinned, result),
@@ -142,19 +176,25 @@ impl RedisStore {
             near.invalidate(key);
             return Ok(false);
         }
+        // In the script's order: HSET, then HDEL.
         let mut fields = Arc::unwrap_or_clone(base);
-        for name in change.delete {
-            fields.remove(name);
-        }
         for (name, value) in change.set {
             fields.insert(name.clone(), value.clone());
         }
-        // The key's TTL: the renewal's when the write renewed, else what was left of it.
-        let pttl = match change.ttl {
-            Some(ttl) => i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
-            None => i64::try_from(expires_ms.saturating_sub(Near::clock())).unwrap_or(0),
+        for name in change.delete {
+            fields.remove(name);
+        }
+        if fields.is_empty() {
+            // Redis removed the emptied hash: no session, which is not cached.
+            near.invalidate(key);
+            return Ok(true);
+        }
+        // The key's TTL: the renewal's when the write renewed, else the base's expiry as it was.
+        let lifetime = match change.ttl {
+            Some(ttl) => Lifetime::Pttl(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+            None => Lifetime::Until(expires_ms),
         };
-        self.admit(near, key, pinned, Some(&fields), pttl);
+        self.admit_as(near, key, pinned, Some(&fields), lifetime);
         Ok(true)
     }
 
@@ -201,9 +241,20 @@ impl RedisStore {
         fields: Option<&Fields>,
         pttl: i64,
     ) {
+        self.admit_as(near, key, pinned, fields, Lifetime::Pttl(pttl));
+    }
+
+    fn admit_as(
+        &self,
+        near: &Arc<Near>,
+        key: &str,
+        pinned: &Pinned<'_>,
+        fields: Option<&Fields>,
+        lifetime: Lifetime,
+    ) {
         match (fields, &pinned.link) {
             (Some(fields), Some(link)) => {
-                near.admit(key, link, pinned.ticket, &pinned.op, fields, pttl)
+                near.admit(key, link, pinned.ticket, &pinned.op, fields, lifetime)
             }
             _ => near.invalidate(key),
         }

@@ -193,6 +193,15 @@ impl Weighter<String, Entry> for ByBytes {
     }
 }
 
+/// How long an admitted entry may serve.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Lifetime {
+    /// Redis's remaining TTL in milliseconds, from the reply (`<= 0`: no TTL or no key).
+    Pttl(i64),
+    /// An expiry already on [`Near::clock`]: the base entry's, kept as it was.
+    Until(u64),
+}
+
 /// The near cache of one store.
 pub(super) struct Near {
     cache: Cache<String, Entry, ByBytes>,
@@ -404,9 +413,9 @@ impl Near {
         link.ticket(Self::clock()).map(|t| (t, epoch))
     }
 
-    /// Caches `fields` for `key` as read through `link` under `ticket`, expiring after `pttl`
-    /// (Redis's remaining TTL in milliseconds; a key without TTL is not cached). Removes any
-    /// entry instead when the reply may be stale.
+    /// Caches `fields` for `key` as read through `link` under `ticket`, expiring as `lifetime`
+    /// says (a key without TTL is not cached). Removes any entry instead when the reply may be
+    /// stale.
     pub(super) fn admit(
         &self,
         key: &str,
@@ -414,7 +423,7 @@ impl Near {
         ticket: Option<(Ticket, u64)>,
         op: &Op<'_>,
         fields: &Fields,
-        pttl: i64,
+        lifetime: Lifetime,
     ) {
         let Some((ticket, epoch)) = ticket else {
             self.cache.remove(key);
@@ -425,7 +434,12 @@ impl Near {
             link.still(&ticket, now, reconnected)
                 && epoch == self.epoch.load(std::sync::atomic::Ordering::SeqCst)
         };
-        if pttl <= 0 || !fresh(now, true) {
+        let expires_ms = match lifetime {
+            Lifetime::Pttl(pttl) if pttl > 0 => now.saturating_add(pttl as u64),
+            Lifetime::Pttl(_) => 0,
+            Lifetime::Until(at) => at,
+        };
+        if expires_ms <= now || !fresh(now, true) {
             self.cache.remove(key);
             return;
         }
@@ -440,7 +454,7 @@ impl Near {
             generation: ticket.generation(),
             seq: ticket.seq(),
             epoch,
-            expires_ms: now.saturating_add(pttl as u64),
+            expires_ms,
             weight: bytes.max(self.min_weight),
         };
         {
