@@ -372,6 +372,15 @@ async fn heartbeat(near: Weak<Near>, link: Weak<Link>, period: Duration) {
                 Ok(Ok(true))
             ) && this.conn_id() == confirmed_conn
         } else {
+            if confirmed_conn >= 0 {
+                // fred reconnected (a sentinel switch, a dropped connection) before its event
+                // reached the link: the confirmed connection is gone, and with it whatever it
+                // did not deliver. Its entries die before tracking is confirmed on the new one.
+                this.lose();
+                if let Some(near) = near.upgrade() {
+                    near.flushed(&this, FlushCause::Reconnect);
+                }
+            }
             match this.enable(timeout).await {
                 Some(conn) if conn >= 0 => {
                     this.tracked_conn.store(conn, Ordering::SeqCst);
