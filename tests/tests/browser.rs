@@ -126,13 +126,19 @@ async fn sign_in(browser: &Client, base: &str, user: &str) {
         .click()
         .await
         .unwrap();
-    let body = browser
-        .find(Locator::Css("body"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    // The click navigates: the body found may be the old page's until the new one is in.
+    let mut body = String::new();
+    for _ in 0..50 {
+        if let Ok(element) = browser.find(Locator::Css("body")).await {
+            if let Ok(text) = element.text().await {
+                body = text;
+                if body.contains(&format!("logged in as {user}")) {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(body.contains(&format!("logged in as {user}")), "{body}");
 }
 
