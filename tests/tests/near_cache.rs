@@ -15,7 +15,10 @@ use tessera_tests::{
     proxy::Blackhole,
     suite::Env,
     suite_tests,
-    support::{command_stats, redis_cli, reset_stats, RedisCluster, RedisSentinelSet, RedisServer},
+    support::{
+        command_stats, redis_cli, redis_cli_pipe, reset_stats, RedisCluster, RedisSentinelSet,
+        RedisServer,
+    },
 };
 
 // No command counts (the suite's expect one read per request; the budget with the cache is
@@ -343,22 +346,7 @@ async fn a_lagged_invalidation_stream_flushes_instead_of_going_stale() {
         .iter()
         .map(|id| format!("HDEL {} n\n", a.key(id)))
         .collect();
-    let mut child = std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--pipe"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-cli runs");
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(script.as_bytes())
-            .expect("the pipe takes the commands");
-    }
-    assert!(child.wait().expect("redis-cli ends").success());
+    redis_cli_pipe(port, &script);
     tokio::time::sleep(Duration::from_millis(100)).await;
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tessera_engine::{RedisStore, SessionConfig, SessionEngine};
 use tessera_tests::{
     near::{create, engine, read, until, write, BOUND},
-    support::{redis_cli, RedisServer},
+    support::{redis_cli, redis_cli_pipe, RedisServer},
 };
 
 /// Eviction under `maxmemory`: Redis deletes cached sessions to make room for other keys and
@@ -40,22 +40,7 @@ async fn sessions_evicted_by_maxmemory_are_evicted_from_the_cache() {
     let script: String = (0..2_000)
         .map(|i| format!("SET filler:{i} {filler}\n"))
         .collect();
-    let mut child = std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--pipe"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-cli runs");
-    {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(script.as_bytes())
-            .expect("the pipe takes the commands");
-    }
-    assert!(child.wait().expect("redis-cli ends").success());
+    redis_cli_pipe(port, &script);
     let evicted: Vec<_> = ids
         .iter()
         .filter(|id| redis_cli(port, &["EXISTS", &a.key(id)]) == "0")

@@ -62,6 +62,26 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
 ///
 /// # Errors
 ///
+/// Sends `commands` (one per line) to the server on `port` through `redis-cli --pipe`: many
+/// commands in one burst, as a busy client would.
+pub fn redis_cli_pipe(port: u16, commands: &str) {
+    use std::io::Write;
+    let mut child = Command::new(REDIS_CLI)
+        .args(["-h", LOOPBACK, "-p", &port.to_string(), "--pipe"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {REDIS_CLI} --pipe: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(commands.as_bytes())
+        .expect("the pipe takes the commands");
+    let status = child.wait().expect("redis-cli ends");
+    assert!(status.success(), "{REDIS_CLI} --pipe on {port}: {status}");
+}
+
 /// redis-cli's stderr and exit status if it cannot connect or the server replies with an error.
 pub fn try_redis_cli(port: u16, args: &[&str]) -> Result<String, String> {
     let output = Command::new(REDIS_CLI)
