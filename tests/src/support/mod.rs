@@ -57,11 +57,6 @@ pub fn redis_cli(port: u16, args: &[&str]) -> String {
     })
 }
 
-/// Like [`redis_cli`], but returns the failure instead of panicking; meant for probing servers
-/// that may be down.
-///
-/// # Errors
-///
 /// Sends `commands` (one per line) to the server on `port` through `redis-cli --pipe`: many
 /// commands in one burst, as a busy client would.
 pub fn redis_cli_pipe(port: u16, commands: &str) {
@@ -83,6 +78,11 @@ pub fn redis_cli_pipe(port: u16, commands: &str) {
 }
 
 /// redis-cli's stderr and exit status if it cannot connect or the server replies with an error.
+/// Like [`redis_cli`], but returns the failure instead of panicking; meant for probing servers
+/// that may be down.
+///
+/// # Errors
+///
 pub fn try_redis_cli(port: u16, args: &[&str]) -> Result<String, String> {
     let output = Command::new(REDIS_CLI)
         .args(["-h", LOOPBACK, "-p", &port.to_string(), "-e"])
