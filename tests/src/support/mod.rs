@@ -77,12 +77,12 @@ pub fn redis_cli_pipe(port: u16, commands: &str) {
     assert!(status.success(), "{REDIS_CLI} --pipe on {port}: {status}");
 }
 
-/// redis-cli's stderr and exit status if it cannot connect or the server replies with an error.
 /// Like [`redis_cli`], but returns the failure instead of panicking; meant for probing servers
 /// that may be down.
 ///
 /// # Errors
 ///
+/// redis-cli's stderr and exit status if it cannot connect or the server replies with an error.
 pub fn try_redis_cli(port: u16, args: &[&str]) -> Result<String, String> {
     let output = Command::new(REDIS_CLI)
         .args(["-h", LOOPBACK, "-p", &port.to_string(), "-e"])
