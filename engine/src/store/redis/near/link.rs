@@ -276,82 +276,90 @@ fn tracking_on(info: &Value) -> bool {
 /// Starts the link's tasks: the invalidation reader, the reconnect/error watcher and the
 /// heartbeat. They hold the cache weakly and end once it is dropped.
 pub(super) fn spawn(near: &Arc<Near>, link: &Arc<Link>) {
-    let period = near.max_stale / 4;
     // Subscribed before tracking is enabled, so no invalidation can be missed.
+    spawn_reader(near, link);
+    spawn_watcher(near, link);
+    tokio::spawn(heartbeat(
+        Arc::downgrade(near),
+        Arc::downgrade(link),
+        near.max_stale / 4,
+    ));
+}
+
+/// The invalidation reader: drops invalidated keys, and flushes the link when the stream says
+/// anything may be stale.
+pub(super) fn spawn_reader(near: &Arc<Near>, link: &Arc<Link>) {
     let mut invalidations = link.client.invalidation_rx();
-    let mut reconnects = link.client.reconnect_rx();
-    let mut errors = link.client.error_rx();
-    let weak_near = Arc::downgrade(near);
-    let weak_link = Arc::downgrade(link);
-    tokio::spawn({
-        let (weak_near, weak_link) = (weak_near.clone(), weak_link.clone());
-        async move {
-            loop {
-                let event = invalidations.recv().await;
-                let (Some(near), Some(link)) = (weak_near.upgrade(), weak_link.upgrade()) else {
-                    return;
-                };
-                match event {
-                    Ok(inv) if inv.keys.is_empty() => {
-                        // `invalidate null`: FLUSHALL, FLUSHDB, a full resync.
-                        link.flush();
-                        near.flushed(&link, FlushCause::NullInvalidation);
-                    }
-                    Ok(inv) => {
-                        link.seq.fetch_add(1, Ordering::SeqCst);
-                        for key in &inv.keys {
-                            if let Some(key) = key.as_str() {
-                                near.invalidate(key);
-                            }
+    let (weak_near, weak_link) = (Arc::downgrade(near), Arc::downgrade(link));
+    tokio::spawn(async move {
+        loop {
+            let event = invalidations.recv().await;
+            let (Some(near), Some(link)) = (weak_near.upgrade(), weak_link.upgrade()) else {
+                return;
+            };
+            match event {
+                Ok(inv) if inv.keys.is_empty() => {
+                    // `invalidate null`: FLUSHALL, FLUSHDB, a full resync.
+                    link.flush();
+                    near.flushed(&link, FlushCause::NullInvalidation);
+                }
+                Ok(inv) => {
+                    link.seq.fetch_add(1, Ordering::SeqCst);
+                    for key in &inv.keys {
+                        if let Some(key) = key.as_str() {
+                            near.invalidate(key);
                         }
-                        near.metrics.invalidations(inv.keys.len() as u64);
                     }
-                    Err(RecvError::Lagged(_)) => {
-                        // Invalidations were dropped unseen: anything may be stale.
-                        link.flush();
-                        near.flushed(&link, FlushCause::Lagged);
-                    }
-                    Err(RecvError::Closed) => {
-                        link.lose();
-                        near.flushed(&link, FlushCause::StreamClosed);
-                        return;
-                    }
+                    near.metrics.invalidations(inv.keys.len() as u64);
+                }
+                Err(RecvError::Lagged(_)) => {
+                    // Invalidations were dropped unseen: anything may be stale.
+                    link.flush();
+                    near.flushed(&link, FlushCause::Lagged);
+                }
+                Err(RecvError::Closed) => {
+                    link.lose();
+                    near.flushed(&link, FlushCause::StreamClosed);
+                    return;
                 }
             }
         }
     });
-    tokio::spawn({
-        let (weak_near, weak_link) = (weak_near.clone(), weak_link.clone());
-        async move {
-            loop {
-                let cause = tokio::select! {
-                    r = reconnects.recv() => match r {
-                        Err(RecvError::Closed) => return,
-                        _ => FlushCause::Reconnect,
-                    },
-                    r = errors.recv() => match r {
-                        Err(RecvError::Closed) => return,
-                        _ => FlushCause::ConnectionError,
-                    },
-                };
-                let (Some(near), Some(link)) = (weak_near.upgrade(), weak_link.upgrade()) else {
-                    return;
-                };
-                link.lose();
-                near.flushed(&link, cause);
-                // The heartbeat turns tracking back on for the new connection.
-                near.wake_heartbeats.notify_waiters();
-            }
+}
+
+/// The reconnect/error watcher: loses the link at once when fred reports either, and wakes the
+/// heartbeat to turn tracking back on for the new connection.
+fn spawn_watcher(near: &Arc<Near>, link: &Arc<Link>) {
+    let mut reconnects = link.client.reconnect_rx();
+    let mut errors = link.client.error_rx();
+    let (weak_near, weak_link) = (Arc::downgrade(near), Arc::downgrade(link));
+    tokio::spawn(async move {
+        loop {
+            let cause = tokio::select! {
+                r = reconnects.recv() => match r {
+                    Err(RecvError::Closed) => return,
+                    _ => FlushCause::Reconnect,
+                },
+                r = errors.recv() => match r {
+                    Err(RecvError::Closed) => return,
+                    _ => FlushCause::ConnectionError,
+                },
+            };
+            let (Some(near), Some(link)) = (weak_near.upgrade(), weak_link.upgrade()) else {
+                return;
+            };
+            link.lose();
+            near.flushed(&link, cause);
+            near.wake_heartbeats.notify_waiters();
         }
     });
-    tokio::spawn(heartbeat(weak_near, weak_link, period));
 }
 
 /// Confirms the stream every `period`: a heartbeat answered proves that every invalidation sent
 /// before it has arrived (one connection, in order), so entries serve until the heartbeat's send
 /// time plus the bound. A heartbeat that fails or says tracking is off loses the link, and the
 /// next one turns tracking back on.
-async fn heartbeat(near: Weak<Near>, link: Weak<Link>, period: Duration) {
+pub(super) async fn heartbeat(near: Weak<Near>, link: Weak<Link>, period: Duration) {
     let mut failures = 0u32;
     loop {
         let (wake, max_stale, timeout) = {

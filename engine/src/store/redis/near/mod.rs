@@ -33,6 +33,8 @@ use crate::{
     store::Fields,
 };
 
+#[cfg(test)]
+mod heartbeat_tests;
 mod link;
 mod metrics;
 
