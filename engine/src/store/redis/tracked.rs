@@ -120,7 +120,7 @@ impl RedisStore {
             return Err(malformed());
         };
         let (pttl, fields) = state(items.into_iter())?;
-        self.admit(near, key, &pinned, fields.as_ref(), pttl);
+        self.admit(near, key, &pinned, fields.clone().map(Arc::new), pttl);
         Ok(fields)
     }
 
@@ -194,7 +194,7 @@ impl RedisStore {
             Some(ttl) => Lifetime::Pttl(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
             None => Lifetime::Until(expires_ms),
         };
-        self.admit_as(near, key, pinned, Some(&fields), lifetime);
+        self.admit_as(near, key, pinned, Some(Arc::new(fields)), lifetime);
         Ok(true)
     }
 
@@ -224,7 +224,7 @@ impl RedisStore {
             return Err(malformed());
         };
         match state(items.into_iter().skip(1)) {
-            Ok((pttl, fields)) => self.admit(near, key, pinned, fields.as_ref(), pttl),
+            Ok((pttl, fields)) => self.admit(near, key, pinned, fields.map(Arc::new), pttl),
             Err(err) => {
                 near.invalidate(key);
                 return Err(err);
@@ -238,7 +238,7 @@ impl RedisStore {
         near: &Arc<Near>,
         key: &str,
         pinned: &Pinned<'_>,
-        fields: Option<&Fields>,
+        fields: Option<Arc<Fields>>,
         pttl: i64,
     ) {
         self.admit_as(near, key, pinned, fields, Lifetime::Pttl(pttl));
@@ -249,7 +249,7 @@ impl RedisStore {
         near: &Arc<Near>,
         key: &str,
         pinned: &Pinned<'_>,
-        fields: Option<&Fields>,
+        fields: Option<Arc<Fields>>,
         lifetime: Lifetime,
     ) {
         match (fields, &pinned.link) {

@@ -69,7 +69,10 @@ async fn client(port: u16) -> Client {
         ..Default::default()
     };
     let client = settings.fred_builder(config).build().expect("a client");
-    client.init().await.expect("a connection to the test's redis-server");
+    client
+        .init()
+        .await
+        .expect("a connection to the test's redis-server");
     client
 }
 
@@ -105,7 +108,14 @@ async fn a_connection_replaced_unheard_kills_its_entries() {
     let fields: Fields = [("n".to_owned(), Bytes::from_static(b"1"))].into();
     let ticket = near.ticket(&link);
     let op = near.begin(key);
-    near.admit(key, &link, ticket, &op, &fields, Lifetime::Pttl(60_000));
+    near.admit(
+        key,
+        &link,
+        ticket,
+        &op,
+        Arc::new(fields.clone()),
+        Lifetime::Pttl(60_000),
+    );
     drop(op);
     assert_eq!(near.get(key), Some(fields), "the entry serves");
 
@@ -129,7 +139,10 @@ async fn a_connection_replaced_unheard_kills_its_entries() {
 
     // The old connection's tracking is gone with it: what it loaded must stop serving by the
     // next heartbeat, and stay dead after tracking is confirmed on the new connection.
-    until("the old connection's entry dead", || near.get(key).is_none()).await;
+    until("the old connection's entry dead", || {
+        near.get(key).is_none()
+    })
+    .await;
     until("tracking confirmed again", || near.ticket(&link).is_some()).await;
     assert_eq!(near.get(key), None);
     let _ = killer.quit().await;

@@ -424,7 +424,7 @@ impl Near {
         link: &Arc<Link>,
         ticket: Option<(Ticket, u64)>,
         op: &Op<'_>,
-        fields: &Fields,
+        fields: Arc<Fields>,
         lifetime: Lifetime,
     ) {
         let Some((ticket, epoch)) = ticket else {
@@ -451,7 +451,7 @@ impl Near {
             .sum::<u64>()
             + key.len() as u64;
         let entry = Entry {
-            fields: Arc::new(fields.clone()),
+            fields,
             link: link.clone(),
             generation: ticket.generation(),
             seq: ticket.seq(),
@@ -479,6 +479,11 @@ impl Near {
         if !fresh(Self::clock(), false) {
             self.cache.remove(key);
         }
+    }
+
+    /// Sets the entries and bytes gauges (each heartbeat and flush; counting walks every shard,
+    /// too dear for each admit).
+    fn report_size(&self) {
         self.metrics.size(self.cache.len(), self.cache.weight());
     }
 
@@ -502,7 +507,7 @@ impl Near {
         let current = link.generation();
         self.cache
             .retain(|_, entry| !Arc::ptr_eq(&entry.link, link) || entry.generation == current);
-        self.metrics.size(self.cache.len(), self.cache.weight());
+        self.report_size();
     }
 }
 
