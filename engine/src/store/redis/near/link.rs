@@ -398,7 +398,6 @@ pub(super) async fn heartbeat(near: Weak<Near>, link: Weak<Link>, period: Durati
             }
         };
         let Some(near) = near.upgrade() else { return };
-        near.report_size();
         if ok {
             failures = 0;
             let until = sent_ms + max_stale.as_millis() as u64;

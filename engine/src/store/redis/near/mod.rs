@@ -214,6 +214,8 @@ pub(super) struct Near {
     epoch: std::sync::atomic::AtomicU64,
     wake_heartbeats: Arc<Notify>,
     metrics: NearMetrics,
+    /// When an admit last set the size gauges, on [`Near::clock`] (0: never).
+    sized_at_ms: std::sync::atomic::AtomicU64,
     /// This instance's loads and writes in flight, per key (sharded): a reply may be cached only
     /// if its request overlapped no other one of the same key, since their replies reach the
     /// cache in any order.
@@ -221,6 +223,9 @@ pub(super) struct Near {
 }
 
 const OP_SHARDS: usize = 32;
+
+/// How often admits update the entries and bytes gauges (flushes always do).
+const SIZE_EVERY_MS: u64 = 250;
 
 #[derive(Debug, Default)]
 struct Ops {
@@ -275,6 +280,7 @@ impl Near {
             epoch: Default::default(),
             wake_heartbeats: Arc::new(Notify::new()),
             metrics: NearMetrics::default(),
+            sized_at_ms: Default::default(),
             ops: std::array::from_fn(|_| Mutex::new(HashMap::new())),
         })
     }
@@ -476,13 +482,28 @@ impl Near {
         }
         // An invalidation handled between the check and the insert found nothing to remove:
         // look again, and let it win.
-        if !fresh(Self::clock(), false) {
+        let now = Self::clock();
+        if !fresh(now, false) {
             self.cache.remove(key);
+        }
+        // Counting walks every shard, too dear for each admit: at most every SIZE_EVERY_MS.
+        let last = self.sized_at_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if (last == 0 || now >= last + SIZE_EVERY_MS)
+            && self
+                .sized_at_ms
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.report_size();
         }
     }
 
-    /// Sets the entries and bytes gauges (each heartbeat and flush; counting walks every shard,
-    /// too dear for each admit).
+    /// Sets the entries and bytes gauges.
     fn report_size(&self) {
         self.metrics.size(self.cache.len(), self.cache.weight());
     }
