@@ -18,7 +18,7 @@ use tessera_middleware::{FailurePolicy, SessionLayer, SigningKeys};
 use tessera_tests::{
     http::{DemoServer, HttpClient},
     load::{create_sessions, failures, lost_writes, recovered_at, success_ratio, Driver, Sample},
-    support::{redis_cli, RedisCluster, RedisSentinelSet, RedisServer},
+    support::{cluster_failover, redis_cli, RedisCluster, RedisSentinelSet, RedisServer},
 };
 
 const NODE_TIMEOUT_MS: u64 = 2000;
@@ -176,14 +176,7 @@ async fn cluster_graceful_failover() {
     let replica = cluster.replica_ports()[0];
     let started = Instant::now();
     tokio::task::block_in_place(|| {
-        redis_cli(replica, &["CLUSTER", "FAILOVER"]);
-        while !redis_cli(replica, &["ROLE"]).starts_with("master") {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "failover did not happen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        cluster_failover(replica);
     });
     let took = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -604,15 +597,7 @@ async fn cluster_failovers_do_not_leak_connections() {
     for round in 0..8 {
         tokio::task::block_in_place(|| {
             let replica = cluster.replica_ports()[round % 3];
-            redis_cli(replica, &["CLUSTER", "FAILOVER"]);
-            let started = Instant::now();
-            while !redis_cli(replica, &["ROLE"]).starts_with("master") {
-                assert!(
-                    started.elapsed() < Duration::from_secs(10),
-                    "failover {round} did not happen"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            cluster_failover(replica);
             cluster.wait_healthy(Duration::from_secs(20));
         });
         // Past the router's periodic and on-demand refreshes.

@@ -16,7 +16,9 @@ use tessera_engine::{
     CapPolicy, CookieAction, DeviceInfo, ErrorKind, KeyDeriver, MemoryStore, RedisStore, Revoked,
     SessionCap, SessionConfig, SessionEngine, SessionId, SessionStore, UserKey,
 };
-use tessera_tests::support::{redis_cli, RedisCluster, RedisSentinelSet, RedisServer};
+use tessera_tests::support::{
+    cluster_failover, redis_cli, RedisCluster, RedisSentinelSet, RedisServer,
+};
 
 const USER_KEY: &[u8] = b"the per-user test key, long enough";
 
@@ -686,15 +688,7 @@ async fn cluster_resharding_and_failover_lose_no_entry() {
             .unwrap()
     };
     blocking(move || {
-        redis_cli(replica, &["CLUSTER", "FAILOVER"]);
-        let t = std::time::Instant::now();
-        while !redis_cli(replica, &["ROLE"]).starts_with("master") {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "failover did not happen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        cluster_failover(replica);
     })
     .await;
     tokio::time::sleep(Duration::from_millis(700)).await;

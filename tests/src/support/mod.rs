@@ -48,6 +48,23 @@ const CLUSTER_BUS_OFFSET: u16 = 10_000;
 // redis-cli helpers
 // ---------------------------------------------------------------------------------------------
 
+/// `CLUSTER FAILOVER` on `replica`, waiting until it reports itself a master. Redis abandons a
+/// manual failover its master does not acknowledge within 5 s (a busy 2-core machine), so the
+/// command is sent again after 6 s, up to three times, before the test fails.
+pub fn cluster_failover(replica: u16) {
+    for _ in 0..3 {
+        redis_cli(replica, &["CLUSTER", "FAILOVER"]);
+        let sent = std::time::Instant::now();
+        while sent.elapsed() < std::time::Duration::from_secs(6) {
+            if redis_cli(replica, &["ROLE"]).starts_with("master") {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    panic!("CLUSTER FAILOVER on port {replica}: no failover after three tries of 6 s");
+}
+
 /// Runs `redis-cli -h 127.0.0.1 -p <port> <args...>` and returns its trimmed stdout.
 ///
 /// Error replies count as failures (`redis-cli -e`). Panics with redis-cli's stderr on failure.
