@@ -31,7 +31,8 @@ pub(super) const MAX_PAUSE: Duration = Duration::from_secs(5);
 pub(super) enum SentinelEvent {
     Promoting,
     Aborted,
-    Switched,
+    /// The new master's address, when the payload names one.
+    Switched(Option<(String, u16)>),
     Other,
 }
 
@@ -48,7 +49,14 @@ pub(super) fn sentinel_event(channel: &str, text: &str, service: &str) -> Sentin
         return SentinelEvent::Other;
     }
     match channel {
-        "+switch-master" => SentinelEvent::Switched,
+        "+switch-master" => {
+            let fields: Vec<&str> = text.split(' ').collect();
+            let to = match fields[..] {
+                [_, _, _, host, port] => port.parse().ok().map(|port| (host.to_owned(), port)),
+                _ => None,
+            };
+            SentinelEvent::Switched(to)
+        }
         "+selected-slave" | "+failover-state-send-slaveof-noone" => SentinelEvent::Promoting,
         c if c.starts_with("-failover-abort") => SentinelEvent::Aborted,
         _ => SentinelEvent::Other,
@@ -208,7 +216,7 @@ pub(super) fn watch_sentinels(
                         gate.pause();
                     }
                     SentinelEvent::Aborted => gate.resume(),
-                    SentinelEvent::Switched => {
+                    SentinelEvent::Switched(to) => {
                         {
                             let mut last = last_switch.lock();
                             if *last == text {
@@ -217,10 +225,7 @@ pub(super) fn watch_sentinels(
                             last.clone_from(&text);
                         }
                         tracing::info!(switch = %text, "sentinel reported a master switch; reconnecting");
-                        if let Err(err) = pool.force_reconnection().await {
-                            tracing::warn!(%err, "reconnecting after a master switch failed");
-                        }
-                        gate.resume();
+                        follow_switch(&pool, &gate, to.as_ref()).await;
                     }
                     SentinelEvent::Other => {}
                 }
@@ -232,6 +237,62 @@ pub(super) fn watch_sentinels(
         });
     }
     watchers
+}
+
+/// Whether `client` is connected, and only to `to`.
+fn is_on(client: &fred::clients::Client, (host, port): &(String, u16)) -> bool {
+    let servers = client.active_connections();
+    !servers.is_empty()
+        && servers
+            .iter()
+            .all(|s| s.port == *port && &*s.host == host.as_str())
+}
+
+/// Moves every client of `pool` to the announced master `to`, holding writes until they are all
+/// there. The switch reaches us from the first sentinel that publishes it, and fred asks another
+/// one where the master is: until that sentinel has heard of the switch (its hello messages, up
+/// to about 2 s), it still names the old master, which keeps answering `role:master` until
+/// sentinel demotes it, several seconds later. A write acknowledged there is lost with the
+/// demotion, and a reader there never hears the new master's writes. So each client not on `to`
+/// is reconnected again every 50 ms, for at most [`MAX_PAUSE`]; without an address in the
+/// payload, one reconnection is all we can do.
+async fn follow_switch(pool: &Pool, gate: &WriteGate, to: Option<&(String, u16)>) {
+    // Held from here even if this watcher missed the start of the failover; a write that was in
+    // flight sees the epoch move and is re-applied on the new master.
+    gate.pause();
+    let deadline = Instant::now() + MAX_PAUSE;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        for client in pool.clients() {
+            if !to.is_some_and(|to| is_on(client, to)) {
+                if let Err(err) = client.force_reconnection().await {
+                    tracing::debug!(%err, "reconnecting after a master switch failed");
+                }
+            }
+        }
+        let Some(to) = to else { break };
+        if pool.clients().iter().all(|client| is_on(client, to)) {
+            if attempts > 1 {
+                tracing::info!(
+                    attempts,
+                    "on the new master after asking the sentinels again"
+                );
+            }
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                host = %to.0,
+                port = to.1,
+                "the sentinels still name another master {MAX_PAUSE:?} after the switch; \
+                 releasing held writes"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gate.resume();
 }
 
 #[cfg(test)]
@@ -270,7 +331,12 @@ mod tests {
                 "mymaster 127.0.0.1 6380 127.0.0.1 6381",
                 s
             ),
-            Switched
+            Switched(Some(("127.0.0.1".to_owned(), 6381)))
+        );
+        // A switch whose address does not parse is still a switch.
+        assert_eq!(
+            sentinel_event("+switch-master", "mymaster 127.0.0.1 6380 127.0.0.1", s),
+            Switched(None)
         );
         assert_eq!(
             sentinel_event("+switch-master", "other 127.0.0.1 6380 127.0.0.1 6381", s),
