@@ -1,0 +1,187 @@
+//! How one store call runs: its deadline, the client that serves its key (pinned for the near
+//! cache), the sentinel write gate, `EVALSHA` with its `EVAL` fallback and re-apply rule, and
+//! `WAIT` durability.
+
+use std::{future::Future, time::Duration};
+
+use fred::{
+    interfaces::{LuaInterface, ServerInterface},
+    prelude::Client,
+    types::{MultipleKeys, Value},
+};
+use tokio::time::Instant;
+
+use super::{
+    cluster::ClusterRouter,
+    near::FlushCause,
+    scripts::{Answer, Script},
+    Backend, RedisStore,
+};
+use crate::error::{Error, ErrorKind, Result};
+
+impl RedisStore {
+    /// The deadline of a call that starts now.
+    pub(super) fn deadline(&self) -> Instant {
+        let now = Instant::now();
+        // `Duration::MAX` ("no timeout") must not overflow: cap it at about a century.
+        now.checked_add(self.inner.command_timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
+    }
+
+    /// Runs one whole store call against `deadline`: whatever `call` is doing then (a held
+    /// write, a redirection, a fred command) is dropped and the call fails with a timeout. The
+    /// inner loops also check the deadline, so they stop working rather than only being dropped.
+    pub(super) async fn bounded<T>(
+        &self,
+        deadline: Instant,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(result) => result,
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    pub(super) fn timed_out(&self) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "the Redis store call did not finish within the command timeout ({:?}, retries, \
+                 redirections and failover holds included); check Redis health",
+                self.inner.command_timeout
+            ),
+        )
+    }
+
+    /// Runs `f` on a client that serves `key`: `pin` when given (the near cache's connection for
+    /// the key; on a cluster, a redirection then flushes the cache and routes afresh).
+    pub(super) async fn with_client<R, F, Fut>(
+        &self,
+        key: &str,
+        deadline: Instant,
+        pin: Option<&Client>,
+        f: F,
+    ) -> Result<R>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<R, fred::error::Error>>,
+    {
+        match (&self.inner.backend, pin) {
+            (Backend::Pool(pool), pin) => Ok(f(pin.unwrap_or_else(|| pool.next()).clone()).await?),
+            (Backend::Cluster(router), Some(pin)) => match f(pin.clone()).await {
+                Ok(v) => Ok(v),
+                Err(err) if ClusterRouter::is_redirect(&err) => {
+                    if let Some((near, _)) = &self.inner.near {
+                        near.flush_all(FlushCause::Redirect);
+                    }
+                    Box::pin(router.call(key, deadline, f)).await
+                }
+                Err(err) => Err(err.into()),
+            },
+            // Boxed: the router's future (refreshes, redirections, their timers) is several
+            // times the size of a command's, and held inline it would make every store call's
+            // future that large, standalone ones included; moving it measured about 13k
+            // instructions per request.
+            (Backend::Cluster(router), None) => Box::pin(router.call(key, deadline, f)).await,
+        }
+    }
+
+    /// Runs a write script on the node that serves `keys[0]` (all keys must share its slot).
+    /// Writes wait while the sentinel gate is closed; a write that overlapped a failover is run
+    /// again on the new master and the script's [`scripts::Reapply`] rule picks the answer.
+    pub(super) async fn run<R: Answer>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[Value],
+        deadline: Instant,
+        pin: Option<&Client>,
+    ) -> Result<R> {
+        // The epoch is read before the gate is looked at (a pause sets the flag, then moves the
+        // epoch): a pause landing in between either holds this write or shows as a change.
+        let epoch = self.inner.gate.epoch();
+        let first = if self.inner.gate.wait(deadline).await? {
+            // Held by a failover: what is left of the call bounds the script (boxed, as below).
+            let once = self.run_once(script, keys, args, deadline, pin);
+            Box::pin(self.bounded(deadline, once)).await?
+        } else {
+            // Bounded by fred's command timeout, which starts now.
+            self.run_once(script, keys, args, deadline, pin).await?
+        };
+        if self.inner.gate.epoch() == epoch {
+            return Ok(first);
+        }
+        // A sentinel failover began while this write was in flight: the old master may have
+        // applied it after the replica was promoted. Re-apply it on the new master once the switch
+        // is announced, within what is left of the call. Boxed, as this path is rare: a fred
+        // command future is several kilobytes, and every copy of it inline costs each write.
+        let again = Box::pin(self.bounded(deadline, async {
+            self.inner.gate.wait(deadline).await?;
+            self.run_once(script, keys, args, deadline, pin).await
+        }))
+        .await?;
+        Ok(script.reapply.pick(first, again))
+    }
+
+    /// `EVALSHA`, falling back to `EVAL` (which also caches the script) on a node that has not
+    /// seen it yet, e.g. after a restart or failover. Arguments are copied per attempt (values are
+    /// reference-counted bytes), since fred takes them by value.
+    pub(super) async fn run_once<R: Answer>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[Value],
+        deadline: Instant,
+        pin: Option<&Client>,
+    ) -> Result<R> {
+        let keys_of = || keys.iter().copied().collect::<MultipleKeys>();
+        self.with_client(keys[0], deadline, pin, |client| async move {
+            let result: std::result::Result<R, _> = client
+                .evalsha(script.sha1.clone(), keys_of(), args.to_vec())
+                .await;
+            let n = match result {
+                Err(err) if err.details().starts_with("NOSCRIPT") => {
+                    client
+                        .eval(script.source.clone(), keys_of(), args.to_vec())
+                        .await?
+                }
+                other => other?,
+            };
+            Ok((n, self.wait(&client, deadline).await?))
+        })
+        .await
+        .and_then(|(n, acked)| self.check_durable(acked).map(|()| n))
+    }
+
+    /// `WAIT` on the connection that carried the write, when durability is on, for at most the
+    /// WAIT timeout or what is left of the call. Returns how many replicas acknowledged.
+    pub(super) async fn wait(
+        &self,
+        client: &Client,
+        deadline: Instant,
+    ) -> std::result::Result<Option<i64>, fred::error::Error> {
+        match self.inner.wait_replicas {
+            None => Ok(None),
+            Some((n, timeout)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let ms = i64::try_from(timeout.min(left).as_millis())
+                    .unwrap_or(i64::MAX)
+                    .max(1);
+                client.wait(i64::from(n), ms).await.map(Some)
+            }
+        }
+    }
+
+    pub(super) fn check_durable(&self, acked: Option<i64>) -> Result<()> {
+        match (self.inner.wait_replicas, acked) {
+            (Some((n, timeout)), Some(acked)) if acked < i64::from(n) => Err(Error::new(
+                ErrorKind::NotDurable,
+                format!(
+                    "only {acked} of {n} replicas confirmed the session write within {timeout:?}; \
+                     check replication health"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
