@@ -1,6 +1,5 @@
 //! Sentinel failovers under load.
 
-#[allow(unused_imports)]
 use super::*;
 
 /// `SENTINEL FAILOVER` in the middle of a stream: no failed request, no lost write.

@@ -1,6 +1,5 @@
 //! Helpers of the fault tests: timelines, percentiles, signals, slot owners, a store-call hammer.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(crate) fn timeline(samples: &[Sample]) {

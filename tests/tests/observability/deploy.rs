@@ -1,6 +1,5 @@
 //! The expressions of the dashboard and the alert rules in deploy/, for the observability tests.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------------------------------------

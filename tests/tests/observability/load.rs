@@ -1,6 +1,5 @@
 //! The load that produces the observed metrics.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,5 @@
 //! The Prometheus tools and a Prometheus child process for the observability tests.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---------------------------------------------------------------------------------------------

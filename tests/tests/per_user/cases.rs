@@ -1,6 +1,5 @@
 //! The per-user cases, each run on every topology by per_user_tests!.
 
-#[allow(unused_imports)]
 use super::*;
 
 // ---- cases ----

@@ -1,6 +1,5 @@
 //! The topologies the per-user cases run on, and the helpers they share.
 
-#[allow(unused_imports)]
 use super::*;
 
 pub(crate) const USER_KEY: &[u8] = b"the per-user test key, long enough";
