@@ -23,6 +23,9 @@ pub(in crate::store::redis) enum FlushCause {
     Topology,
     /// A command met MOVED or ASK: its slot is served elsewhere now.
     Redirect,
+    /// The server evicted keys (`maxmemory`) since the last heartbeat: a key evicted for this
+    /// connection's own command is not invalidated to it.
+    Eviction,
 }
 
 impl FlushCause {
@@ -36,6 +39,7 @@ impl FlushCause {
             FlushCause::Heartbeat => "heartbeat",
             FlushCause::Topology => "topology",
             FlushCause::Redirect => "redirect",
+            FlushCause::Eviction => "eviction",
         }
     }
 }

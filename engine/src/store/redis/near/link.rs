@@ -42,6 +42,8 @@ pub(in crate::store::redis) struct Link {
     serve_until_ms: AtomicU64,
     /// The connection id (`CLIENT ID`) tracking was confirmed on; -1 while unconfirmed.
     tracked_conn: AtomicI64,
+    /// The server's `evicted_keys` at the last confirmation, plus one (0: not read yet).
+    evicted: AtomicU64,
 }
 
 /// What a load or write read of its link before it was sent. It may cache its reply only if the
@@ -96,6 +98,7 @@ impl Link {
             seq: AtomicU64::new(0),
             serve_until_ms: AtomicU64::new(0),
             tracked_conn: AtomicI64::new(-1),
+            evicted: AtomicU64::new(0),
         }
     }
 
@@ -181,9 +184,20 @@ impl Link {
             confirmed(&self.client).await
         };
         match tokio::time::timeout(timeout, on).await {
-            Ok(Ok(true)) => Some(self.conn_id()),
+            Ok(Ok(Some(evicted))) => {
+                // The baseline for the heartbeats, read before anything is cached.
+                self.evicted.store(evicted + 1, Ordering::SeqCst);
+                Some(self.conn_id())
+            }
             _ => None,
         }
+    }
+
+    /// Records the server's `evicted_keys` read by a heartbeat; answers whether keys were
+    /// evicted since the last confirmation.
+    fn evicted_since(&self, evicted: u64) -> bool {
+        let before = self.evicted.swap(evicted + 1, Ordering::SeqCst);
+        before != 0 && before != evicted + 1
     }
 }
 
@@ -193,7 +207,12 @@ impl Link {
 /// invalidating them, except (measured on Redis 7.0) for the connection whose command triggered
 /// the eviction when it uses `NOLOOP`: that one is untracked silently. So the cache is bypassed
 /// while the table is near its limit.
-async fn confirmed(client: &Client) -> std::result::Result<bool, fred::error::Error> {
+///
+/// The same holds for `maxmemory` evictions: a key evicted to make room for this connection's
+/// own command (a load, a write, this heartbeat) is not invalidated to it. So a confirmation
+/// answers the server's `evicted_keys` as well, and a heartbeat that sees it move flushes the
+/// link's entries. Answers `None` when tracking is not confirmed.
+async fn confirmed(client: &Client) -> std::result::Result<Option<u64>, fred::error::Error> {
     let info: Value = client.client_trackinginfo().await?;
     let role: Value = client
         .custom(fred::cmd!("ROLE"), Vec::<Value>::new())
@@ -206,7 +225,7 @@ async fn confirmed(client: &Client) -> std::result::Result<bool, fred::error::Er
         _ => false,
     };
     if !(primary && tracking_on(&info)) {
-        return Ok(false);
+        return Ok(None);
     }
     let stats: String = client.info(Some(fred::types::InfoKind::Stats)).await?;
     // CONFIG may be renamed or refused (managed Redis): then only the default limit is known.
@@ -217,10 +236,10 @@ async fn confirmed(client: &Client) -> std::result::Result<bool, fred::error::Er
         Ok(value) => config_number(&value).unwrap_or(DEFAULT_TRACKING_TABLE_MAX_KEYS),
         Err(_) => DEFAULT_TRACKING_TABLE_MAX_KEYS,
     };
-    Ok(!table_full(
-        info_number(&stats, "tracking_total_keys"),
-        limit,
-    ))
+    if table_full(info_number(&stats, "tracking_total_keys"), limit) {
+        return Ok(None);
+    }
+    Ok(Some(info_number(&stats, "evicted_keys").unwrap_or(0)))
 }
 
 /// Redis's default `tracking-table-max-keys`.
@@ -375,10 +394,20 @@ pub(super) async fn heartbeat(near: Weak<Near>, link: Weak<Link>, period: Durati
         let sent_ms = Near::clock_at(sent);
         let confirmed_conn = this.tracked_conn.load(Ordering::SeqCst);
         let ok = if confirmed_conn >= 0 && this.conn_id() == confirmed_conn {
-            matches!(
-                tokio::time::timeout(timeout, confirmed(&this.client)).await,
-                Ok(Ok(true))
-            ) && this.conn_id() == confirmed_conn
+            match tokio::time::timeout(timeout, confirmed(&this.client)).await {
+                Ok(Ok(Some(evicted))) if this.conn_id() == confirmed_conn => {
+                    if this.evicted_since(evicted) {
+                        // Some of those may have been evicted by this connection's own
+                        // commands, which Redis does not invalidate to it.
+                        this.flush();
+                        if let Some(near) = near.upgrade() {
+                            near.flushed(&this, FlushCause::Eviction);
+                        }
+                    }
+                    true
+                }
+                _ => false,
+            }
         } else {
             if confirmed_conn >= 0 {
                 // fred reconnected (a sentinel switch, a dropped connection) before its event
@@ -438,6 +467,22 @@ mod tests {
             .try_into()
             .unwrap();
         Value::Map(map)
+    }
+
+    #[test]
+    fn evictions_between_heartbeats_are_noticed() {
+        let link = Link::new(Client::default());
+        // No baseline yet (tracking not enabled): nothing to compare with.
+        assert!(!link.evicted_since(7));
+        assert!(!link.evicted_since(7));
+        assert!(link.evicted_since(8));
+        assert!(!link.evicted_since(8));
+        // A counter reset (a restarted server) is a change too.
+        assert!(link.evicted_since(0));
+        assert_eq!(
+            info_number("# Stats\r\nevicted_keys:12\r\n", "evicted_keys"),
+            Some(12)
+        );
     }
 
     #[test]
