@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use tessera_engine::{RedisStore, SessionConfig, SessionEngine};
+use tessera_engine::{CookieAction, NearCache, RedisStore, SessionConfig, SessionEngine};
 use tessera_tests::{
-    near::{create, engine, read, until, write, BOUND},
+    near::{create, engine, read, until, wait_confirmed, write, BOUND},
     support::{redis_cli, redis_cli_pipe, RedisServer},
 };
 
@@ -50,6 +50,73 @@ async fn sessions_evicted_by_maxmemory_are_evicted_from_the_cache() {
         "only {} of 50 sessions were evicted",
         evicted.len()
     );
+    for id in evicted {
+        until(&b, id, BOUND, |seen| seen.is_none()).await;
+    }
+}
+
+/// An eviction made for the tracking connection's own command: under `NOLOOP`, Redis sends that
+/// connection no invalidation for the keys it evicts while serving it. The cached instance has
+/// one connection, the memory goes over `maxmemory` with one command from elsewhere, and the
+/// next command the server sees is the cached instance's own heartbeat, so the evictions are
+/// made for it. Its entries of the evicted sessions must still go within the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evictions_made_for_the_cached_instances_own_command_are_seen() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let plain = SessionEngine::new(
+        RedisStore::builder(server.url()).connect().await.unwrap(),
+        SessionConfig::default(),
+    )
+    .unwrap();
+    let store = RedisStore::builder(server.url())
+        .with_pool_size(1)
+        .with_near_cache(NearCache::new(1_000).with_max_stale(BOUND))
+        .connect()
+        .await
+        .unwrap();
+    wait_confirmed(&store).await;
+    let b = SessionEngine::new(store, SessionConfig::default()).unwrap();
+    // 20 sessions of about 50 KB each, cached by B.
+    let pad = "p".repeat(50_000);
+    let mut ids = Vec::new();
+    for i in 0..20u64 {
+        let session = plain.session(None);
+        session.insert("n", &i).await.unwrap();
+        session.insert("pad", &pad).await.unwrap();
+        match session.commit().await.unwrap().cookie {
+            CookieAction::Set { id, .. } => ids.push(id),
+            other => panic!("a new session sets a cookie, not {other:?}"),
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(read(&b, id).await, Some(i as u64));
+    }
+    let used: u64 = redis_cli(port, &["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory");
+    // Only keys with a TTL (the sessions) may be evicted; 100 KB of headroom.
+    redis_cli(
+        port,
+        &["CONFIG", "SET", "maxmemory-policy", "volatile-random"],
+    );
+    redis_cli(
+        port,
+        &["CONFIG", "SET", "maxmemory", &(used + 100_000).to_string()],
+    );
+    // One command, run while the memory is still under the limit, leaves it about 100 KB over:
+    // nothing is evicted until the next command, and the next one is B's heartbeat (every
+    // quarter of the bound). Freeing 100 KB takes two or three sessions.
+    redis_cli(port, &["SETRANGE", "filler", "199999", "x"]);
+    tokio::time::sleep(BOUND).await;
+    let evicted: Vec<_> = ids
+        .iter()
+        .filter(|id| redis_cli(port, &["EXISTS", &b.key(id)]) == "0")
+        .collect();
+    assert!(!evicted.is_empty(), "no session was evicted");
+    assert!(evicted.len() < ids.len(), "every session was evicted");
     for id in evicted {
         until(&b, id, BOUND, |seen| seen.is_none()).await;
     }
