@@ -142,6 +142,18 @@ async fn sign_in(browser: &Client, base: &str, user: &str) {
     assert!(body.contains(&format!("logged in as {user}")), "{body}");
 }
 
+/// Waits until `element`'s page has been replaced, that is until the form post a click
+/// started has been answered; panics after 10 s.
+async fn left_page(element: &fantoccini::elements::Element) {
+    for _ in 0..100 {
+        if element.text().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the click did not navigate within 10 s");
+}
+
 /// The user agents listed on the device page, in order.
 async fn listed(browser: &Client, base: &str) -> Vec<String> {
     browser
@@ -197,6 +209,8 @@ async fn revoking_a_device_from_the_page_logs_that_browser_out() {
         .click()
         .await
         .unwrap();
+    // The click only starts the post: navigating away at once could cancel it.
+    left_page(&away_row).await;
     assert_eq!(listed(&a, &base).await, ["Tessera-Test-Home"]);
     assert!(a
         .current_url()
