@@ -280,7 +280,12 @@ impl RedisStoreBuilder {
             scripts::ALL.iter().map(|s| (*s).into()).collect();
         sources.extend(super::users::ALL.iter().map(|s| (*s).into()));
         if near.is_some() {
-            sources.extend(scripts::Script::tracked_set().map(|s| s.source));
+            let tracked = scripts::TrackedScripts::new();
+            sources.extend([
+                tracked.load.source,
+                tracked.update_answering_state.source,
+                tracked.update_answering_status.source,
+            ]);
         }
         for client in primaries {
             for source in &sources {

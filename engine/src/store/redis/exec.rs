@@ -13,13 +13,45 @@ use tokio::time::Instant;
 
 use super::{
     cluster::ClusterRouter,
-    near::FlushCause,
+    near::{FlushCause, Registered, Writes},
     scripts::{Answer, Script},
     Backend, RedisStore,
 };
 use crate::error::{Error, ErrorKind, Result};
 
+/// One store call that may create, change or delete keys: its deadline and, with the near cache
+/// on, the guard over every key it touches ([`Writes`]). [`RedisStore::run`] and the `DEL` helper
+/// take it and register their keys before sending, so no write reaches Redis unregistered, and
+/// whatever the call does (retries, several scripts, a dropped future) its keys' entries are
+/// dropped when it ends.
+pub(super) struct WriteCall<'a> {
+    pub(super) deadline: Instant,
+    writes: Option<Writes<'a>>,
+}
+
+impl WriteCall<'_> {
+    /// Registers `key` as touched by this call; its registration when the cache is on.
+    pub(super) fn touch(&self, key: &str) -> Option<Registered> {
+        self.writes.as_ref().map(|w| w.touch(key))
+    }
+
+    /// The call decided `key`'s cache entry itself.
+    pub(super) fn settle(&self, key: &str) {
+        if let Some(w) = &self.writes {
+            w.settle(key);
+        }
+    }
+}
+
 impl RedisStore {
+    /// A write call starting now.
+    pub(super) fn write_call(&self) -> WriteCall<'_> {
+        WriteCall {
+            deadline: self.deadline(),
+            writes: self.inner.near.as_ref().map(|(near, _)| near.writes()),
+        }
+    }
+
     /// The deadline of a call that starts now.
     pub(super) fn deadline(&self) -> Instant {
         let now = Instant::now();
@@ -91,22 +123,23 @@ impl RedisStore {
     /// again on the new master and the script's [`scripts::Reapply`] rule picks the answer.
     pub(super) async fn run<R: Answer>(
         &self,
+        call: &WriteCall<'_>,
         script: &Script,
         keys: &[&str],
         args: &[Value],
-        deadline: Instant,
         pin: Option<&Client>,
     ) -> Result<R> {
+        let deadline = call.deadline;
         // The epoch is read before the gate is looked at (a pause sets the flag, then moves the
         // epoch): a pause landing in between either holds this write or shows as a change.
         let epoch = self.inner.gate.epoch();
         let first = if self.inner.gate.wait(deadline).await? {
             // Held by a failover: what is left of the call bounds the script (boxed, as below).
-            let once = self.run_once(script, keys, args, deadline, pin);
+            let once = self.run_once(call, script, keys, args, pin);
             Box::pin(self.bounded(deadline, once)).await?
         } else {
             // Bounded by fred's command timeout, which starts now.
-            self.run_once(script, keys, args, deadline, pin).await?
+            self.run_once(call, script, keys, args, pin).await?
         };
         if self.inner.gate.epoch() == epoch {
             return Ok(first);
@@ -117,40 +150,46 @@ impl RedisStore {
         // command future is several kilobytes, and every copy of it inline costs each write.
         let again = Box::pin(self.bounded(deadline, async {
             self.inner.gate.wait(deadline).await?;
-            self.run_once(script, keys, args, deadline, pin).await
+            self.run_once(call, script, keys, args, pin).await
         }))
         .await?;
         Ok(script.reapply.pick(first, again))
     }
 
-    /// `EVALSHA`, falling back to `EVAL` (which also caches the script) on a node that has not
-    /// seen it yet, e.g. after a restart or failover. Arguments are copied per attempt (values are
-    /// reference-counted bytes), since fred takes them by value.
+    /// One run of `script`, its keys registered first (see [`WriteCall`]), then `WAIT`.
     pub(super) async fn run_once<R: Answer>(
         &self,
+        call: &WriteCall<'_>,
         script: &Script,
         keys: &[&str],
         args: &[Value],
-        deadline: Instant,
         pin: Option<&Client>,
     ) -> Result<R> {
-        let keys_of = || keys.iter().copied().collect::<MultipleKeys>();
+        for key in keys {
+            call.touch(key);
+        }
+        let deadline = call.deadline;
         self.with_client(keys[0], deadline, pin, |client| async move {
-            let result: std::result::Result<R, _> = client
-                .evalsha(script.sha1.clone(), keys_of(), args.to_vec())
-                .await;
-            let n = match result {
-                Err(err) if err.details().starts_with("NOSCRIPT") => {
-                    client
-                        .eval(script.source.clone(), keys_of(), args.to_vec())
-                        .await?
-                }
-                other => other?,
-            };
+            let n = eval(&client, script, keys, args).await?;
             Ok((n, self.wait(&client, deadline).await?))
         })
         .await
         .and_then(|(n, acked)| self.check_durable(acked).map(|()| n))
+    }
+
+    /// Runs a read-only script (no gate, no WAIT, no registration) on a client serving
+    /// `keys[0]`.
+    pub(super) async fn read_script<R: Answer>(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        deadline: Instant,
+        pin: Option<&Client>,
+    ) -> Result<R> {
+        self.with_client(keys[0], deadline, pin, |client| async move {
+            eval(&client, script, keys, &[]).await
+        })
+        .await
     }
 
     /// `WAIT` on the connection that carried the write, when durability is on, for at most the
@@ -183,5 +222,28 @@ impl RedisStore {
             )),
             _ => Ok(()),
         }
+    }
+}
+
+/// `EVALSHA`, falling back to `EVAL` (which also caches the script) on a node that has not seen
+/// it yet, e.g. after a restart or failover. Arguments are copied per attempt (values are
+/// reference-counted bytes), since fred takes them by value.
+pub(super) async fn eval<R: fred::types::FromValue>(
+    client: &Client,
+    script: &Script,
+    keys: &[&str],
+    args: &[Value],
+) -> std::result::Result<R, fred::error::Error> {
+    let keys_of = || keys.iter().copied().collect::<MultipleKeys>();
+    match client
+        .evalsha(script.sha1.clone(), keys_of(), args.to_vec())
+        .await
+    {
+        Err(err) if err.details().starts_with("NOSCRIPT") => {
+            client
+                .eval(script.source.clone(), keys_of(), args.to_vec())
+                .await
+        }
+        other => other,
     }
 }

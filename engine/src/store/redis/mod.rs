@@ -18,8 +18,9 @@ use tokio::time::Instant;
 
 use self::{
     cluster::ClusterRouter,
+    exec::WriteCall,
     near::Near,
-    scripts::Script,
+    scripts::{Scripts, TrackedScripts},
     sentinel::{Watcher, WriteGate},
 };
 use super::{BindOutcome, BindRequest, Fields, Listed, Regenerated, Revoke, SessionStore};
@@ -69,12 +70,10 @@ struct Inner {
     /// The bound on each store call as a whole.
     command_timeout: Duration,
     wait_replicas: Option<(u32, Duration)>,
-    create: Script,
-    update: Script,
-    regenerate: Script,
+    scripts: Scripts,
     users: users::UserScripts,
-    /// The near cache and its scripts (load, update), when on.
-    near: Option<(Arc<Near>, [Script; 3])>,
+    /// The near cache and its scripts, when on.
+    near: Option<(Arc<Near>, TrackedScripts)>,
     _watchers: Vec<Watcher>,
 }
 
@@ -125,11 +124,9 @@ impl RedisStore {
                 gate,
                 command_timeout,
                 wait_replicas,
-                create: Script::create(),
-                update: Script::update(),
-                regenerate: Script::regenerate(),
+                scripts: Scripts::new(),
                 users: users::UserScripts::new(),
-                near: near.map(|near| (near, Script::tracked_set())),
+                near: near.map(|near| (near, TrackedScripts::new())),
                 _watchers: watchers,
             }),
         }
@@ -161,34 +158,37 @@ impl RedisStore {
 
     async fn create_by(
         &self,
+        call: &WriteCall<'_>,
         key: &str,
         fields: &[(String, Bytes)],
         ttl: Duration,
-        deadline: Instant,
     ) -> Result<bool> {
         let args = ttl_and_pairs(ttl, fields);
         let n: i64 = self
-            .run(&self.inner.create, &[key], &args, deadline, None)
+            .run(call, &self.inner.scripts.create, &[key], &args, None)
             .await?;
         Ok(n == scripts::APPLIED)
     }
 
-    async fn delete_by(&self, key: &str, deadline: Instant) -> Result<bool> {
+    async fn delete_by(&self, call: &WriteCall<'_>, key: &str) -> Result<bool> {
+        let deadline = call.deadline;
         // As in `run`: the epoch before the gate, the held and repeated paths bounded and boxed.
         let epoch = self.inner.gate.epoch();
         let (n, acked) = if self.inner.gate.wait(deadline).await? {
-            Box::pin(self.bounded(deadline, self.delete_once(key, deadline))).await?
+            Box::pin(self.bounded(deadline, self.delete_once(call, key))).await?
         } else {
-            self.delete_once(key, deadline).await?
+            self.delete_once(call, key).await?
         };
         if self.inner.gate.epoch() == epoch {
             return self.check_durable(acked).map(|()| n > 0);
         }
-        Box::pin(self.bounded(deadline, self.delete_again(key, deadline, n > 0))).await
+        Box::pin(self.bounded(deadline, self.delete_again(call, key, n > 0))).await
     }
 
     /// One `DEL` (and `WAIT`): how many keys it removed, and the replicas that acknowledged.
-    async fn delete_once(&self, key: &str, deadline: Instant) -> Result<(i64, Option<i64>)> {
+    async fn delete_once(&self, call: &WriteCall<'_>, key: &str) -> Result<(i64, Option<i64>)> {
+        call.touch(key);
+        let deadline = call.deadline;
         self.with_client(key, deadline, None, |client| async move {
             let n: i64 = client.del(key).await?;
             Ok((n, self.wait(&client, deadline).await?))
@@ -198,14 +198,20 @@ impl RedisStore {
 
     /// A delete that overlapped a failover is repeated on the new master, as often as failovers
     /// overlap it, but never past the deadline.
-    async fn delete_again(&self, key: &str, deadline: Instant, mut existed: bool) -> Result<bool> {
+    async fn delete_again(
+        &self,
+        call: &WriteCall<'_>,
+        key: &str,
+        mut existed: bool,
+    ) -> Result<bool> {
+        let deadline = call.deadline;
         loop {
             if Instant::now() >= deadline {
                 return Err(self.timed_out());
             }
             let epoch = self.inner.gate.epoch();
             self.inner.gate.wait(deadline).await?;
-            let (n, acked) = self.delete_once(key, deadline).await?;
+            let (n, acked) = self.delete_once(call, key).await?;
             existed |= n > 0;
             if self.inner.gate.epoch() == epoch {
                 return self.check_durable(acked).map(|()| existed);
@@ -215,11 +221,11 @@ impl RedisStore {
 
     async fn regenerate_by(
         &self,
+        call: &WriteCall<'_>,
         old: &str,
         new: &str,
         fields: &[(String, Bytes)],
         ttl: Duration,
-        deadline: Instant,
     ) -> Result<Regenerated> {
         let same_node = match &self.inner.backend {
             Backend::Pool(_) => true,
@@ -231,7 +237,13 @@ impl RedisStore {
         if same_node {
             let args = ttl_and_pairs(ttl, fields);
             let n: i64 = self
-                .run(&self.inner.regenerate, &[old, new], &args, deadline, None)
+                .run(
+                    call,
+                    &self.inner.scripts.regenerate,
+                    &[old, new],
+                    &args,
+                    None,
+                )
                 .await?;
             return Ok(match n {
                 scripts::APPLIED => Regenerated::Moved,
@@ -251,10 +263,10 @@ impl RedisStore {
         // failure between the two steps loses the session (the user signs in again) but can never
         // leave two live copies or resurrect a destroyed one. The unlikely id collision leaves
         // the old session deleted; the caller's retry then answers OldGone.
-        if !self.delete_by(old, deadline).await? {
+        if !self.delete_by(call, old).await? {
             return Ok(Regenerated::OldGone);
         }
-        Ok(if self.create_by(new, fields, ttl, deadline).await? {
+        Ok(if self.create_by(call, new, fields, ttl).await? {
             Regenerated::Moved
         } else {
             Regenerated::NewTaken
@@ -316,8 +328,8 @@ fn hash_fields(value: Value) -> Result<Option<Fields>> {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn load(&self, key: &str) -> Result<Option<Fields>> {
-        if let Some((near, [load, ..])) = &self.inner.near {
-            return self.load_near(near, load, key).await;
+        if let Some((near, scripts)) = &self.inner.near {
+            return self.load_near(near, &scripts.load, key).await;
         }
         // The typed command, not a raw one: fred flushes custom commands (and scripts) at once,
         // while typed ones share a write with whatever else is queued on the connection, which
@@ -345,8 +357,8 @@ impl SessionStore for RedisStore {
         // reply not cached). Many new sessions never come back (bots, one-off visitors), and
         // tracking each one measured a third more Redis CPU per new session; a returning one is
         // cached by its first load.
-        let deadline = self.deadline();
-        within_deadline!(self, deadline, self.create_by(key, fields, ttl, deadline))
+        let call = self.write_call();
+        within_deadline!(self, call.deadline, self.create_by(&call, key, fields, ttl))
     }
 
     async fn update(
@@ -356,36 +368,29 @@ impl SessionStore for RedisStore {
         delete: &[String],
         ttl: Option<Duration>,
     ) -> Result<bool> {
-        let deadline = self.deadline();
+        let call = self.write_call();
         let mut args = Vec::with_capacity(2 + 2 * set.len() + delete.len());
         args.push(ttl.map_or(Value::Integer(0), ttl_ms));
         args.push(Value::Integer(set.len() as i64));
         push_pairs(&mut args, set);
         args.extend(delete.iter().map(|f| Value::String(f.as_str().into())));
-        if let Some((near, [_, update, applied])) = &self.inner.near {
+        if let Some((near, scripts)) = &self.inner.near {
             let change = tracked::Change { set, delete, ttl };
             return self
-                .update_near(near, [update, applied], key, &args, change)
+                .update_near(&call, near, scripts, key, &args, change)
                 .await;
         }
         let n: i64 = within_deadline!(
             self,
-            deadline,
-            self.run(&self.inner.update, &[key], &args, deadline, None)
+            call.deadline,
+            self.run(&call, &self.inner.scripts.update, &[key], &args, None)
         )?;
         Ok(n == scripts::APPLIED)
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let deadline = self.deadline();
-        // With the cache on: the delete counts as a request of the key in flight (a load
-        // answered meanwhile is not cached), and the entry goes when it ends, even cancelled.
-        let _busy = self
-            .inner
-            .near
-            .as_ref()
-            .map(|(near, _)| (near.begin(key), tracked::Forget::new(near, key)));
-        within_deadline!(self, deadline, self.delete_by(key, deadline))
+        let call = self.write_call();
+        within_deadline!(self, call.deadline, self.delete_by(&call, key))
     }
 
     async fn regenerate(
@@ -395,20 +400,11 @@ impl SessionStore for RedisStore {
         fields: &[(String, Bytes)],
         ttl: Duration,
     ) -> Result<Regenerated> {
-        let deadline = self.deadline();
-        // As in `delete`, for both keys.
-        let _busy = self.inner.near.as_ref().map(|(near, _)| {
-            (
-                near.begin(old),
-                near.begin(new),
-                tracked::Forget::new(near, old),
-                tracked::Forget::new(near, new),
-            )
-        });
+        let call = self.write_call();
         within_deadline!(
             self,
-            deadline,
-            self.regenerate_by(old, new, fields, ttl, deadline)
+            call.deadline,
+            self.regenerate_by(&call, old, new, fields, ttl)
         )
     }
 
@@ -432,28 +428,29 @@ impl SessionStore for RedisStore {
     // The per-user operations are rare (logins, device lists, revokes) and each may read the
     // index first: always bounded as a whole, boxed.
     async fn bind(&self, request: &BindRequest<'_>) -> Result<BindOutcome> {
-        let deadline = self.deadline();
-        Box::pin(self.bounded(deadline, self.bind_by(request, deadline))).await
+        let call = self.write_call();
+        Box::pin(self.bounded(call.deadline, self.bind_by(&call, request))).await
     }
 
     async fn list_user(&self, index: &str) -> Result<Vec<Listed>> {
-        let deadline = self.deadline();
-        Box::pin(self.bounded(deadline, self.list_by(index, deadline))).await
+        // The listing script prunes entries of expired sessions: a write call like the others.
+        let call = self.write_call();
+        Box::pin(self.bounded(call.deadline, self.list_by(&call, index))).await
     }
 
     async fn revoke(&self, index: &str, which: Revoke<'_>) -> Result<Vec<String>> {
-        let deadline = self.deadline();
-        Box::pin(self.bounded(deadline, self.revoke_by(index, which, deadline))).await
+        let call = self.write_call();
+        Box::pin(self.bounded(call.deadline, self.revoke_by(&call, index, which))).await
     }
 
     async fn unbind(&self, index: &str, key: &str, handle: Option<&str>) -> Result<bool> {
-        let deadline = self.deadline();
-        Box::pin(self.bounded(deadline, self.unbind_by(index, key, handle, deadline))).await
+        let call = self.write_call();
+        Box::pin(self.bounded(call.deadline, self.unbind_by(&call, index, key, handle))).await
     }
 
     async fn touch_user(&self, index: &str, handle: &str, ttl: Duration) -> Result<bool> {
-        let deadline = self.deadline();
-        Box::pin(self.bounded(deadline, self.touch_by(index, handle, ttl, deadline))).await
+        let call = self.write_call();
+        Box::pin(self.bounded(call.deadline, self.touch_by(&call, index, handle, ttl))).await
     }
 
     async fn rebind(
@@ -465,8 +462,8 @@ impl SessionStore for RedisStore {
         fields: &[(String, Bytes)],
         ttl: Duration,
     ) -> Result<Regenerated> {
-        let deadline = self.deadline();
-        let call = self.rebind_by(index, handle, (old, new), fields, ttl, deadline);
-        Box::pin(self.bounded(deadline, call)).await
+        let call = self.write_call();
+        let rebind = self.rebind_by(&call, index, handle, (old, new), fields, ttl);
+        Box::pin(self.bounded(call.deadline, rebind)).await
     }
 }

@@ -167,15 +167,51 @@ impl Script {
     pub(super) fn regenerate() -> Self {
         Self::new(REGENERATE_LUA, Reapply::KeepFirstSuccess)
     }
+}
 
-    /// The near cache's scripts: load, update ending with the state read, and update ending
-    /// with the status only (for a write applied to a cached entry known current).
-    pub(super) fn tracked_set() -> [Self; 3] {
-        [
-            Self::new(LOAD_TRACKED_LUA, Reapply::TakeLatest),
-            Self::new(tracked(UPDATE_LUA, TRACKED_RETURN), Reapply::TakeLatest),
-            Self::new(tracked(UPDATE_LUA, TRACKED_RETRACK), Reapply::TakeLatest),
-        ]
+/// The session scripts of one store, by name.
+#[derive(Debug)]
+pub(super) struct Scripts {
+    pub(super) create: Script,
+    pub(super) update: Script,
+    pub(super) regenerate: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        Scripts {
+            create: Script::create(),
+            update: Script::update(),
+            regenerate: Script::regenerate(),
+        }
+    }
+}
+
+/// The near cache's scripts.
+#[derive(Debug)]
+pub(super) struct TrackedScripts {
+    /// The load: PTTL and HGETALL, which tracks the key.
+    pub(super) load: Script,
+    /// The update ending with the state it left (PTTL and HGETALL).
+    pub(super) update_answering_state: Script,
+    /// The update ending with its status only, for a write applied to a cached entry known
+    /// current.
+    pub(super) update_answering_status: Script,
+}
+
+impl TrackedScripts {
+    pub(super) fn new() -> Self {
+        TrackedScripts {
+            load: Script::new(LOAD_TRACKED_LUA, Reapply::TakeLatest),
+            update_answering_state: Script::new(
+                tracked(UPDATE_LUA, TRACKED_RETURN),
+                Reapply::TakeLatest,
+            ),
+            update_answering_status: Script::new(
+                tracked(UPDATE_LUA, TRACKED_RETRACK),
+                Reapply::TakeLatest,
+            ),
+        }
     }
 }
 
@@ -220,7 +256,11 @@ mod tests {
 
     #[test]
     fn tracked_scripts_answer_tables_and_end_with_the_state() {
-        let [load, update, applied] = Script::tracked_set();
+        let TrackedScripts {
+            load,
+            update_answering_state: update,
+            update_answering_status: applied,
+        } = TrackedScripts::new();
         for (script, ending) in [(&update, TRACKED_RETURN), (&applied, TRACKED_RETRACK)] {
             assert!(!script.source.contains("return 0\n"));
             assert!(!script.source.contains("return 1\n"));

@@ -8,13 +8,15 @@ use std::{sync::LazyLock, time::Duration};
 use async_trait::async_trait;
 use bytes::Bytes;
 use fred::{
-    bytes_utils::Str,
-    interfaces::{KeysInterface, LuaInterface},
-    types::{Expiration, MultipleKeys, SetOptions, Value},
+    interfaces::KeysInterface,
+    types::{Expiration, SetOptions, Value},
 };
-use tokio::time::Instant;
 
-use super::{Backend, RedisStore};
+use super::{
+    exec::WriteCall,
+    scripts::{Reapply, Script},
+    Backend, RedisStore,
+};
 use crate::{
     error::{Error, ErrorKind, Result},
     store::{Renamed, Replaced, SessionStore, StringStore},
@@ -52,21 +54,11 @@ redis.call('DEL', KEYS[1])
 return {1}
 ";
 
-struct Lua {
-    source: &'static str,
-    sha1: Str,
-}
-
-fn lua(source: &'static str) -> Lua {
-    Lua {
-        source,
-        sha1: Str::from(fred::util::sha1_hash(source)),
-    }
-}
-
-static REPLACE: LazyLock<Lua> = LazyLock::new(|| lua(REPLACE_LUA));
-static RENAME: LazyLock<Lua> = LazyLock::new(|| lua(RENAME_LUA));
-static DELETE_IF: LazyLock<Lua> = LazyLock::new(|| lua(DELETE_IF_LUA));
+// The re-apply rule is the caller's `combine` (the answers carry values), not the script's.
+static REPLACE: LazyLock<Script> = LazyLock::new(|| Script::new(REPLACE_LUA, Reapply::TakeLatest));
+static RENAME: LazyLock<Script> = LazyLock::new(|| Script::new(RENAME_LUA, Reapply::TakeLatest));
+static DELETE_IF: LazyLock<Script> =
+    LazyLock::new(|| Script::new(DELETE_IF_LUA, Reapply::TakeLatest));
 
 /// The answer of a guarded-write script: its code and, for "changed", the current value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,60 +110,33 @@ impl RedisStore {
     /// answer from both runs.
     async fn run_string_script(
         &self,
-        script: &Lua,
+        call: &WriteCall<'_>,
+        script: &Script,
         keys: &[&str],
         args: Vec<Value>,
-        deadline: Instant,
         combine: impl Fn(Answer, Answer) -> Answer,
     ) -> Result<Answer> {
+        let deadline = call.deadline;
         let epoch = self.inner.gate.epoch();
         self.inner.gate.wait(deadline).await?;
-        let first = self
-            .string_script_once(script, keys, &args, deadline)
-            .await?;
+        let first = answer(self.run_once(call, script, keys, &args, None).await?)?;
         if self.inner.gate.epoch() == epoch {
             return Ok(first);
         }
         self.inner.gate.wait(deadline).await?;
-        let again = self
-            .string_script_once(script, keys, &args, deadline)
-            .await?;
+        let again = answer(self.run_once(call, script, keys, &args, None).await?)?;
         Ok(combine(first, again))
-    }
-
-    async fn string_script_once(
-        &self,
-        script: &Lua,
-        keys: &[&str],
-        args: &[Value],
-        deadline: Instant,
-    ) -> Result<Answer> {
-        let keys_of = || keys.iter().copied().collect::<MultipleKeys>();
-        let (value, acked) = self
-            .with_client(keys[0], deadline, None, |client| async move {
-                let result: std::result::Result<Value, _> = client
-                    .evalsha(script.sha1.clone(), keys_of(), args.to_vec())
-                    .await;
-                let value = match result {
-                    Err(err) if err.details().starts_with("NOSCRIPT") => {
-                        client.eval(script.source, keys_of(), args.to_vec()).await?
-                    }
-                    other => other?,
-                };
-                Ok((value, self.wait(&client, deadline).await?))
-            })
-            .await?;
-        self.check_durable(acked)?;
-        answer(value)
     }
 
     async fn set_new_by(
         &self,
+        call: &WriteCall<'_>,
         key: &str,
         value: Bytes,
         ttl: Duration,
-        deadline: Instant,
     ) -> Result<bool> {
+        let deadline = call.deadline;
+        call.touch(key);
         self.inner.gate.wait(deadline).await?;
         let (reply, acked) = self
             .with_client(key, deadline, None, |client| {
@@ -196,12 +161,12 @@ impl RedisStore {
 
     async fn rename_by(
         &self,
+        call: &WriteCall<'_>,
         old: &str,
         expected: Bytes,
         new: &str,
         value: Bytes,
         ttl: Duration,
-        deadline: Instant,
     ) -> Result<Renamed> {
         let same_node = match &self.inner.backend {
             Backend::Pool(_) => true,
@@ -217,7 +182,7 @@ impl RedisStore {
             let keep_first =
                 |first: Answer, again: Answer| if first.0 == 1 { first } else { again };
             let a = self
-                .run_string_script(&RENAME, &[old, new], args, deadline, keep_first)
+                .run_string_script(call, &RENAME, &[old, new], args, keep_first)
                 .await?;
             return Ok(match a {
                 Answer(1, _) => Renamed::Done,
@@ -231,10 +196,10 @@ impl RedisStore {
         let keep_first = |first: Answer, again: Answer| if first.0 == 1 { first } else { again };
         let a = self
             .run_string_script(
+                call,
                 &DELETE_IF,
                 &[old],
                 vec![Value::Bytes(expected)],
-                deadline,
                 keep_first,
             )
             .await?;
@@ -243,7 +208,7 @@ impl RedisStore {
             Answer(0, _) => return Ok(Renamed::OldGone),
             Answer(_, current) => return Ok(Renamed::OldChanged(current.unwrap_or_default())),
         }
-        Ok(if self.set_new_by(new, value, ttl, deadline).await? {
+        Ok(if self.set_new_by(call, new, value, ttl).await? {
             Renamed::Done
         } else {
             Renamed::NewTaken
@@ -262,8 +227,8 @@ impl StringStore for RedisStore {
     }
 
     async fn set_new(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool> {
-        let deadline = self.deadline();
-        self.bounded(deadline, self.set_new_by(key, value, ttl, deadline))
+        let call = self.write_call();
+        self.bounded(call.deadline, self.set_new_by(&call, key, value, ttl))
             .await
     }
 
@@ -274,7 +239,7 @@ impl StringStore for RedisStore {
         value: Bytes,
         ttl: Duration,
     ) -> Result<Replaced> {
-        let deadline = self.deadline();
+        let call = self.write_call();
         let [unit, amount] = ttl_args(ttl);
         let written = value.clone();
         let args = vec![Value::Bytes(expected), Value::Bytes(value), unit, amount];
@@ -286,8 +251,8 @@ impl StringStore for RedisStore {
         };
         let a = self
             .bounded(
-                deadline,
-                self.run_string_script(&REPLACE, &[key], args, deadline, combine),
+                call.deadline,
+                self.run_string_script(&call, &REPLACE, &[key], args, combine),
             )
             .await?;
         Ok(match a {
@@ -309,10 +274,10 @@ impl StringStore for RedisStore {
         value: Bytes,
         ttl: Duration,
     ) -> Result<Renamed> {
-        let deadline = self.deadline();
+        let call = self.write_call();
         self.bounded(
-            deadline,
-            self.rename_by(old, expected, new, value, ttl, deadline),
+            call.deadline,
+            self.rename_by(&call, old, expected, new, value, ttl),
         )
         .await
     }

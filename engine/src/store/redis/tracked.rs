@@ -9,49 +9,18 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 
-use fred::{interfaces::LuaInterface as _, prelude::Client, types::Value};
+use fred::{prelude::Client, types::Value};
 
 use super::{
-    near::{Lifetime, Near, Ticket},
-    scripts::{self, Answer, Script},
+    exec::WriteCall,
+    near::{Lifetime, Near, Op, Registered, Ticket},
+    scripts::{self, Answer, Script, TrackedScripts},
     Backend, RedisStore,
 };
 use crate::{
     error::{Error, ErrorKind, Result},
     store::Fields,
 };
-
-/// Drops `key`'s entry when it goes out of scope armed: a write whose future was dropped
-/// mid-flight (a client that went away) may still have been applied, and `NOLOOP` sends this
-/// connection no invalidation for it, so nothing cached may stand.
-pub(super) struct Forget<'a> {
-    near: &'a Near,
-    key: &'a str,
-    armed: bool,
-}
-
-impl<'a> Forget<'a> {
-    pub(super) fn new(near: &'a Near, key: &'a str) -> Self {
-        Forget {
-            near,
-            key,
-            armed: true,
-        }
-    }
-
-    /// The call finished: whoever answered it decides about the entry.
-    fn disarm(&mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for Forget<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.near.invalidate(self.key);
-        }
-    }
-}
 
 /// One update's changes, as the store was handed them.
 #[derive(Clone, Copy)]
@@ -61,10 +30,13 @@ pub(super) struct Change<'a> {
     pub(super) ttl: Option<Duration>,
 }
 
-/// A write about to go out on the key's pinned connection, with what the cache needs to admit
+/// A request about to go out on the key's pinned connection, with what the cache needs to admit
 /// its answer.
 struct Pinned<'a> {
-    op: super::near::Op<'a>,
+    /// Its place in the key's in-flight register.
+    registered: Registered,
+    /// A load's own registration (a write's is its call's).
+    _load: Option<Op<'a>>,
     client: Option<Client>,
     link: Option<Arc<super::near::Link>>,
     ticket: Option<(Ticket, u64)>,
@@ -84,13 +56,26 @@ impl RedisStore {
         }
     }
 
-    fn pinned<'a>(&self, near: &'a Arc<Near>, key: &'a str) -> Pinned<'a> {
-        let op = near.begin(key);
+    /// Registers the request (a load by itself, a write through its call) and takes its ticket.
+    fn pinned<'a>(
+        &self,
+        near: &'a Arc<Near>,
+        key: &'a str,
+        call: Option<&WriteCall<'_>>,
+    ) -> Pinned<'a> {
+        let (registered, load) = match call.and_then(|c| c.touch(key)) {
+            Some(registered) => (registered, None),
+            None => {
+                let op = near.begin(key);
+                (op.registered(), Some(op))
+            }
+        };
         let client = self.pin(key);
         let link = client.as_ref().map(|c| near.link(c));
         let ticket = link.as_ref().and_then(|l| near.ticket(l));
         Pinned {
-            op,
+            registered,
+            _load: load,
             client,
             link,
             ticket,
@@ -107,14 +92,12 @@ impl RedisStore {
         if let Some(fields) = near.get(key) {
             return Ok(Some(fields));
         }
-        let pinned = self.pinned(near, key);
+        let pinned = self.pinned(near, key, None);
         let deadline = self.deadline();
         let reply: Value = within_deadline!(
             self,
             deadline,
-            self.with_client(key, deadline, pinned.client.as_ref(), |client| async move {
-                eval_on(&client, script, &[key], &[]).await
-            })
+            self.read_script(script, &[key], deadline, pinned.client.as_ref())
         )?;
         let Value::Array(items) = reply else {
             return Err(malformed());
@@ -130,30 +113,31 @@ impl RedisStore {
     /// otherwise the script answers the state it left.
     pub(super) async fn update_near(
         &self,
+        call: &WriteCall<'_>,
         near: &Arc<Near>,
-        [answers_state, answers_status]: [&Script; 2],
+        scripts: &TrackedScripts,
         key: &str,
         args: &[Value],
         change: Change<'_>,
     ) -> Result<bool> {
-        let deadline = self.deadline();
-        let pinned = self.pinned(near, key);
+        let pinned = self.pinned(near, key, Some(call));
         let base = match (&pinned.link, &pinned.ticket) {
             (Some(link), Some(ticket)) => near.base(key, link, ticket),
             _ => None,
         };
         let script = if base.is_some() {
-            answers_status
+            &scripts.update_answering_status
         } else {
-            answers_state
+            &scripts.update_answering_state
         };
-        let mut forget = Forget::new(near, key);
         let result: Result<Value> = within_deadline!(
             self,
-            deadline,
-            self.run(script, &[key], args, deadline, pinned.client.as_ref())
+            call.deadline,
+            self.run(call, script, &[key], args, pinned.client.as_ref())
         );
-        forget.disarm();
+        // Answered: what follows caches or drops the entry itself. Until here (a dropped
+        // future included), the call's guard drops it.
+        call.settle(key);
         match base {
             Some(base) => self.applied(near, key, &pinned, result, base, change),
             None => self.written(near, key, &pinned, result),
@@ -253,32 +237,16 @@ impl RedisStore {
         lifetime: Lifetime,
     ) {
         match (fields, &pinned.link) {
-            (Some(fields), Some(link)) => {
-                near.admit(key, link, pinned.ticket, &pinned.op, fields, lifetime)
-            }
+            (Some(fields), Some(link)) => near.admit(
+                key,
+                link,
+                pinned.ticket,
+                pinned.registered,
+                fields,
+                lifetime,
+            ),
             _ => near.invalidate(key),
         }
-    }
-}
-
-/// `EVALSHA`, or `EVAL` after `NOSCRIPT`, on `client` (a read: no WAIT).
-async fn eval_on<R: Answer>(
-    client: &Client,
-    script: &Script,
-    keys: &[&str],
-    args: &[Value],
-) -> std::result::Result<R, fred::error::Error> {
-    let keys_of = || keys.iter().copied().collect::<fred::types::MultipleKeys>();
-    match client
-        .evalsha(script.sha1.clone(), keys_of(), args.to_vec())
-        .await
-    {
-        Err(err) if err.details().starts_with("NOSCRIPT") => {
-            client
-                .eval(script.source.clone(), keys_of(), args.to_vec())
-                .await
-        }
-        other => other,
     }
 }
 

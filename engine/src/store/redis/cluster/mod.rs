@@ -67,8 +67,10 @@ pub(super) struct ClusterRouter {
     /// replica before the next refresh). Cached so each such node gets one pool, however many
     /// redirections point at it; a refresh adopts it into the topology or quits it.
     strays: Mutex<HashMap<Server, Stray>>,
-    /// For ASK redirections during slot migration.
-    fallback: Pool,
+    /// For ASK redirections during slot migration, built at the first one: fred's cluster
+    /// client reads CLUSTER SLOTS itself, and on a lone node that lists its own host as empty
+    /// it would retry its connection for as long as the store lives.
+    fallback: std::sync::OnceLock<Pool>,
     /// Its own Arc, so the refresh task can wait on it without keeping the router alive.
     wake: Arc<Notify>,
     /// The near cache, flushed whenever the slot map changes.
@@ -104,11 +106,11 @@ impl ClusterRouter {
             _ => unreachable!("the cluster router is only built for cluster URLs"),
         };
         let connect_timeout = settings.connect_timeout;
-        let fallback = settings
+        // Checked now, so the lazily built ASK pool cannot fail later.
+        settings
             .fred_builder(config.clone())
-            .build_pool(settings.pool_size)
+            .build_pool(1)
             .map_err(Error::from)?;
-        fallback.connect_pool();
         let router = Arc::new(ClusterRouter {
             config,
             settings,
@@ -118,7 +120,7 @@ impl ClusterRouter {
                 nodes: HashMap::new(),
             })),
             strays: Mutex::new(HashMap::new()),
-            fallback,
+            fallback: std::sync::OnceLock::new(),
             wake: Arc::new(Notify::new()),
             near,
         });
@@ -147,6 +149,19 @@ impl ClusterRouter {
         }
         tokio::spawn(refresh_loop(Arc::downgrade(&router)));
         Ok(router)
+    }
+
+    /// The fred cluster pool that follows ASK redirections (it sends ASKING).
+    fn fallback(&self) -> &Pool {
+        self.fallback.get_or_init(|| {
+            let pool = self
+                .settings
+                .fred_builder(self.config.clone())
+                .build_pool(self.settings.pool_size)
+                .expect("the cluster config was checked when the router was built");
+            pool.connect_pool();
+            pool
+        })
     }
 
     fn node_pool(&self, server: &Server) -> Pool {
@@ -386,7 +401,7 @@ impl ClusterRouter {
                     self.refresh_soon();
                     self.pool_at(&server).next().clone()
                 }
-                Redirect::Ask => self.fallback.next().clone(),
+                Redirect::Ask => self.fallback().next().clone(),
                 Redirect::Reroute => {
                     self.refresh_soon();
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -446,7 +461,9 @@ impl ClusterRouter {
         for pool in pools {
             let _ = pool.quit().await;
         }
-        let _ = self.fallback.quit().await;
+        if let Some(fallback) = self.fallback.get() {
+            let _ = fallback.quit().await;
+        }
     }
 }
 

@@ -65,12 +65,50 @@ pub(super) fn classify(err: &fred::error::Error) -> Redirect {
 
 /// The slot map in a CLUSTER SLOTS answer from a node at `host` (which stands in for nodes listed
 /// without an address); `None` when it lists no slots (a node that is not part of a cluster yet).
+///
+/// Redis 7.0 lists a node that does not know its own address (a lone node no peer has met) with
+/// an empty host. fred 10.1 reads that as the host name `""`, which no connection can reach, so
+/// such hosts become null first: the node that answered, as for an unknown endpoint.
 pub(super) fn slot_map(
     value: Value,
     host: &Str,
 ) -> std::result::Result<Option<ClusterRouting>, fred::error::Error> {
-    let routing = ClusterRouting::from_cluster_slots(value, host.clone())?;
+    let routing = ClusterRouting::from_cluster_slots(unknown_hosts_null(value), host.clone())?;
     Ok((!routing.slots().is_empty()).then_some(routing))
+}
+
+/// `value` with every empty node host in its slot ranges replaced by null.
+fn unknown_hosts_null(value: Value) -> Value {
+    let Value::Array(ranges) = value else {
+        return value;
+    };
+    let ranges = ranges
+        .into_iter()
+        .map(|range| match range {
+            // A range: first slot, last slot, then one `[host, port, id, ...]` per node.
+            Value::Array(items) => Value::Array(
+                items
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, item)| match item {
+                        Value::Array(mut node) if i >= 2 => {
+                            if node
+                                .first()
+                                .and_then(Value::as_str)
+                                .is_some_and(|h| h.is_empty())
+                            {
+                                node[0] = Value::Null;
+                            }
+                            Value::Array(node)
+                        }
+                        other => other,
+                    })
+                    .collect(),
+            ),
+            other => other,
+        })
+        .collect();
+    Value::Array(ranges)
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ async fn a_moved_target_gets_one_cached_pool() {
         reconnect_max_delay: Duration::from_millis(100),
         broadcast_capacity: 32,
     };
-    let fallback = settings.fred_builder(config.clone()).build_pool(1).unwrap();
     let router = ClusterRouter {
         config,
         settings,
@@ -23,7 +22,7 @@ async fn a_moved_target_gets_one_cached_pool() {
             nodes: HashMap::new(),
         })),
         strays: Mutex::new(HashMap::new()),
-        fallback,
+        fallback: std::sync::OnceLock::new(),
         wake: Arc::new(Notify::new()),
         near: None,
     };

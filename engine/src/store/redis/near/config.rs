@@ -7,8 +7,12 @@ use crate::error::{Error, ErrorKind, Result};
 /// Why entries were flushed (the `cause` label of the flush counter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(in crate::store::redis) enum FlushCause {
-    /// `invalidate null`: FLUSHALL, FLUSHDB or a replica's full resync.
+    /// `invalidate null`: FLUSHALL, FLUSHDB or a replica's full resync. fred 10.1 does not
+    /// deliver it; kept for a release that does.
     NullInvalidation,
+    /// The link's marker key was gone at a heartbeat: the dataset was flushed (FLUSHALL,
+    /// FLUSHDB, a full resync) or the key evicted.
+    DatasetFlushed,
     /// The invalidation channel overflowed: some invalidations were never seen.
     Lagged,
     /// The invalidation channel closed.
@@ -32,6 +36,7 @@ impl FlushCause {
     pub(in crate::store::redis) fn as_str(self) -> &'static str {
         match self {
             FlushCause::NullInvalidation => "null_invalidation",
+            FlushCause::DatasetFlushed => "dataset_flushed",
             FlushCause::Lagged => "lagged",
             FlushCause::StreamClosed => "stream_closed",
             FlushCause::Reconnect => "reconnect",

@@ -112,7 +112,7 @@ async fn a_connection_replaced_unheard_kills_its_entries() {
         key,
         &link,
         ticket,
-        &op,
+        op.registered(),
         Arc::new(fields.clone()),
         Lifetime::Pttl(60_000),
     );

@@ -44,6 +44,8 @@ pub(in crate::store::redis) struct Link {
     tracked_conn: AtomicI64,
     /// The server's `evicted_keys` at the last confirmation, plus one (0: not read yet).
     evicted: AtomicU64,
+    /// This link's marker key on its node, placed when tracking is enabled (see [`marker`]).
+    marker: parking_lot::Mutex<Option<String>>,
 }
 
 /// What a load or write read of its link before it was sent. It may cache its reply only if the
@@ -99,6 +101,7 @@ impl Link {
             serve_until_ms: AtomicU64::new(0),
             tracked_conn: AtomicI64::new(-1),
             evicted: AtomicU64::new(0),
+            marker: parking_lot::Mutex::new(None),
         }
     }
 
@@ -168,7 +171,7 @@ impl Link {
 
     /// Turns tracking on for the current connection (default mode, `NOLOOP`, invalidations on
     /// the same connection) and confirms it. Answers the connection id it is on.
-    async fn enable(&self, timeout: Duration) -> Option<i64> {
+    async fn enable(&self, timeout: Duration, marker_ttl: Duration) -> Option<i64> {
         let on = async {
             self.client
                 .client_tracking::<(), _, _>(
@@ -181,6 +184,11 @@ impl Link {
                     true,
                 )
                 .await?;
+            // Placed before anything is cached: a flush from here on removes it.
+            let Some(key) = marker::place(&self.client, marker_ttl).await? else {
+                return Ok(None);
+            };
+            *self.marker.lock() = Some(key);
             confirmed(&self.client).await
         };
         match tokio::time::timeout(timeout, on).await {
@@ -190,6 +198,32 @@ impl Link {
                 Some(self.conn_id())
             }
             _ => None,
+        }
+    }
+
+    /// Whether the marker key is still there; if it is not, a new one is placed. A missing
+    /// marker means the node's dataset was flushed since the last heartbeat. The check is a
+    /// read (`PTTL`), so `CLIENT PAUSE WRITE` (a manual failover's first step) does not hold
+    /// the heartbeat; the renewal, a write, runs on its own task once half the marker's
+    /// lifetime has passed, and a renewal that never lands only costs one needless flush.
+    async fn marker_kept(&self, ttl: Duration) -> std::result::Result<bool, fred::error::Error> {
+        let Some(key) = self.marker.lock().clone() else {
+            return Ok(false);
+        };
+        let left = marker::left(&self.client, &key).await?;
+        match left {
+            Some(left) if left > ttl / 2 => Ok(true),
+            Some(_) => {
+                let client = self.client.clone();
+                tokio::spawn(async move {
+                    let _ = marker::renew(&client, &key, ttl).await;
+                });
+                Ok(true)
+            }
+            None => {
+                marker::set(&self.client, &key, ttl).await?;
+                Ok(false)
+            }
         }
     }
 
@@ -389,13 +423,26 @@ pub(super) async fn heartbeat(near: Weak<Near>, link: Weak<Link>, period: Durati
                 near.max_stale / 2,
             )
         };
+        let marker_ttl = marker::ttl(max_stale);
         let Some(this) = link.upgrade() else { return };
         let sent = Instant::now();
         let sent_ms = Near::clock_at(sent);
         let confirmed_conn = this.tracked_conn.load(Ordering::SeqCst);
         let ok = if confirmed_conn >= 0 && this.conn_id() == confirmed_conn {
-            match tokio::time::timeout(timeout, confirmed(&this.client)).await {
-                Ok(Ok(Some(evicted))) if this.conn_id() == confirmed_conn => {
+            let check = async {
+                let kept = this.marker_kept(marker_ttl).await?;
+                Ok::<_, fred::error::Error>(confirmed(&this.client).await?.map(|e| (kept, e)))
+            };
+            match tokio::time::timeout(timeout, check).await {
+                Ok(Ok(Some((kept, evicted)))) if this.conn_id() == confirmed_conn => {
+                    if !kept {
+                        // FLUSHALL, FLUSHDB or a full resync removed every key, and fred
+                        // 10.1 drops the `invalidate null` Redis sent for it.
+                        this.flush();
+                        if let Some(near) = near.upgrade() {
+                            near.flushed(&this, FlushCause::DatasetFlushed);
+                        }
+                    }
                     if this.evicted_since(evicted) {
                         // Some of those may have been evicted by this connection's own
                         // commands, which Redis does not invalidate to it.
@@ -418,7 +465,7 @@ pub(super) async fn heartbeat(near: Weak<Near>, link: Weak<Link>, period: Durati
                     near.flushed(&this, FlushCause::Reconnect);
                 }
             }
-            match this.enable(timeout).await {
+            match this.enable(timeout, marker_ttl).await {
                 Some(conn) if conn >= 0 => {
                     this.tracked_conn.store(conn, Ordering::SeqCst);
                     true
@@ -455,5 +502,6 @@ pub(super) async fn heartbeat(near: Weak<Near>, link: Weak<Link>, period: Durati
     }
 }
 
+mod marker;
 #[cfg(test)]
 mod tests;

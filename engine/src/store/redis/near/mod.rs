@@ -27,7 +27,10 @@ use parking_lot::{Mutex, RwLock};
 use quick_cache::{sync::Cache, Weighter};
 use tokio::{sync::Notify, time::Instant};
 
-pub(super) use self::link::{Link, Ticket};
+pub(super) use self::{
+    link::{Link, Ticket},
+    writes::Writes,
+};
 use crate::store::Fields;
 
 mod config;
@@ -35,6 +38,7 @@ mod config;
 mod heartbeat_tests;
 mod link;
 mod metrics;
+mod writes;
 
 pub use self::config::NearCache;
 pub(super) use self::{config::FlushCause, metrics::NearMetrics};
@@ -105,23 +109,30 @@ struct Ops {
     started: u64,
 }
 
-/// One load or write of a key in flight; see [`Near::begin`].
-pub(super) struct Op<'a> {
-    near: &'a Near,
-    key: &'a str,
+/// One request of a key in the in-flight register: its number among the key's requests, and
+/// whether no other was in flight when it started.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Registered {
     started: u64,
     alone: bool,
 }
 
+/// One load of a key in flight; see [`Near::begin`]. Writes register through [`Writes`].
+pub(super) struct Op<'a> {
+    near: &'a Near,
+    key: &'a str,
+    registered: Registered,
+}
+
+impl Op<'_> {
+    pub(super) fn registered(&self) -> Registered {
+        self.registered
+    }
+}
+
 impl Drop for Op<'_> {
     fn drop(&mut self) {
-        let mut shard = self.near.shard(self.key).lock();
-        if let Some(ops) = shard.get_mut(self.key) {
-            ops.in_flight -= 1;
-            if ops.in_flight == 0 {
-                shard.remove(self.key);
-            }
-        }
+        self.near.unregister(self.key);
     }
 }
 
@@ -162,18 +173,41 @@ impl Near {
         &self.ops[slot % OP_SHARDS]
     }
 
-    /// Registers a load or write of `key` about to be sent.
+    /// Registers a load of `key` about to be sent.
     pub(super) fn begin<'a>(&'a self, key: &'a str) -> Op<'a> {
+        Op {
+            near: self,
+            key,
+            registered: self.register(key),
+        }
+    }
+
+    /// Counts a request of `key` in flight (rule 4).
+    fn register(&self, key: &str) -> Registered {
         let mut shard = self.shard(key).lock();
         let ops = shard.entry(key.to_owned()).or_default();
         ops.in_flight += 1;
         ops.started += 1;
-        Op {
-            near: self,
-            key,
+        Registered {
             started: ops.started,
             alone: ops.in_flight == 1,
         }
+    }
+
+    /// Ends a request that [`Near::register`] counted.
+    fn unregister(&self, key: &str) {
+        let mut shard = self.shard(key).lock();
+        if let Some(ops) = shard.get_mut(key) {
+            ops.in_flight -= 1;
+            if ops.in_flight == 0 {
+                shard.remove(key);
+            }
+        }
+    }
+
+    /// A guard for the keys of one write call; see [`Writes`].
+    pub(super) fn writes(&self) -> Writes<'_> {
+        Writes::new(self)
     }
 
     /// Milliseconds since the process's origin (never 0 after the first call).
@@ -301,7 +335,7 @@ impl Near {
         key: &str,
         link: &Arc<Link>,
         ticket: Option<(Ticket, u64)>,
-        op: &Op<'_>,
+        op: Registered,
         fields: Arc<Fields>,
         lifetime: Lifetime,
     ) {

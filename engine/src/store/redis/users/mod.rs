@@ -12,7 +12,9 @@ use bytes::Bytes;
 use fred::{interfaces::HashesInterface, types::Value};
 use tokio::time::Instant;
 
-use super::{hash_fields, push_pairs, scripts::APPLIED, ttl_ms, Backend, RedisStore};
+use super::{
+    exec::WriteCall, hash_fields, push_pairs, scripts::APPLIED, ttl_ms, Backend, RedisStore,
+};
 use crate::{
     error::{Error, ErrorKind, Result},
     record::LISTED_FIELDS,
@@ -110,23 +112,16 @@ impl RedisStore {
         ))
     }
 
-    fn invalidate_near(&self, keys: impl IntoIterator<Item = impl AsRef<str>>) {
-        if let Some((near, _)) = &self.inner.near {
-            for key in keys {
-                near.invalidate(key.as_ref());
-            }
-        }
-    }
-
     fn one_node(&self) -> bool {
         matches!(self.inner.backend, Backend::Pool(_))
     }
 
     pub(super) async fn bind_by(
         &self,
+        call: &WriteCall<'_>,
         req: &BindRequest<'_>,
-        deadline: Instant,
     ) -> Result<BindOutcome> {
+        let deadline = call.deadline;
         let mut old = req.old;
         // Another slot on a cluster cannot share the script: end the old session first, fail
         // closed, as a cross-slot regenerate does.
@@ -137,18 +132,15 @@ impl RedisStore {
         if let Some(o) = old.filter(|o| !self.one_node() && !same_slot(o.key)) {
             if let Some(cap) = req.cap.filter(|c| c.policy == CapPolicy::Refuse) {
                 // Refuse before ending the old session where possible (the script checks again).
-                let live = self.list_by(req.index, deadline).await?.len();
+                let live = self.list_by(call, req.index).await?.len();
                 if live >= cap.max.max(1) as usize {
                     return Ok(BindOutcome::Refused { live });
                 }
             }
             let existed = match o.bound {
-                Some((index, handle)) => {
-                    self.unbind_by(index, o.key, Some(handle), deadline).await?
-                }
-                None => self.delete_by(o.key, deadline).await?,
+                Some((index, handle)) => self.unbind_by(call, index, o.key, Some(handle)).await?,
+                None => self.delete_by(call, o.key).await?,
             };
-            self.invalidate_near([o.key]);
             if !existed {
                 return Ok(BindOutcome::OldGone);
             }
@@ -191,21 +183,13 @@ impl RedisStore {
                 );
                 push_pairs(&mut args, req.fields);
                 let reply: Value = self
-                    .run(&self.user_scripts().bind, &keys, &args, deadline, None)
+                    .run(call, &self.user_scripts().bind, &keys, &args, None)
                     .await?;
                 let outcome = match integers(&reply) {
                     Some(STALE) => return Ok(None),
-                    Some(APPLIED) => {
-                        let evicted = strings_after_status(reply);
-                        let by_handle: HashMap<&str, &str> = entries
-                            .iter()
-                            .map(|(h, k)| (h.as_str(), k.as_str()))
-                            .collect();
-                        self.invalidate_near(
-                            evicted.iter().filter_map(|h| by_handle.get(h.as_str())),
-                        );
-                        BindOutcome::Bound { evicted }
-                    }
+                    Some(APPLIED) => BindOutcome::Bound {
+                        evicted: strings_after_status(reply),
+                    },
                     Some(0) => BindOutcome::NewTaken,
                     Some(2) => BindOutcome::OldGone,
                     Some(3) => BindOutcome::Refused {
@@ -221,13 +205,11 @@ impl RedisStore {
                 Ok(Some(outcome))
             })
             .await?;
-        if let Some(o) = old {
-            self.invalidate_near([o.key]);
-        }
         Ok(outcome)
     }
 
-    pub(super) async fn list_by(&self, index: &str, deadline: Instant) -> Result<Vec<Listed>> {
+    pub(super) async fn list_by(&self, call: &WriteCall<'_>, index: &str) -> Result<Vec<Listed>> {
+        let deadline = call.deadline;
         self.until_settled(deadline, || async {
             let entries = self.entries(index, deadline).await?;
             if entries.is_empty() {
@@ -242,7 +224,7 @@ impl RedisStore {
                     .map(|(h, _)| Value::String(h.as_str().into())),
             );
             let reply: Value = self
-                .run(&self.user_scripts().list, &keys, &args, deadline, None)
+                .run(call, &self.user_scripts().list, &keys, &args, None)
                 .await?;
             if integers(&reply) == Some(STALE) {
                 return Ok(None);
@@ -268,10 +250,11 @@ impl RedisStore {
 
     pub(super) async fn revoke_by(
         &self,
+        call: &WriteCall<'_>,
         index: &str,
         which: Revoke<'_>,
-        deadline: Instant,
     ) -> Result<Vec<String>> {
+        let deadline = call.deadline;
         self.until_settled(deadline, || async {
             let entries = self.entries(index, deadline).await?;
             let (chosen, size): (Vec<&(String, String)>, i64) = match which {
@@ -293,14 +276,11 @@ impl RedisStore {
             args.extend(chosen.iter().map(|(h, _)| Value::String(h.as_str().into())));
             args.push(Value::Integer(size));
             let reply: Value = self
-                .run(&self.user_scripts().revoke, &keys, &args, deadline, None)
+                .run(call, &self.user_scripts().revoke, &keys, &args, None)
                 .await?;
             match integers(&reply) {
                 Some(STALE) => Ok(None),
-                Some(APPLIED) => {
-                    self.invalidate_near(chosen.iter().map(|(_, k)| k));
-                    Ok(Some(strings_after_status(reply)))
-                }
+                Some(APPLIED) => Ok(Some(strings_after_status(reply))),
                 other => Err(unexpected("revoke", other)),
             }
         })
@@ -309,69 +289,67 @@ impl RedisStore {
 
     pub(super) async fn unbind_by(
         &self,
+        call: &WriteCall<'_>,
         index: &str,
         key: &str,
         handle: Option<&str>,
-        deadline: Instant,
     ) -> Result<bool> {
         let args = [Value::String(handle.unwrap_or("").into())];
         let n: i64 = self
-            .until_settled(deadline, || async {
+            .until_settled(call.deadline, || async {
                 self.run(
+                    call,
                     &self.user_scripts().unbind,
                     &[index, key],
                     &args,
-                    deadline,
                     None,
                 )
                 .await
                 .map(Some)
             })
             .await?;
-        self.invalidate_near([key]);
         Ok(n == APPLIED)
     }
 
     pub(super) async fn touch_by(
         &self,
+        call: &WriteCall<'_>,
         index: &str,
         handle: &str,
         ttl: Duration,
-        deadline: Instant,
     ) -> Result<bool> {
         let args = [Value::String(handle.into()), ttl_ms(ttl)];
         let n: i64 = self
-            .run(&self.user_scripts().touch, &[index], &args, deadline, None)
+            .run(call, &self.user_scripts().touch, &[index], &args, None)
             .await?;
         Ok(n == APPLIED)
     }
 
     pub(super) async fn rebind_by(
         &self,
+        call: &WriteCall<'_>,
         index: &str,
         handle: &str,
         keys: (&str, &str),
         fields: &[(String, Bytes)],
         ttl: Duration,
-        deadline: Instant,
     ) -> Result<Regenerated> {
         let (old, new) = keys;
         let mut args = vec![Value::String(handle.into()), ttl_ms(ttl)];
         push_pairs(&mut args, fields);
         let n: i64 = self
-            .until_settled(deadline, || async {
+            .until_settled(call.deadline, || async {
                 self.run(
+                    call,
                     &self.user_scripts().rebind,
                     &[index, old, new],
                     &args,
-                    deadline,
                     None,
                 )
                 .await
                 .map(Some)
             })
             .await?;
-        self.invalidate_near([old, new]);
         match n {
             APPLIED => Ok(Regenerated::Moved),
             0 => Ok(Regenerated::NewTaken),
