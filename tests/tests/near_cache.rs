@@ -189,6 +189,39 @@ async fn outside_changes_evict_cached_sessions() {
     assert!(read(&b, &id).await.is_none());
 }
 
+/// Every way to empty the dataset ends the cached sessions within the bound, on fred as
+/// published (which drops the `invalidate null` Redis sends for them): each link's marker key is
+/// gone at its next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dataset_flush_evicts_within_the_bound() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let store = cached_store(&server.url()).await;
+    let a = SessionEngine::new(store.clone(), SessionConfig::default()).unwrap();
+    for flush in [
+        &["FLUSHDB"][..],
+        &["FLUSHDB", "ASYNC"],
+        &["FLUSHALL", "ASYNC"],
+        &["FLUSHALL", "SYNC"],
+    ] {
+        let id = create(&a, 7).await;
+        assert_eq!(read(&a, &id).await, Some(7));
+        reset_stats(port);
+        assert_eq!(read(&a, &id).await, Some(7));
+        assert_eq!(session_commands(port), 0, "cached before {flush:?}");
+        redis_cli(port, flush);
+        let took = until(&a, &id, BOUND, |seen| seen.is_none()).await;
+        eprintln!("{flush:?}: evicted after {took:?}");
+        // Tracking stays confirmed (a new marker was placed): the cache serves again.
+        wait_confirmed(&store).await;
+        let id = create(&a, 8).await;
+        assert_eq!(read(&a, &id).await, Some(8));
+        reset_stats(port);
+        assert_eq!(read(&a, &id).await, Some(8));
+        assert_eq!(session_commands(port), 0, "cached again after {flush:?}");
+    }
+}
+
 /// Rule 1: a killed connection loses its stream; after the reconnect nothing stale is served
 /// (tracking is off on the new connection until confirmed again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,11 +66,11 @@ fn config(cap: Option<SessionCap>) -> SessionConfig {
 }
 
 /// An engine on one tracked connection per primary, once tracking is confirmed.
-async fn engine(topo: &Topo, cap: Option<SessionCap>) -> SessionEngine {
+async fn engine(topo: &Topo, cap: Option<SessionCap>, bound: Duration) -> SessionEngine {
     let store = RedisStore::builder(topo.url())
         .with_pool_size(1)
         .with_command_timeout(Duration::from_secs(3))
-        .with_near_cache(NearCache::new(10_000).with_max_stale(BOUND))
+        .with_near_cache(NearCache::new(10_000).with_max_stale(bound))
         .connect()
         .await
         .unwrap();
@@ -260,15 +260,19 @@ async fn applied(topo: &Topo, engine: &SessionEngine, victims: &[SessionId], op:
 
 /// Whether every victim stops loading within the bound (from now, with the key already gone);
 /// else the victim still served.
-async fn ended_within_bound(engine: &SessionEngine, victims: &[SessionId]) -> Result<(), String> {
+async fn ended_within_bound(
+    engine: &SessionEngine,
+    victims: &[SessionId],
+    bound: Duration,
+) -> Result<(), String> {
     let start = Instant::now();
     // Polling costs a little: allow one heartbeat period on top of the bound.
-    let within = BOUND + BOUND / 4;
+    let within = bound + bound / 4;
     for id in victims {
         while usable(engine, *id).await {
             if start.elapsed() > within {
                 return Err(format!(
-                    "session {id:?} still served {:?} after Redis ended it (bound {BOUND:?})",
+                    "session {id:?} still served {:?} after Redis ended it (bound {bound:?})",
                     start.elapsed()
                 ));
             }
@@ -278,13 +282,21 @@ async fn ended_within_bound(engine: &SessionEngine, victims: &[SessionId]) -> Re
     Ok(())
 }
 
+/// The bound of the dropped case: its heartbeat, which waits on the connection behind the held
+/// script, may time out (at half the bound) only after the pause is over, or the lost
+/// heartbeat would flush the entries and hide a stale one.
+const DROPPED_BOUND: Duration = Duration::from_secs(2);
+/// How long Redis holds writes, and how long the operation may run before it is dropped.
+const PAUSE_MS: &str = "700";
+const DROP_AFTER: Duration = Duration::from_millis(300);
+
 /// Dropped: each operation's future is dropped while `CLIENT PAUSE WRITE` holds its script in
 /// Redis; once Redis applied it, the ended sessions (cached beforehand) stop serving within the
 /// bound.
 async fn dropped_calls_leave_nothing_stale(topo: Topo, name: &str) {
     let mut stale = Vec::new();
     for (i, op) in OPS.into_iter().enumerate() {
-        let engine = engine(&topo, op.cap()).await;
+        let engine = engine(&topo, op.cap(), DROPPED_BOUND).await;
         let setup = op.setup(&engine, &format!("{name}-dropped-{i}")).await;
         // Cached beforehand, the actor too: a load that misses is a script, which the pause
         // would hold before the operation's own script is sent.
@@ -296,11 +308,11 @@ async fn dropped_calls_leave_nothing_stale(topo: Topo, name: &str) {
             .index_key(&UserKey::new(USER_KEY).unwrap().slot(&setup.user));
         let port = topo.port_of(&index);
         // The session loads and the index read pass (reads); the script waits out the pause.
-        redis_cli(port, &["CLIENT", "PAUSE", "1500", "WRITE"]);
-        let run = tokio::time::timeout(Duration::from_millis(600), op.run(&engine, &setup)).await;
+        redis_cli(port, &["CLIENT", "PAUSE", PAUSE_MS, "WRITE"]);
+        let run = tokio::time::timeout(DROP_AFTER, op.run(&engine, &setup)).await;
         assert!(run.is_err(), "{op:?}: finished under the pause");
         applied(&topo, &engine, &setup.victims, op).await;
-        if let Err(err) = ended_within_bound(&engine, &setup.victims).await {
+        if let Err(err) = ended_within_bound(&engine, &setup.victims, DROPPED_BOUND).await {
             stale.push(format!("{op:?}: {err}"));
         }
     }
@@ -319,7 +331,7 @@ async fn poll_once<F: Future>(future: &mut Pin<Box<F>>) -> Poll<F::Output> {
 async fn loads_racing_the_operation_are_not_cached(topo: Topo, name: &str) {
     let mut stale = Vec::new();
     for (i, op) in OPS.into_iter().enumerate() {
-        let engine = engine(&topo, op.cap()).await;
+        let engine = engine(&topo, op.cap(), BOUND).await;
         let setup = op.setup(&engine, &format!("{name}-raced-{i}")).await;
         // Nothing cached yet: a login's new key is not tracked, and a guest's first read is the
         // load below.
@@ -341,7 +353,7 @@ async fn loads_racing_the_operation_are_not_cached(topo: Topo, name: &str) {
                 "{op:?}: the raced load read the session before the operation"
             );
         }
-        if let Err(err) = ended_within_bound(&engine, &setup.victims).await {
+        if let Err(err) = ended_within_bound(&engine, &setup.victims, BOUND).await {
             stale.push(format!("{op:?}: {err}"));
         }
     }
