@@ -170,3 +170,72 @@ async fn demo_devices_on_sentinel() {
     let set = RedisSentinelSet::start();
     contract(DemoArgs::for_tests().with_redis(set.url())).await;
 }
+
+/// The review's black-box case: alice logged in on two devices, both read (cached); Redis holds
+/// writes for 400 ms; device 1 revokes device 2 and its client goes away after 150 ms, so the
+/// server drops the request mid-call while Redis still holds the revoke. Once Redis applied
+/// it, device 2 must stop being alice within the near cache's bound (1 s after the pause), in
+/// every one of 20 tries; before the guarded write path it stayed logged in until its TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_whose_client_went_away_logs_the_device_out_within_the_bound() {
+    use tokio::io::AsyncWriteExt as _;
+
+    let server = RedisServer::start();
+    let c = Client {
+        http: HttpClient::new(),
+        demo: DemoServer::start_from_args(
+            &DemoArgs::for_tests()
+                .with_redis(server.url())
+                .with_near_cache(1000),
+        )
+        .await,
+    };
+    let bound = std::time::Duration::from_millis(1000);
+    let mut stale = Vec::new();
+    for attempt in 0..20 {
+        let user = format!("alice{attempt}");
+        let dev1 = c.login(&user).await;
+        let dev2 = c.login(&user).await;
+        let (_, list) = c.devices(&dev2).await;
+        let dev2_handle = list
+            .iter()
+            .find(|d| d["current"] == true)
+            .and_then(|d| d["handle"].as_str())
+            .unwrap()
+            .to_owned();
+        for cookie in [&dev1, &dev2, &dev1, &dev2] {
+            let a = c.send(Method::GET, "/session", Some(cookie)).await;
+            assert!(a.body.contains(&user), "{}", a.body);
+        }
+        tessera_tests::support::redis_cli(server.port(), &["CLIENT", "PAUSE", "400", "WRITE"]);
+        let paused = std::time::Instant::now();
+        let mut tcp = tokio::net::TcpStream::connect(c.demo.addr()).await.unwrap();
+        let request = format!(
+            "DELETE /devices/{dev2_handle} HTTP/1.1\r\nHost: demo\r\nCookie: {dev1}\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        drop(tcp);
+        // Redis applies the revoke when the pause ends; from then on, the bound.
+        loop {
+            let a = c.send(Method::GET, "/session", Some(&dev2)).await;
+            if !a.body.contains(&user) {
+                break;
+            }
+            if paused.elapsed() > std::time::Duration::from_millis(400) + bound {
+                stale.push(format!(
+                    "try {attempt}: device 2 still {} {:?} after the pause began",
+                    a.body,
+                    paused.elapsed()
+                ));
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // The revoked device cannot revoke the one that revoked it.
+        let (_, list) = c.devices(&dev1).await;
+        assert_eq!(list.len(), 1, "try {attempt}: {list:?}");
+    }
+    assert!(stale.is_empty(), "{stale:#?}");
+}
