@@ -1,17 +1,18 @@
-//! Configuring and connecting a [`RedisStore`]: URL checks, TLS roots, and the fred settings
-//! (timeouts, reconnect policy) every connection of the store shares, cluster and sentinel
-//! watchers included. It sends no session commands.
+//! Configuring and connecting a [`RedisStore`]: URL checks, TLS roots, and putting the store
+//! together (backend, scripts, sentinel watchers, near cache). The fred settings every
+//! connection shares are in `connect`. It sends no session commands.
 
 use std::{sync::Arc, time::Duration};
 
 use fred::{
-    interfaces::{ClientLike, LuaInterface},
-    prelude::{Builder, Config, ReconnectPolicy, ServerConfig},
-    types::config::ReconnectError,
+    interfaces::LuaInterface,
+    prelude::{Config, ServerConfig},
 };
 
 use super::{
     cluster::ClusterRouter,
+    connect::{connected, FredSettings},
+    epoch::TopologyEpoch,
     near::{Near, NearCache},
     scripts, sentinel, Backend, RedisStore,
 };
@@ -26,86 +27,6 @@ const SCHEMES: &[&str] = &[
     "redis-sentinel",
     "rediss-sentinel",
 ];
-
-/// How often [`connected`] looks at the clients' state.
-const CONNECTED_POLL: Duration = Duration::from_millis(5);
-
-/// Waits until every client is connected, or one's connection fails.
-///
-/// fred's `wait_for_connect` reads the client's state and only then subscribes to the connect
-/// notification: a connection made in between is missed, and the wait lasts until the next
-/// reconnection (with a running server, until the caller's timeout). So the state is polled
-/// too, and whichever tells first answers.
-pub(super) async fn connected<C: ClientLike>(clients: &[C]) -> fred::prelude::FredResult<()> {
-    let notified = async {
-        for client in clients {
-            if !client.is_connected() {
-                client.wait_for_connect().await?;
-            }
-        }
-        Ok(())
-    };
-    let polled = async {
-        while !clients.iter().all(ClientLike::is_connected) {
-            tokio::time::sleep(CONNECTED_POLL).await;
-        }
-    };
-    tokio::select! {
-        result = notified => result,
-        () = polled => Ok(()),
-    }
-}
-
-/// The connection options shared by every fred client the store builds.
-#[derive(Debug, Clone)]
-pub(super) struct FredSettings {
-    pub(super) pool_size: usize,
-    pub(super) command_timeout: Duration,
-    pub(super) connect_timeout: Duration,
-    pub(super) reconnect_max_delay: Duration,
-    /// fred's per-client broadcast capacity (invalidations among them).
-    pub(super) broadcast_capacity: usize,
-}
-
-impl FredSettings {
-    /// A fred builder for `config` with the store's timeouts and reconnect policy.
-    pub(super) fn fred_builder(&self, config: Config) -> Builder {
-        let mut builder = Builder::from_config(config);
-        let command_timeout = self.command_timeout;
-        let connect_timeout = self.connect_timeout;
-        let broadcast_capacity = self.broadcast_capacity;
-        let max_delay = u32::try_from(self.reconnect_max_delay.as_millis()).unwrap_or(u32::MAX);
-        builder
-            .with_performance_config(|perf| {
-                // The store bounds each call as a whole; this only keeps fred's own internal
-                // commands (and anything the store forgets to bound) from hanging.
-                perf.default_command_timeout = command_timeout;
-                perf.broadcast_channel_capacity = broadcast_capacity;
-            })
-            .with_connection_config(|conn| {
-                conn.connection_timeout = connect_timeout;
-                conn.internal_command_timeout = connect_timeout;
-                conn.max_command_attempts = 3;
-                conn.max_redirections = 10;
-                // A demoted master answers READONLY without dropping the connection; treat that
-                // and the other "wrong node right now" answers as a reason to reconnect.
-                conn.reconnect_errors = vec![
-                    ReconnectError::ReadOnly,
-                    ReconnectError::MasterDown,
-                    ReconnectError::ClusterDown,
-                    ReconnectError::Loading,
-                ];
-            })
-            // max_attempts 0 = retry forever; fred's default is no reconnection at all.
-            .set_policy(ReconnectPolicy::new_exponential(
-                0,
-                20,
-                max_delay.max(20),
-                2,
-            ));
-        builder
-    }
-}
 
 /// The longest command or connect timeout: longer ones only risk overflowing time arithmetic
 /// (in this crate and in the client's) and never end a stalled call anyway.
@@ -218,11 +139,12 @@ impl RedisStoreBuilder {
     /// connection is made within the connect timeout.
     pub async fn connect(self) -> Result<RedisStore> {
         let mut config = self.config()?;
+        let epoch = Arc::new(TopologyEpoch::default());
         let near = match &self.near {
             Some(cache) => {
                 cache.validate()?;
                 config.version = fred::types::RespVersion::RESP3;
-                Some(Near::new(cache))
+                Some(Near::new(cache, epoch.clone()))
             }
             None => None,
         };
@@ -245,7 +167,7 @@ impl RedisStoreBuilder {
         let settings = &settings;
         let backend = if config.server.is_clustered() {
             Backend::Cluster(
-                ClusterRouter::connect(config.clone(), settings.clone(), near.clone()).await?,
+                ClusterRouter::connect(config.clone(), settings.clone(), epoch.clone()).await?,
             )
         } else {
             let pool = settings
@@ -294,7 +216,7 @@ impl RedisStoreBuilder {
                 }
             }
         }
-        let gate = sentinel::WriteGate::new();
+        let gate = sentinel::WriteGate::new(epoch.clone());
         let watchers = match (&config.server, &backend) {
             (
                 ServerConfig::Sentinel {
@@ -319,11 +241,11 @@ impl RedisStoreBuilder {
                 Backend::Cluster(router) => router.all_clients(),
             };
             near.warm(&clients);
-            near.watch_gate(&gate);
         }
         Ok(RedisStore::from_parts(
             backend,
             gate,
+            epoch,
             settings.command_timeout,
             self.wait_replicas,
             watchers,

@@ -1,9 +1,12 @@
 //! The Redis store on fred: standalone, cluster and sentinel from one URL. This module holds the
-//! store and its operations; how one call runs (its deadline, the sentinel write gate, the Lua
-//! scripts' NOSCRIPT fallback and re-apply rule, `WAIT` durability) lives in `exec`,
-//! connecting in `builder`, the scripts in `scripts`, failover watching in `sentinel`, slot
-//! routing in `cluster`, the near cache in `near` and `tracked`. Only `regenerate` names two
-//! keys, and in a cluster it never sends them in one command.
+//! store and its session operations; how one call runs (its deadline, the write guard, the
+//! sentinel write gate, the Lua scripts' NOSCRIPT fallback and re-apply rule, `WAIT`
+//! durability) lives in `exec`, the fred settings in `connect`, assembling a store in
+//! `builder`, the scripts in `scripts`, failover watching in `sentinel`, slot routing in
+//! `cluster`, the topology epoch in `epoch`, the near cache and its calls in `near`, the
+//! per-user operations in `users`, string layouts in `strings`. The session operations name
+//! one key, except `regenerate` (two), which in a cluster never sends them in one command; the
+//! per-user ones name a user's index and its sessions, all under one hash tag.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -18,6 +21,7 @@ use tokio::time::Instant;
 
 use self::{
     cluster::ClusterRouter,
+    epoch::TopologyEpoch,
     exec::WriteCall,
     near::Near,
     scripts::{Scripts, TrackedScripts},
@@ -28,8 +32,9 @@ use crate::error::{Error, ErrorKind, Result};
 
 mod builder;
 mod cluster;
+mod connect;
+mod epoch;
 mod exec;
-mod near;
 mod scripts;
 mod sentinel;
 mod strings;
@@ -38,10 +43,12 @@ pub use self::{builder::RedisStoreBuilder, near::NearCache};
 
 /// Awaits a store call within its deadline. On a cluster, the call as a whole runs under a timer
 /// (refreshes and redirections may each take a command timeout), boxed, as the router's future is
-/// large. On one node, each step already bounds itself (fred's command timeout, which starts with
-/// the call; after a failover hold, the deadline), so the call is awaited in place: wrapping it
-/// moves a fred command future, several kilobytes, on every call, which measured a sixth of a
-/// write's CPU.
+/// large. On one node, every step bounds itself: the first command by fred's command timeout,
+/// which is the call's and starts with it; a NOSCRIPT fallback and `WAIT` by what is left
+/// (`exec::within_left`); a failover hold, a re-applied write and repeated deletes by
+/// `timeout_at(deadline)`. So the call is awaited in place: wrapping it moves a fred command
+/// future, several kilobytes, on every call, which measured a sixth of a write's CPU. A macro,
+/// not a function, for the same reason (a function would take the future by value).
 macro_rules! within_deadline {
     ($store:expr, $deadline:expr, $call:expr) => {
         match &$store.inner.backend {
@@ -52,7 +59,8 @@ macro_rules! within_deadline {
 }
 
 // After the macro, which they use.
-mod tracked;
+mod cached;
+mod near;
 mod users;
 
 /// How commands reach Redis: one fred pool (standalone, sentinel), or per-primary pools behind
@@ -67,6 +75,8 @@ enum Backend {
 struct Inner {
     backend: Backend,
     gate: WriteGate,
+    /// Bumped by failovers, slot-map changes and redirections; read by the near cache.
+    epoch: Arc<TopologyEpoch>,
     /// The bound on each store call as a whole.
     command_timeout: Duration,
     wait_replicas: Option<(u32, Duration)>,
@@ -113,6 +123,7 @@ impl RedisStore {
     fn from_parts(
         backend: Backend,
         gate: WriteGate,
+        epoch: Arc<TopologyEpoch>,
         command_timeout: Duration,
         wait_replicas: Option<(u32, Duration)>,
         watchers: Vec<Watcher>,
@@ -122,6 +133,7 @@ impl RedisStore {
             inner: Arc::new(Inner {
                 backend,
                 gate,
+                epoch,
                 command_timeout,
                 wait_replicas,
                 scripts: Scripts::new(),
@@ -311,18 +323,21 @@ fn hash_fields(value: Value) -> Result<Option<Fields>> {
     }
     let mut fields = HashMap::with_capacity(map.len());
     for (name, value) in map {
-        let name = name.into_string().ok_or_else(|| {
-            Error::new(ErrorKind::Decode, "a stored field name is not valid UTF-8")
-        })?;
-        let value = value.into_bytes().ok_or_else(|| {
-            Error::new(
-                ErrorKind::Decode,
-                "HGETALL answered a value that is not a string",
-            )
-        })?;
+        let (name, value) = field(name.into_string(), value)?;
         fields.insert(name, value);
     }
     Ok(Some(fields))
+}
+
+/// One field of a hash as Redis answered it: the name must be UTF-8 and the value a string
+/// (kept as a slice of the read buffer). Shared by every reply that carries a session's fields.
+fn field(name: Option<String>, value: Value) -> Result<(String, Bytes)> {
+    let name = name
+        .ok_or_else(|| Error::new(ErrorKind::Decode, "a stored field name is not valid UTF-8"))?;
+    let value = value
+        .into_bytes()
+        .ok_or_else(|| Error::new(ErrorKind::Decode, "a stored value is not a string"))?;
+    Ok((name, value))
 }
 
 #[async_trait]
@@ -375,7 +390,7 @@ impl SessionStore for RedisStore {
         push_pairs(&mut args, set);
         args.extend(delete.iter().map(|f| Value::String(f.as_str().into())));
         if let Some((near, scripts)) = &self.inner.near {
-            let change = tracked::Change { set, delete, ttl };
+            let change = cached::Change { set, delete, ttl };
             return self
                 .update_near(&call, near, scripts, key, &args, change)
                 .await;

@@ -12,7 +12,10 @@ use fred::{
 };
 use tokio::{task::JoinHandle, time::Instant};
 
-use super::builder::FredSettings;
+use super::{
+    connect::FredSettings,
+    epoch::{Change, TopologyEpoch},
+};
 use crate::error::{Error, ErrorKind, Result};
 
 /// Sentinel channels the store listens to.
@@ -71,13 +74,17 @@ pub(super) struct WriteGate {
     tx: Arc<tokio::sync::watch::Sender<bool>>,
     /// Incremented at each pause, so a write can tell that a failover overlapped it.
     epoch: Arc<std::sync::atomic::AtomicU64>,
+    /// The store's topology epoch, bumped at each pause: the promoted replica knows nothing of
+    /// the tracking on the old master.
+    topology: Arc<TopologyEpoch>,
 }
 
 impl WriteGate {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(topology: Arc<TopologyEpoch>) -> Self {
         WriteGate {
             tx: Arc::new(tokio::sync::watch::channel(false).0),
             epoch: Arc::default(),
+            topology,
         }
     }
 
@@ -88,7 +95,9 @@ impl WriteGate {
     pub(super) fn pause(&self) {
         // The flag is set before the epoch moves: a writer reads the epoch before looking at the
         // flag, so it either is held or sees the epoch change and re-applies.
-        if !self.tx.send_replace(true) {
+        let was_paused = self.tx.send_replace(true);
+        self.topology.bump(Change::Failover);
+        if !was_paused {
             let this_pause = self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
             let tx = Arc::downgrade(&self.tx);
             let epoch = Arc::downgrade(&self.epoch);
@@ -110,11 +119,6 @@ impl WriteGate {
                 }
             });
         }
-    }
-
-    /// Follows the gate: `true` while a failover holds writes.
-    pub(super) fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.tx.subscribe()
     }
 
     pub(super) fn resume(&self) {
@@ -202,7 +206,7 @@ pub(super) fn watch_sentinels(
         let gate = gate.clone();
         let listener = tokio::spawn(async move {
             // Subscribing can wait for the sentinel to come up; the manager resubscribes later.
-            let _ = super::builder::connected(std::slice::from_ref(&sub)).await;
+            let _ = super::connect::connected(std::slice::from_ref(&sub)).await;
             let _: std::result::Result<(), _> = sub.subscribe(SENTINEL_CHANNELS.to_vec()).await;
             while let Ok(message) = rx.recv().await {
                 let Some(text) = message.value.as_str().map(|s| s.to_string()) else {
@@ -359,7 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn gate_holds_writes_until_resumed() {
-        let gate = WriteGate::new();
+        let gate = WriteGate::new(Default::default());
         let far = Instant::now() + Duration::from_secs(10);
         let t = Instant::now();
         gate.wait(far).await.unwrap();
@@ -392,7 +396,7 @@ mod tests {
 
     #[tokio::test]
     async fn gate_honors_the_deadline() {
-        let gate = WriteGate::new();
+        let gate = WriteGate::new(Default::default());
         gate.pause();
         let t = Instant::now();
         let err = gate.wait(t + Duration::from_millis(100)).await.unwrap_err();
@@ -410,7 +414,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn gate_reopens_by_itself_after_max_pause() {
-        let gate = WriteGate::new();
+        let gate = WriteGate::new(Default::default());
         gate.pause();
         let t = Instant::now();
         gate.wait(t + MAX_PAUSE * 2).await.unwrap();

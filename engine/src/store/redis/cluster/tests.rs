@@ -24,7 +24,7 @@ async fn a_moved_target_gets_one_cached_pool() {
         strays: Mutex::new(HashMap::new()),
         fallback: std::sync::OnceLock::new(),
         wake: Arc::new(Notify::new()),
-        near: None,
+        epoch: Default::default(),
     };
     let target = Server::new("127.0.0.1", 3);
     let first = router.pool_at(&target).next().id().to_owned();

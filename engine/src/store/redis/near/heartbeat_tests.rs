@@ -17,7 +17,7 @@ use fred::{
 };
 
 use super::{link, Lifetime, Link, Near, NearCache};
-use crate::store::{redis::builder::FredSettings, Fields};
+use crate::store::{redis::connect::FredSettings, Fields};
 
 /// A throwaway `redis-server` on a free loopback port, killed on drop.
 struct Server {
@@ -92,7 +92,10 @@ async fn a_connection_replaced_unheard_kills_its_entries() {
     // Heartbeats 500 ms apart: the kill below lands just after one and fred has reconnected
     // long before the next, so no heartbeat sees the old connection fail under it.
     let max_stale = Duration::from_secs(2);
-    let near = Near::new(&NearCache::new(100).with_max_stale(max_stale));
+    let near = Near::new(
+        &NearCache::new(100).with_max_stale(max_stale),
+        Default::default(),
+    );
     let link = Arc::new(Link::new(client(server.port).await));
     // The reader and the heartbeat, but no watcher: fred's reconnect and error events never
     // reach this link, as when they are still queued behind other tasks.

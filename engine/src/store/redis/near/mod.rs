@@ -31,6 +31,7 @@ pub(super) use self::{
     link::{Link, Ticket},
     writes::Writes,
 };
+use super::epoch::{Change, TopologyEpoch};
 use crate::store::Fields;
 
 mod config;
@@ -87,7 +88,7 @@ pub(super) struct Near {
     max_stale: Duration,
     links: RwLock<HashMap<String, Arc<Link>>>,
     /// Bumped by topology changes: entries of older epochs are dead.
-    epoch: std::sync::atomic::AtomicU64,
+    epoch: Arc<TopologyEpoch>,
     wake_heartbeats: Arc<Notify>,
     metrics: NearMetrics,
     /// When an admit last set the size gauges, on [`Near::clock`] (0: never).
@@ -152,20 +153,22 @@ fn origin() -> Instant {
 }
 
 impl Near {
-    pub(super) fn new(config: &NearCache) -> Arc<Self> {
+    pub(super) fn new(config: &NearCache, epoch: Arc<TopologyEpoch>) -> Arc<Self> {
         let min_weight = (config.max_bytes / config.max_entries as u64).max(1);
         let capacity = config.max_bytes.max(min_weight);
-        Arc::new(Near {
+        let near = Arc::new(Near {
             cache: Cache::with_weighter(config.max_entries, capacity, ByBytes),
             min_weight,
             max_stale: config.max_stale,
             links: RwLock::new(Default::default()),
-            epoch: Default::default(),
+            epoch,
             wake_heartbeats: Arc::new(Notify::new()),
             metrics: NearMetrics::default(),
             sized_at_ms: Default::default(),
             ops: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-        })
+        });
+        tokio::spawn(follow_epoch(Arc::downgrade(&near)));
+        near
     }
 
     fn shard(&self, key: &str) -> &Mutex<HashMap<String, Ops>> {
@@ -243,22 +246,6 @@ impl Near {
         }
     }
 
-    /// Flushes everything whenever a sentinel failover closes the write gate: the promoted
-    /// replica knows nothing of this process's tracking on the old master.
-    pub(super) fn watch_gate(self: &Arc<Self>, gate: &super::sentinel::WriteGate) {
-        let mut rx = gate.subscribe();
-        let near = Arc::downgrade(self);
-        tokio::spawn(async move {
-            while rx.changed().await.is_ok() {
-                let paused = *rx.borrow_and_update();
-                let Some(near) = near.upgrade() else { return };
-                if paused {
-                    near.flush_all(FlushCause::Topology);
-                }
-            }
-        });
-    }
-
     /// Whether every link's stream is confirmed now (and there is at least one).
     pub(super) fn confirmed(&self) -> bool {
         let now = Self::clock();
@@ -282,7 +269,7 @@ impl Near {
         };
         let now = Self::clock();
         if now >= entry.expires_ms
-            || entry.epoch != self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+            || entry.epoch != self.epoch.current()
             || !entry.link.serves(entry.generation, now)
         {
             self.cache.remove(key);
@@ -314,7 +301,7 @@ impl Near {
             && entry.generation == ticket.generation()
             && entry.seq == ticket.seq()
             && entry.epoch == *epoch
-            && *epoch == self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+            && *epoch == self.epoch.current()
             && now < entry.expires_ms
             && link.serves(entry.generation, now);
         current.then(|| (entry.fields.clone(), entry.expires_ms))
@@ -323,7 +310,7 @@ impl Near {
     /// A ticket for a request about to go out on `link`; `None` when its reply must not be
     /// cached (the link is not confirmed).
     pub(super) fn ticket(&self, link: &Link) -> Option<(Ticket, u64)> {
-        let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
+        let epoch = self.epoch.current();
         link.ticket(Self::clock()).map(|t| (t, epoch))
     }
 
@@ -345,8 +332,7 @@ impl Near {
         };
         let now = Self::clock();
         let fresh = |now, reconnected| {
-            link.still(&ticket, now, reconnected)
-                && epoch == self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+            link.still(&ticket, now, reconnected) && epoch == self.epoch.current()
         };
         let expires_ms = match lifetime {
             Lifetime::Pttl(pttl) if pttl > 0 => now.saturating_add(pttl as u64),
@@ -419,11 +405,16 @@ impl Near {
         self.cache.remove(key);
     }
 
-    /// Kills every entry (a sentinel failover, a slot-map change, a redirection).
-    pub(super) fn flush_all(&self, cause: FlushCause) {
-        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    /// The topology epoch moved (`flushes` times for `cause`): every entry is already dead (it
+    /// records an older epoch); frees their memory, counts the flush and wakes the heartbeats,
+    /// so each link checks its node's role again at once.
+    fn topology_moved(&self, flushes: &[(FlushCause, u64)]) {
         self.cache.clear();
-        self.metrics.flush(cause);
+        for (cause, n) in flushes {
+            for _ in 0..*n {
+                self.metrics.flush(*cause);
+            }
+        }
         self.metrics.size(0, 0);
         self.wake_heartbeats.notify_waiters();
     }
@@ -435,5 +426,35 @@ impl Near {
         self.cache
             .retain(|_, entry| !Arc::ptr_eq(&entry.link, link) || entry.generation == current);
         self.report_size();
+    }
+}
+
+/// Follows the topology epoch for as long as the cache lives: see [`Near::topology_moved`].
+async fn follow_epoch(near: std::sync::Weak<Near>) {
+    let Some(epoch) = near.upgrade().map(|n| n.epoch.clone()) else {
+        return;
+    };
+    let mut seen = epoch.bumps();
+    loop {
+        // Woken at least every second to notice that the cache is gone.
+        let _ = tokio::time::timeout(Duration::from_secs(1), epoch.changed()).await;
+        let Some(near) = near.upgrade() else { return };
+        let now = epoch.bumps();
+        let flushes: Vec<(FlushCause, u64)> = now
+            .iter()
+            .zip(seen.iter())
+            .filter(|((_, a), (_, b))| a > b)
+            .map(|((change, a), (_, b))| {
+                let cause = match change {
+                    Change::Redirect => FlushCause::Redirect,
+                    Change::Failover | Change::SlotMap => FlushCause::Topology,
+                };
+                (cause, a - b)
+            })
+            .collect();
+        if !flushes.is_empty() {
+            near.topology_moved(&flushes);
+        }
+        seen = now;
     }
 }

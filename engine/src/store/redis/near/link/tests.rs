@@ -1,5 +1,7 @@
 //! The link's pure parts: tracking info, the table bound, the eviction count.
 
+use fred::types::Value;
+
 use super::*;
 
 fn map(pairs: Vec<(&str, Value)>) -> Value {

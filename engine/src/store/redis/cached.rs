@@ -1,4 +1,4 @@
-//! The store calls with the near cache on: a hit costs no command, a miss is one tracked load
+//! The store's calls with the near cache on (the cache itself is `near`): a hit costs no command, a miss is one tracked load
 //! script, and a write is one script. When the key's entry is known current, the script answers
 //! only its status and the entry with the write applied is cached; otherwise it answers the
 //! state it left, which is cached. Either is cached only when no invalidation raced it.
@@ -13,7 +13,8 @@ use fred::{prelude::Client, types::Value};
 
 use super::{
     exec::WriteCall,
-    near::{Lifetime, Near, Op, Registered, Ticket},
+    field,
+    near::{Lifetime, Link, Near, Op, Registered, Ticket},
     scripts::{self, Answer, Script, TrackedScripts},
     Backend, RedisStore,
 };
@@ -38,7 +39,7 @@ struct Pinned<'a> {
     /// A load's own registration (a write's is its call's).
     _load: Option<Op<'a>>,
     client: Option<Client>,
-    link: Option<Arc<super::near::Link>>,
+    link: Option<Arc<Link>>,
     ticket: Option<(Ticket, u64)>,
 }
 
@@ -276,12 +277,7 @@ fn state(mut items: impl Iterator<Item = Value>) -> Result<(i64, Option<Fields>)
     let mut fields = HashMap::with_capacity(flat.len() / 2);
     let mut flat = flat.into_iter();
     while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
-        let name = name.into_string().ok_or_else(|| {
-            Error::new(ErrorKind::Decode, "a stored field name is not valid UTF-8")
-        })?;
-        let value = value
-            .into_bytes()
-            .ok_or_else(|| Error::new(ErrorKind::Decode, "a stored value is not a string"))?;
+        let (name, value) = field(name.into_string(), value)?;
         fields.insert(name, value);
     }
     Ok((pttl, Some(fields)))
