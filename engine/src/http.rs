@@ -94,7 +94,9 @@ mod axum {
 
     /// A handler can return `Result<_, tessera_engine::Error>`: the error answers with its
     /// [`status`](Error::status), a short text that leaks nothing of the message, and
-    /// `Retry-After: 1` when the store is unavailable. The message itself is logged.
+    /// `Retry-After: 1` when the store is unavailable. The message itself is logged. The
+    /// response carries the [`ErrorKind`](crate::ErrorKind) in its extensions, so a session
+    /// layer can apply its own `Retry-After` (tessera-middleware's `with_retry_after`).
     impl IntoResponse for Error {
         fn into_response(self) -> Response {
             let kind = self.kind();
@@ -103,6 +105,7 @@ mod axum {
                 tracing::warn!(error = %self, "session error answered {status}");
             }
             let mut response = (status, kind.public_text()).into_response();
+            response.extensions_mut().insert(kind);
             if kind.is_unavailable() {
                 response
                     .headers_mut()

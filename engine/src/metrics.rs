@@ -38,7 +38,7 @@ pub const NEAR_CACHE_REQUESTS_TOTAL: &str = "tessera_near_cache_requests_total";
 pub const NEAR_CACHE_INVALIDATIONS_TOTAL: &str = "tessera_near_cache_invalidations_total";
 /// Counter: near-cache flushes, label `cause` = `null_invalidation` | `lagged` |
 /// `stream_closed` | `reconnect` | `connection_error` | `heartbeat` | `topology` | `redirect` |
-/// `eviction`.
+/// `eviction` | `dataset_flushed`.
 pub const NEAR_CACHE_FLUSHES_TOTAL: &str = "tessera_near_cache_flushes_total";
 /// Gauge: entries in the near cache.
 pub const NEAR_CACHE_ENTRIES: &str = "tessera_near_cache_entries";

@@ -54,6 +54,35 @@ async fn handler_errors_answer_with_the_status_table() {
     }
 }
 
+/// A handler's "store unavailable" error answers with the layer's `with_retry_after`, not a
+/// fixed `Retry-After: 1`.
+#[tokio::test]
+async fn handler_errors_honour_the_layers_retry_after() {
+    async fn unavailable(_session: Session) -> Result<String, EngineError> {
+        Err(EngineError::new(ErrorKind::Timeout, "the store timed out"))
+    }
+    async fn too_large(_session: Session) -> Result<String, EngineError> {
+        Err(EngineError::new(ErrorKind::TooLarge, "over the limit"))
+    }
+    let engine = engine_on(MemoryStore::new(), SessionConfig::default());
+    let router = Router::new()
+        .route("/", get_route(unavailable))
+        .route("/big", get_route(too_large))
+        .layer(
+            SessionLayer::builder(engine, keys(&[SECRET_A]))
+                .with_secure(false)
+                .with_retry_after(std::time::Duration::from_secs(7))
+                .build()
+                .unwrap(),
+        );
+    let r = call(&router, get("/", None)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers.get("retry-after").unwrap(), "7");
+    let r = call(&router, get("/big", None)).await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(r.headers.get("retry-after").is_none());
+}
+
 #[tokio::test]
 async fn extractor_gets_the_layer_session() {
     let store = MemoryStore::new();

@@ -400,3 +400,71 @@ fn demo_binary_refuses_bad_configuration() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// Every method over crafted paths (overlapping route prefixes and suffixes, empty and doubled
+/// segments, encodings, NUL, `..`, an 8 KiB segment) is answered with a status: none drops the
+/// connection. `POST /account/devices/revoke` once panicked the worker (the route sliced
+/// `&p[17..16]`). Per-user routes on, so every route is live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_paths_are_answered_never_dropped() {
+    let demo = DemoServer::start_from_args(&DemoArgs::for_tests().with_session_cap(3, false)).await;
+    let client = HttpClient::new();
+    let long = "x".repeat(8192);
+    let mut paths: Vec<String> = [
+        "/account/devices/revoke",
+        "/account/devices//revoke",
+        "/account/devices/revoke/revoke",
+        "/account/devices/",
+        "/account/devices",
+        "/devices/",
+        "/devices//",
+        "/devices/%00",
+        "/session/",
+        "/session//",
+        "/session/%",
+        "/session/%00",
+        "/session/%FF%FE",
+        "/session/..",
+        "/..",
+        "//",
+        "/",
+        "/%2e%2e/session",
+        "/login/",
+        "/metrics/",
+    ]
+    .iter()
+    .map(|p| (*p).to_owned())
+    .collect();
+    paths.push(format!("/session/{long}"));
+    paths.push(format!("/devices/{long}"));
+    paths.push(format!("/account/devices/{long}/revoke"));
+    let methods = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+        Method::OPTIONS,
+        Method::HEAD,
+    ];
+    let mut dropped = Vec::new();
+    for path in &paths {
+        for method in &methods {
+            let body = if *method == Method::PUT { "1" } else { "" };
+            match client
+                .send(demo.addr(), method.clone(), path, None, body)
+                .await
+            {
+                Ok(answer) => assert!(
+                    answer.status.as_u16() >= 200,
+                    "{method} {path}: {}",
+                    answer.status
+                ),
+                Err(err) => {
+                    dropped.push(format!("{method} {}: {err}", &path[..path.len().min(60)]))
+                }
+            }
+        }
+    }
+    assert!(dropped.is_empty(), "{dropped:#?}");
+}

@@ -146,7 +146,7 @@ impl SessionEngine {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Redis`] or [`ErrorKind::Timeout`] when the store does not answer in time.
+    /// [`ErrorKind::Redis`](crate::ErrorKind::Redis) or [`ErrorKind::Timeout`](crate::ErrorKind::Timeout) when the store does not answer in time.
     pub async fn ping(&self) -> Result<()> {
         self.timed("ping", self.inner.store.ping()).await
     }

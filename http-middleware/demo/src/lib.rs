@@ -6,7 +6,7 @@ use std::{convert::Infallible, future::Future, net::SocketAddr, pin::Pin, time::
 
 use bytes::Bytes;
 use clap::{parser::ValueSource, ArgAction, CommandFactory, FromArgMatches, Parser};
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -211,6 +211,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 mod build;
 mod devices;
+mod routes;
+
+use routes::Route;
 
 pub use self::build::{build_app, build_engine, build_service};
 
@@ -361,25 +364,17 @@ impl DemoApp {
             .cloned()
             .expect("the demo app runs behind SessionLayer");
         let path = req.uri().path().to_owned();
-        let field = path
-            .strip_prefix("/session/")
-            .filter(|f| !f.is_empty() && !f.contains('/'))
-            .map(|f| {
-                percent_encoding::percent_decode_str(f)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            });
-        match (req.method().clone(), path.as_str(), field) {
-            (Method::GET, "/", _) => {
+        match routes::route(req.method(), &path) {
+            Route::Home => {
                 let views = session.get::<u64>("views").await?.unwrap_or(0) + 1;
                 session.insert("views", &views).await?;
                 Ok(text(StatusCode::OK, format!("{views} views")))
             }
-            (Method::GET, "/views", _) => {
+            Route::Views => {
                 let views = session.get::<u64>("views").await?.unwrap_or(0);
                 Ok(text(StatusCode::OK, format!("{views} views")))
             }
-            (Method::GET, "/session", _) => {
+            Route::Session => {
                 let mut object = serde_json::Map::new();
                 for key in session.keys().await? {
                     if let Some(value) = session.get::<serde_json::Value>(&key).await? {
@@ -396,7 +391,7 @@ impl DemoApp {
                 );
                 Ok(response)
             }
-            (Method::PUT, _, Some(field)) => {
+            Route::PutField(field) => {
                 let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
                     Ok(body) => body.to_bytes(),
                     Err(err) => {
@@ -418,11 +413,11 @@ impl DemoApp {
                 session.insert(field, &value).await?;
                 Ok(empty(StatusCode::NO_CONTENT))
             }
-            (Method::DELETE, _, Some(field)) => {
+            Route::DeleteField(field) => {
                 session.remove::<serde_json::Value>(&field).await?;
                 Ok(empty(StatusCode::NO_CONTENT))
             }
-            (Method::POST, "/login", _) => {
+            Route::Login => {
                 let device = devices::device_info(&req);
                 let user = match query_param(&req, "user") {
                     Some(user) => Some(user),
@@ -440,27 +435,20 @@ impl DemoApp {
                 }
                 Ok(text(StatusCode::OK, format!("logged in as {user}\n")))
             }
-            (Method::GET, "/devices", _) => devices::list_json(&session).await,
-            (Method::DELETE, p, _) if p.starts_with("/devices/") => {
-                devices::revoke(&session, &p["/devices/".len()..]).await
-            }
-            (Method::POST, "/logout-everywhere", _) => {
+            Route::Devices => devices::list_json(&session).await,
+            Route::RevokeDevice(handle) => devices::revoke(&session, &handle).await,
+            Route::LogoutEverywhere => {
                 let keep = query_param(&req, "keep").is_some_and(|k| k == "current");
                 session.logout_everywhere(keep).await?;
                 Ok(empty(StatusCode::NO_CONTENT))
             }
-            (Method::GET, "/account/devices", _) => devices::page(&session).await,
-            (Method::POST, p, _)
-                if p.starts_with("/account/devices/") && p.ends_with("/revoke") =>
-            {
-                let handle = &p["/account/devices/".len()..p.len() - "/revoke".len()];
-                devices::revoke_from_page(&session, handle).await
-            }
-            (Method::POST, "/logout", _) => {
+            Route::DevicesPage => devices::page(&session).await,
+            Route::RevokeFromPage(handle) => devices::revoke_from_page(&session, &handle).await,
+            Route::Logout => {
                 session.destroy().await?;
                 Ok(empty(StatusCode::NO_CONTENT))
             }
-            (Method::GET, "/metrics", _) => Ok(match &self.metrics {
+            Route::Metrics => Ok(match &self.metrics {
                 Some(handle) => {
                     let mut response = text(StatusCode::OK, handle.render());
                     response.headers_mut().insert(
@@ -471,14 +459,14 @@ impl DemoApp {
                 }
                 None => text(StatusCode::NOT_FOUND, "metrics are not enabled\n"),
             }),
-            (Method::GET, "/healthz", _) => Ok(match self.engine.ping().await {
+            Route::Healthz => Ok(match self.engine.ping().await {
                 Ok(()) => text(StatusCode::OK, "ok\n"),
                 Err(err) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!("store unavailable: {}\n", err.message()),
                 ),
             }),
-            _ => Ok(text(StatusCode::NOT_FOUND, "not found\n")),
+            Route::NotFound => Ok(text(StatusCode::NOT_FOUND, "not found\n")),
         }
     }
 }

@@ -76,7 +76,8 @@ where
                     }
                 }
             }
-            let response = inner.call(req).await?;
+            let mut response = inner.call(req).await?;
+            honour_retry_after(&settings, &mut response);
             let commit_started = Instant::now();
             let response = finish(&settings, &session, read, upgraded, response).await;
             settings
@@ -230,6 +231,22 @@ fn plan_failure(policy: FailurePolicy, destroyed: bool, kind: ErrorKind) -> Fail
         // could not delete the record (it then expires with its TTL).
         clear_cookie: destroyed,
         outcome,
+    }
+}
+
+/// A handler that answered with an engine error of the "store unavailable" class (the engine's
+/// `IntoResponse` marks it with its `ErrorKind`) gets the layer's `Retry-After`, not the
+/// engine's fixed default.
+fn honour_retry_after<B>(settings: &Settings, response: &mut Response<B>) {
+    let unavailable = response
+        .extensions()
+        .get::<tessera_engine::ErrorKind>()
+        .is_some_and(|kind| kind.is_unavailable());
+    if unavailable {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(settings.retry_after.as_secs().max(1)),
+        );
     }
 }
 
