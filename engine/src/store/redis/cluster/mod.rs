@@ -159,14 +159,18 @@ impl ClusterRouter {
         })
     }
 
-    fn node_pool(&self, server: &Server) -> Pool {
+    /// A fred builder for one node of the cluster (a centralized copy of the cluster config).
+    fn node_builder(&self, server: &Server) -> fred::prelude::Builder {
         let mut config = self.config.clone();
         config.server = ServerConfig::Centralized {
             server: server.clone(),
         };
+        self.settings.fred_builder(config)
+    }
+
+    fn node_pool(&self, server: &Server) -> Pool {
         let pool = self
-            .settings
-            .fred_builder(config)
+            .node_builder(server)
             .build_pool(self.settings.pool_size)
             .expect("a centralized copy of a valid cluster config is valid");
         // Connecting in the background: commands queue until connected, bounded by the command

@@ -9,7 +9,6 @@ use std::{
 
 use fred::{
     interfaces::{ClientLike, ClusterInterface},
-    prelude::ServerConfig,
     types::{cluster::ClusterRouting, config::Server, Value},
 };
 
@@ -39,15 +38,7 @@ impl ClusterRouter {
             let probe = match current.nodes.get(&server) {
                 Some(pool) => pool.next().clone(),
                 None => {
-                    let mut config = self.config.clone();
-                    config.server = ServerConfig::Centralized {
-                        server: server.clone(),
-                    };
-                    let client = self
-                        .settings
-                        .fred_builder(config)
-                        .build()
-                        .map_err(Error::from)?;
+                    let client = self.node_builder(&server).build().map_err(Error::from)?;
                     client.connect();
                     let connected = tokio::time::timeout(
                         PROBE_TIMEOUT * 4,
