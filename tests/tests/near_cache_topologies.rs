@@ -123,15 +123,15 @@ async fn cluster_master_sigkill_with_the_near_cache_loses_nothing_acknowledged()
 }
 
 /// A primary made a replica of another server full-resyncs: Redis empties its dataset, sends
-/// every tracking client `invalidate null`, and loads the new one. Cached entries must not
-/// survive that. The staleness bound here is a minute, so only the null invalidation (not the
-/// heartbeat) can evict them in time.
+/// every tracking client `invalidate null` (which fred 10.1 drops), and loads the new one.
+/// Cached entries must not survive that past the bound: the heartbeat finds the node a replica
+/// and its marker key gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_resync_evicts_every_cached_session() {
     let old = RedisServer::start();
     let new = RedisServer::start();
     let store = RedisStore::builder(old.url())
-        .with_near_cache(NearCache::new(10_000).with_max_stale(Duration::from_secs(60)))
+        .with_near_cache(NearCache::new(10_000).with_max_stale(BOUND))
         .connect()
         .await
         .unwrap();

@@ -61,9 +61,10 @@ pub(super) struct ClusterRouter {
     /// replica before the next refresh). Cached so each such node gets one pool, however many
     /// redirections point at it; a refresh adopts it into the topology or quits it.
     strays: Mutex<HashMap<Server, Stray>>,
-    /// For ASK redirections during slot migration, built at the first one: fred's cluster
-    /// client reads CLUSTER SLOTS itself, and on a lone node that lists its own host as empty
-    /// it would retry its connection for as long as the store lives.
+    /// For ASK redirections during slot migration. Started at connect when the cluster has more
+    /// than one primary, else at the first ASK: fred's cluster client reads CLUSTER SLOTS
+    /// itself, and on a lone node that lists its own host as empty it would retry its
+    /// connection for as long as the store lives (a lone node has no peer to migrate to).
     fallback: std::sync::OnceLock<Pool>,
     /// Its own Arc, so the refresh task can wait on it without keeping the router alive.
     wake: Arc<Notify>,
@@ -142,12 +143,16 @@ impl ClusterRouter {
                 })?
                 .map_err(Error::from)?;
         }
+        if router.topology.read().nodes.len() > 1 {
+            router.fallback_pool();
+        }
         tokio::spawn(refresh::refresh_loop(Arc::downgrade(&router)));
         Ok(router)
     }
 
-    /// The fred cluster pool that follows ASK redirections (it sends ASKING).
-    fn fallback(&self) -> &Pool {
+    /// The fred cluster pool that follows ASK redirections (it sends ASKING), built and
+    /// connecting in the background on first use.
+    fn fallback_pool(&self) -> &Pool {
         self.fallback.get_or_init(|| {
             let pool = self
                 .settings
@@ -157,6 +162,25 @@ impl ClusterRouter {
             pool.connect_pool();
             pool
         })
+    }
+
+    /// A connected client of the ASK pool: a command sent before fred's cluster client has
+    /// read its slot map fails ("missing cluster routing state"), so the first ASK waits for
+    /// the connection, within `deadline`.
+    async fn fallback(&self, deadline: Instant) -> Result<Client> {
+        let pool = self.fallback_pool();
+        if !pool.clients().iter().all(ClientLike::is_connected) {
+            tokio::time::timeout_at(deadline, connected(pool.clients()))
+                .await
+                .map_err(|_| {
+                    Error::new(
+                        ErrorKind::Timeout,
+                        "the cluster client for ASK redirections did not connect in time",
+                    )
+                })?
+                .map_err(Error::from)?;
+        }
+        Ok(pool.next().clone())
     }
 
     /// A fred builder for one node of the cluster (a centralized copy of the cluster config).
@@ -278,7 +302,7 @@ impl ClusterRouter {
                     self.refresh_soon();
                     self.pool_at(&server).next().clone()
                 }
-                Redirect::Ask => self.fallback().next().clone(),
+                Redirect::Ask => self.fallback(deadline).await?,
                 Redirect::Reroute => {
                     self.refresh_soon();
                     tokio::time::sleep(Duration::from_millis(5)).await;
