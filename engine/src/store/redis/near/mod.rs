@@ -11,9 +11,15 @@
 //! 3. A reply is cached only if its link handled no invalidation between the request's send and
 //!    the insert (checked again after the insert, so a racing invalidation always wins).
 //! 4. A key's loads and writes go through one connection (`NOLOOP` is per connection); a write
-//!    ends by re-reading the hash, which re-tracks it and gives the exact state to cache.
+//!    ends by re-reading the hash, which re-tracks it and gives the exact state to cache. Every
+//!    write call registers each key it touches as in flight and drops its entry when it ends
+//!    ([`Writes`], held by the store's one write path), so a load that overlapped it is never
+//!    cached and nothing it may have changed stays cached, even if its future was dropped.
 //! 5. An entry never outlives the key's TTL as Redis reported it; the engine's own deadline
 //!    checks run on every hit exactly as on a load.
+//!
+//! Topology changes reach the cache only through the store's topology epoch, which it reads;
+//! dataset flushes through each link's marker key (`link/marker.rs`).
 
 use std::{
     sync::{Arc, OnceLock},

@@ -69,3 +69,52 @@ impl Drop for Writes<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::{Entry, Link, Near, NearCache};
+
+    #[tokio::test]
+    async fn a_guard_registers_each_key_once_and_drops_every_key_it_touched() {
+        let near = Near::new(&NearCache::new(10), Default::default());
+        let link = Arc::new(Link::new(fred::prelude::Client::default()));
+        let put = |key: &str| {
+            near.cache.insert(
+                key.to_owned(),
+                Entry {
+                    fields: Arc::default(),
+                    link: link.clone(),
+                    generation: 0,
+                    seq: 0,
+                    epoch: 0,
+                    expires_ms: u64::MAX,
+                    weight: 1,
+                },
+            )
+        };
+        for key in ["a", "b", "c"] {
+            put(key);
+        }
+        {
+            let writes = near.writes();
+            let first = writes.touch("a");
+            assert!(first.alone);
+            // A retry of the same call touches the key again: still one registration.
+            assert_eq!(writes.touch("a").started, first.started);
+            writes.touch("b");
+            writes.settle("b");
+            // A load overlapping the call may not be cached.
+            let load = near.begin("a");
+            assert!(!load.registered().alone);
+        }
+        assert!(
+            near.cache.get("a").is_none(),
+            "touched: its entry is dropped"
+        );
+        assert!(near.cache.get("b").is_some(), "settled: the call decided");
+        assert!(near.cache.get("c").is_some(), "untouched");
+        assert!(near.shard("a").lock().is_empty(), "nothing left in flight");
+    }
+}
