@@ -186,12 +186,18 @@ impl Link {
                     true,
                 )
                 .await?;
+            // The checks (a primary among them) come first: a replica refuses the marker's write,
+            // and fred takes READONLY as a reason to reconnect, failing whatever else is in
+            // flight on the connection (seen: a read during a full-resync test).
+            let Some(evicted) = confirmed(&self.client).await? else {
+                return Ok(None);
+            };
             // Placed before anything is cached: a flush from here on removes it.
             let Some(key) = marker::place(&self.client, marker_ttl).await? else {
                 return Ok(None);
             };
             *self.marker.lock() = Some(key);
-            confirmed(&self.client).await
+            Ok::<_, fred::error::Error>(Some(evicted))
         };
         match tokio::time::timeout(timeout, on).await {
             Ok(Ok(Some(evicted))) => {
@@ -340,9 +346,14 @@ pub(super) async fn heartbeat(near: Weak<Near>, link: Weak<Link>, period: Durati
         let sent_ms = Near::clock_at(sent);
         let confirmed_conn = this.tracked_conn.load(Ordering::SeqCst);
         let ok = if confirmed_conn >= 0 && this.conn_id() == confirmed_conn {
+            // The marker only once the node is known a primary (its renewal is a write; see
+            // `enable`).
             let check = async {
+                let Some(evicted) = confirmed(&this.client).await? else {
+                    return Ok(None);
+                };
                 let kept = this.marker_kept(marker_ttl).await?;
-                Ok::<_, fred::error::Error>(confirmed(&this.client).await?.map(|e| (kept, e)))
+                Ok::<_, fred::error::Error>(Some((kept, evicted)))
             };
             match tokio::time::timeout(timeout, check).await {
                 Ok(Ok(Some((kept, evicted)))) if this.conn_id() == confirmed_conn => {
