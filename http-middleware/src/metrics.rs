@@ -22,6 +22,12 @@ pub const MIDDLEWARE_DURATION_SECONDS: &str = "tessera_http_middleware_duration_
 /// `bad_signature` | `non_ascii_value`.
 pub const REJECTED_COOKIES_TOTAL: &str = "tessera_http_rejected_cookies_total";
 
+/// Counter: requests that carried a koa-session-redis3 pair in upgrade mode, label `outcome` =
+/// `moved` (this request moved the seed session) | `joined` (it joined the session another
+/// request with the same pair moved) | `kept` (served in the seed's form: the native layout
+/// cannot hold it) | `empty` (the pair named nothing to move).
+pub const KOA_UPGRADE_TOTAL: &str = "tessera_koa_upgrade_total";
+
 /// Latency buckets in seconds, from 50 µs to 5 s.
 const SECONDS_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -44,6 +50,10 @@ pub fn describe() {
         "Time spent in the session middleware itself, handler excluded."
     );
     metrics::describe_counter!(REJECTED_COOKIES_TOTAL, "Ignored session cookies by reason.");
+    metrics::describe_counter!(
+        KOA_UPGRADE_TOTAL,
+        "Requests with a koa-session-redis3 cookie pair in upgrade mode, by outcome."
+    );
     tessera_engine::metrics::describe();
 }
 
@@ -92,6 +102,8 @@ pub fn install_prometheus_recorder() -> Result<PrometheusHandle, ConfigError> {
 
 /// Values of the `outcome` label of [`REQUESTS_TOTAL`].
 const REQUEST_OUTCOMES: [&str; 5] = ["ok", "store_error", "fail_open", "too_large", "failed"];
+/// Values of the `outcome` label of [`KOA_UPGRADE_TOTAL`].
+pub(crate) const UPGRADE_OUTCOMES: [&str; 4] = ["moved", "joined", "kept", "empty"];
 /// Values of the `reason` label of [`REJECTED_COOKIES_TOTAL`].
 const REJECTIONS: [Rejection; 4] = [
     Rejection::Oversized,
@@ -107,6 +119,7 @@ pub(crate) struct Handles {
     requests: [OnceLock<Counter>; REQUEST_OUTCOMES.len()],
     duration: OnceLock<Histogram>,
     rejected: [OnceLock<Counter>; REJECTIONS.len()],
+    upgrades: [OnceLock<Counter>; UPGRADE_OUTCOMES.len()],
 }
 
 impl Handles {
@@ -122,6 +135,14 @@ impl Handles {
         self.duration
             .get_or_init(|| metrics::histogram!(MIDDLEWARE_DURATION_SECONDS))
             .record(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn upgrade(&self, outcome: &'static str) {
+        let i = UPGRADE_OUTCOMES.iter().position(|o| *o == outcome);
+        debug_assert!(i.is_some(), "unknown upgrade outcome {outcome:?}");
+        self.upgrades[i.unwrap_or(0)]
+            .get_or_init(|| metrics::counter!(KOA_UPGRADE_TOTAL, "outcome" => outcome))
+            .increment(1);
     }
 
     pub(crate) fn rejected_cookie(&self, reason: Rejection) {

@@ -79,3 +79,49 @@ pub trait StringStore: Debug + Send + Sync + 'static {
         None
     }
 }
+
+/// A shared string store is a string store: one store can back a layout and, beside it, the
+/// caller's own guarded keys (upgrade mode's claims).
+#[async_trait]
+impl<T: StringStore + ?Sized> StringStore for std::sync::Arc<T> {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        (**self).get(key).await
+    }
+
+    async fn set_new(&self, key: &str, value: Bytes, ttl: Duration) -> Result<bool> {
+        (**self).set_new(key, value, ttl).await
+    }
+
+    async fn replace(
+        &self,
+        key: &str,
+        expected: Bytes,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<Replaced> {
+        (**self).replace(key, expected, value, ttl).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        (**self).delete(key).await
+    }
+
+    async fn rename(
+        &self,
+        old: &str,
+        expected: Bytes,
+        new: &str,
+        value: Bytes,
+        ttl: Duration,
+    ) -> Result<Renamed> {
+        (**self).rename(old, expected, new, value, ttl).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        (**self).ping().await
+    }
+
+    fn call_timeout(&self) -> Option<Duration> {
+        (**self).call_timeout()
+    }
+}

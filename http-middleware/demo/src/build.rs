@@ -94,10 +94,14 @@ fn koa_compat(args: &DemoArgs) -> Result<KoaCompat, BoxError> {
     if args.secrets.is_empty() {
         return Err("--compat koa-session-redis3 needs the Koa app's keys: pass --secret".into());
     }
-    Ok(KoaCompat::new(&args.secrets)?
+    let compat = KoaCompat::new(&args.secrets)?
         .with_key_schema(&args.key_schema)
         .with_ttl(Duration::from_secs(args.ttl.max(1)))
-        .with_secure(args.cookie_secure))
+        .with_secure(args.cookie_secure);
+    Ok(match args.upgrade_forward {
+        Some(window) => compat.with_upgrade_forward(window),
+        None => compat,
+    })
 }
 
 /// Builds the service for every mode: native, the koa-session-redis3 profile, or upgrade mode

@@ -84,6 +84,10 @@ pub struct DemoArgs {
     /// session, or `refuse` the login (409).
     #[arg(long, env = "TESSERA_ON_SESSION_CAP", value_enum, default_value_t = OnSessionCap::Evict)]
     pub on_session_cap: OnSessionCap,
+    /// Upgrade mode: how long an old pair forwards to the session it moved to (the library's
+    /// default when unset). Not a flag: for tests that check what an old pair finds after it.
+    #[arg(skip)]
+    pub upgrade_forward: Option<Duration>,
 }
 
 /// The `--on-session-cap` policies.
@@ -147,6 +151,7 @@ impl DemoArgs {
             native_key_schema: "tessera:sess:".into(),
             max_sessions_per_user: 0,
             on_session_cap: OnSessionCap::Evict,
+            upgrade_forward: None,
         }
     }
 

@@ -19,10 +19,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use tessera_engine::{
-    koa::json::JsValue, store::StringStore, KeySchema, KoaJsonStore, Session, SessionConfig,
-    SessionEngine, SessionId,
-};
+use tessera_engine::{store::StringStore, KeySchema, KoaJsonStore, SessionConfig, SessionEngine};
 
 use crate::{
     error::ConfigError,
@@ -31,9 +28,15 @@ use crate::{
 
 mod cookies;
 mod keygrip;
+mod upgrade;
 
 pub(crate) use self::cookies::{KoaCookies, PairRead};
 pub use self::keygrip::Keygrip;
+pub(crate) use self::upgrade::{Resolved, Upgrade};
+
+/// The largest seed session upgrade mode serves in its seed form (16 MiB): far above the native
+/// limit, below what one Redis string value costs to move in one call without stalling a node.
+const SEED_FORM_MAX_SIZE: usize = 16 * 1024 * 1024;
 
 /// The seed's options, for [`SessionLayer::koa_session_redis3`] and
 /// [`SessionLayerBuilder::with_koa_session_redis3_upgrade`]. Defaults are the seed's: cookie
@@ -45,6 +48,7 @@ pub struct KoaCompat {
     ttl: Duration,
     cookie_name: String,
     secure: bool,
+    forward: Duration,
 }
 
 impl KoaCompat {
@@ -64,6 +68,7 @@ impl KoaCompat {
             ttl: Duration::from_secs(3600),
             cookie_name: "koa:sess".to_owned(),
             secure: false,
+            forward: upgrade::DEFAULT_FORWARD,
         })
     }
 
@@ -95,6 +100,15 @@ impl KoaCompat {
         self
     }
 
+    /// Upgrade mode: how long the old pair keeps leading to the session it was moved to
+    /// (default 30 s). A page's requests sent before its first answer came back still carry
+    /// the old pair; within this window they join the moved session instead of starting
+    /// another. After it the old pair names nothing.
+    pub fn with_upgrade_forward(mut self, window: Duration) -> Self {
+        self.forward = window;
+        self
+    }
+
     /// The engine on the seed's layout over `strings` (the Koa app's Redis).
     ///
     /// # Errors
@@ -102,12 +116,29 @@ impl KoaCompat {
     /// A [`ConfigError`] for an invalid key schema or a TTL over
     /// [`MAX_TTL`](tessera_engine::MAX_TTL).
     pub fn engine<S: StringStore>(&self, strings: S) -> Result<SessionEngine, ConfigError> {
-        let schema = KeySchema::new(&self.key_schema)?;
-        let config = SessionConfig::koa_session_redis3(schema, self.ttl);
+        Ok(SessionEngine::new(
+            KoaJsonStore::new(strings, self.ttl),
+            self.config()?,
+        )?)
+    }
+
+    /// Upgrade mode's engine on the seed's layout. A session it serves in its seed form is one
+    /// the native limits refused, so its own limits are the widest the engine takes: the seed
+    /// stored it, and serving it must not refuse a write the seed would have made.
+    fn upgrade_engine<S: StringStore>(&self, strings: S) -> Result<SessionEngine, ConfigError> {
+        let config = self
+            .config()?
+            .with_max_size(SEED_FORM_MAX_SIZE)
+            .with_max_fields(tessera_engine::MAX_FIELDS_LIMIT);
         Ok(SessionEngine::new(
             KoaJsonStore::new(strings, self.ttl),
             config,
         )?)
+    }
+
+    fn config(&self) -> Result<SessionConfig, ConfigError> {
+        let schema = KeySchema::new(&self.key_schema)?;
+        Ok(SessionConfig::koa_session_redis3(schema, self.ttl))
     }
 
     /// The profile's layer over an engine made by [`KoaCompat::engine`] (what
@@ -138,13 +169,6 @@ impl KoaCompat {
     }
 }
 
-/// Upgrade mode's reading side: the seed's sessions, their cookies.
-#[derive(Debug, Clone)]
-pub(crate) struct Upgrade {
-    pub(crate) engine: SessionEngine,
-    pub(crate) cookies: KoaCookies,
-}
-
 impl SessionLayer {
     /// The koa-session-redis3 profile: sessions shared with a running Koa app. Cookies are the
     /// seed's pair (`koa:sess` and `koa:sess.sig`, keygrip signatures under `app.keys`), Redis
@@ -164,46 +188,31 @@ impl SessionLayer {
 
 impl SessionLayerBuilder {
     /// Upgrade mode, for after the Koa app is retired: this (native) layer also accepts the
-    /// seed's cookie pair. Such a request gets the seed session's fields in a new native
-    /// session, stored under a fresh id when the request commits; then the old key is deleted,
-    /// Tessera's cookie set and the old pair cleared. Native sessions work as usual. A profile
-    /// that cannot be set up (invalid key schema or TTL) is reported by
-    /// [`build`](SessionLayerBuilder::build).
+    /// seed's cookie pair. The first request with a pair moves the seed session's fields into
+    /// a native session under a fresh id before its handler runs, deletes the old key, sets
+    /// Tessera's cookie and clears the old pair. Requests carrying the same pair at the same
+    /// time join that one session (the old pair forwards to it for
+    /// [`with_upgrade_forward`](KoaCompat::with_upgrade_forward)). A seed session the native
+    /// layout cannot hold (over the size or field limits, a value the decoder refuses) keeps
+    /// being served in its seed form. Native sessions work as usual. A profile that cannot be
+    /// set up (invalid key schema or TTL) is reported by [`build`](SessionLayerBuilder::build).
     pub fn with_koa_session_redis3_upgrade<S: StringStore>(
         self,
         strings: S,
         compat: &KoaCompat,
     ) -> Self {
-        let upgrade = compat.engine(strings).map(|engine| Upgrade {
-            engine,
-            cookies: compat.cookies(),
-        });
+        let strings: Arc<dyn StringStore> = Arc::new(strings);
+        let upgrade = compat
+            .upgrade_engine(strings.clone())
+            .map(|engine| Upgrade {
+                engine,
+                cookies: compat.cookies(),
+                strings,
+                forward: compat.forward,
+                seed_form: None,
+            });
         self.with_koa_upgrade(upgrade)
     }
-}
-
-/// Copies the seed session `old` into the fresh native `session`. Returns whether there was
-/// anything to move (a missing or empty seed session moves nothing).
-pub(crate) async fn upgrade_into(
-    upgrade: &Upgrade,
-    old: SessionId,
-    session: &Session,
-) -> tessera_engine::Result<bool> {
-    let seed = upgrade.engine.session(Some(old));
-    let names = seed.keys().await?;
-    for name in &names {
-        if let Some(value) = seed.get::<JsValue>(name).await? {
-            session.insert(name.as_str(), &value).await?;
-        }
-    }
-    Ok(!names.is_empty())
-}
-
-/// Deletes the seed session once its data is stored natively.
-pub(crate) async fn retire(upgrade: &Upgrade, old: SessionId) -> tessera_engine::Result<()> {
-    let seed = upgrade.engine.session(Some(old));
-    seed.destroy().await?;
-    seed.commit().await.map(|_| ())
 }
 
 /// The layer settings' cookie mode.

@@ -24,7 +24,7 @@ pub(crate) struct CookieRead {
     /// The koa pair's `.sig` was wrong: answered with the `.sig` expired, as the seed does.
     pub(crate) bad_koa_sig: bool,
     /// Upgrade mode: a verified seed pair, its session to move.
-    pub(crate) upgrade_from: Option<SessionId>,
+    pub(crate) upgrade_from: Option<Verified>,
 }
 
 pub(crate) fn read_cookies(settings: &Settings, headers: &HeaderMap) -> CookieRead {
@@ -48,7 +48,7 @@ pub(crate) fn read_cookies(settings: &Settings, headers: &HeaderMap) -> CookieRe
     if let (Ok(None) | Err(_), Some(upgrade)) = (native, &settings.upgrade) {
         if let PairRead::Verified(v) = upgrade.cookies.read(headers) {
             return CookieRead {
-                upgrade_from: Some(v.id),
+                upgrade_from: Some(v),
                 ..CookieRead::default()
             };
         }

@@ -52,7 +52,32 @@ pub(crate) struct Settings {
     pub(crate) upgrade: Option<Arc<Upgrade>>,
 }
 
+/// The request's handle on session `id` under `policy`.
+pub(crate) fn open_session(
+    engine: &SessionEngine,
+    id: Option<tessera_engine::SessionId>,
+    policy: FailurePolicy,
+) -> tessera_engine::Session {
+    match policy {
+        FailurePolicy::FailClosed => engine.session(id),
+        FailurePolicy::FailOpen => engine.session_fail_open(id),
+    }
+}
+
 impl Settings {
+    /// Upgrade mode's settings for a seed session served in its seed form: the seed's engine
+    /// and pair, this layer's policy and metrics.
+    fn seed_form(&self, upgrade: &Upgrade) -> Settings {
+        Settings {
+            engine: upgrade.engine.clone(),
+            cookie_name: upgrade.cookies.name.clone(),
+            secure: upgrade.cookies.secure,
+            cookie_mode: CookieMode::KoaPair(Arc::new(upgrade.cookies.clone())),
+            upgrade: None,
+            ..self.clone()
+        }
+    }
+
     /// The fixed attributes as the `cookie` crate renders them, without the leading `name=`.
     fn render_attributes(&self) -> String {
         let mut builder = Cookie::build((self.cookie_name.as_str(), ""))
@@ -244,7 +269,9 @@ impl SessionLayerBuilder {
         }
         check_prefix(s)?;
         if let Some(upgrade) = self.upgrade.take() {
-            self.settings.upgrade = Some(Arc::new(upgrade?));
+            let mut upgrade = upgrade?;
+            upgrade.seed_form = Some(Arc::new(self.settings.seed_form(&upgrade)));
+            self.settings.upgrade = Some(Arc::new(upgrade));
         }
         Ok(self.finish())
     }

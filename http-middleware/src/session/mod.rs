@@ -31,7 +31,7 @@ mod cookies;
 mod layer;
 mod service;
 
-pub(crate) use self::layer::is_token;
+pub(crate) use self::layer::{is_token, open_session, Settings};
 pub use self::{
     layer::{FailurePolicy, SessionLayer, SessionLayerBuilder, DEFAULT_COOKIE_NAME},
     service::{ResponseFuture, SessionService},

@@ -12,9 +12,9 @@ use tower_service::Service;
 
 use super::{
     cookies::{clear_headers, clear_old_pair, read_cookies, set_headers, CookieRead},
-    layer::{FailurePolicy, Settings},
+    layer::{open_session, FailurePolicy, Settings},
 };
-use crate::koa::{self, CookieMode, Upgrade};
+use crate::koa::{CookieMode, Resolved};
 
 /// The service built by [`SessionLayer`](super::SessionLayer).
 #[derive(Debug, Clone)]
@@ -51,35 +51,21 @@ where
         let started = Instant::now();
         let settings = self.settings.clone();
         let read = read_cookies(&settings, req.headers());
-        let verified = read.verified;
-        let session = match settings.policy {
-            FailurePolicy::FailClosed => settings.engine.session(verified.map(|v| v.id)),
-            FailurePolicy::FailOpen => settings.engine.session_fail_open(verified.map(|v| v.id)),
-        };
-        req.extensions_mut().insert(session.clone());
         // The clone that was driven to readiness serves this call; keep a fresh one for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let own_work = started.elapsed();
         Box::pin(async move {
-            let mut upgraded = None;
-            if let (Some(old), Some(upgrade)) = (read.upgrade_from, settings.upgrade.as_ref()) {
-                match koa::upgrade_into(upgrade, old, &session).await {
-                    Ok(moved) => upgraded = moved.then_some(old),
-                    // Under either policy: serving on without the seed's data could hand out a
-                    // native cookie over the old one and lose the session.
-                    Err(err) => {
-                        tracing::warn!(error = %err, "could not read a session to upgrade");
-                        settings.metrics.request("store_error");
-                        let retry = Some(settings.retry_after);
-                        return Ok(error_response(StatusCode::SERVICE_UNAVAILABLE, retry));
-                    }
-                }
-            }
+            let opened = match open(settings, read).await {
+                Ok(opened) => opened,
+                Err(response) => return Ok(response),
+            };
+            req.extensions_mut().insert(opened.session.clone());
             let mut response = inner.call(req).await?;
-            honour_retry_after(&settings, &mut response);
+            let settings = &opened.settings;
+            honour_retry_after(settings, &mut response);
             let commit_started = Instant::now();
-            let response = finish(&settings, &session, read, upgraded, response).await;
+            let response = finish(&opened, response).await;
             settings
                 .metrics
                 .middleware_duration(own_work + commit_started.elapsed());
@@ -88,16 +74,88 @@ where
     }
 }
 
-async fn finish<B: Default>(
-    settings: &Settings,
-    session: &Session,
+/// A request's session, and what its commit needs to know about how it was found.
+struct Opened {
+    /// The layer's settings, or upgrade mode's for a session served in the seed's form.
+    settings: Arc<Settings>,
+    session: Session,
     read: CookieRead,
-    upgraded: Option<SessionId>,
-    mut response: Response<B>,
-) -> Response<B> {
+    /// Upgrade mode: the request carried the seed's pair, to clear; `Some(id)` when its session
+    /// lives natively under `id` now.
+    moved: Option<Option<SessionId>>,
+}
+
+/// Finds the request's session: the one its cookie names or, in upgrade mode, the seed session
+/// its pair names, moved to the native layout or kept. Fails with the response to send when
+/// that session cannot be read.
+async fn open<B: Default>(
+    settings: Arc<Settings>,
+    read: CookieRead,
+) -> Result<Opened, Response<B>> {
+    let (Some(old), Some(upgrade)) = (read.upgrade_from, settings.upgrade.clone()) else {
+        let id = read.verified.map(|v| v.id);
+        let session = open_session(&settings.engine, id, settings.policy);
+        return Ok(Opened {
+            settings,
+            session,
+            read,
+            moved: None,
+        });
+    };
+    let resolved = match upgrade
+        .resolve(old.id, &settings.engine, settings.policy)
+        .await
+    {
+        Ok(resolved) => resolved,
+        // Under either policy: serving on without the seed's data could hand out a native
+        // cookie over the old one and lose the session.
+        Err(err) => {
+            tracing::warn!(error = %err, "could not read a session to upgrade");
+            settings.metrics.request("store_error");
+            let retry = Some(settings.retry_after);
+            return Err(error_response(StatusCode::SERVICE_UNAVAILABLE, retry));
+        }
+    };
+    settings.metrics.upgrade(resolved.outcome());
+    let (session, moved) = match resolved {
+        Resolved::Empty(session) => (session, None),
+        Resolved::Native { session, id, .. } => (session, Some(id)),
+        Resolved::Kept(session) => {
+            let seed_form = upgrade.seed_form.clone().unwrap_or(settings);
+            return Ok(Opened {
+                settings: seed_form,
+                session,
+                read: CookieRead {
+                    verified: Some(old),
+                    ..CookieRead::default()
+                },
+                moved: None,
+            });
+        }
+    };
+    Ok(Opened {
+        settings,
+        session,
+        read,
+        moved: Some(moved),
+    })
+}
+
+async fn finish<B: Default>(opened: &Opened, mut response: Response<B>) -> Response<B> {
+    let Opened {
+        settings,
+        session,
+        read,
+        moved,
+    } = opened;
     let verified = read.verified;
-    if verified.is_some_and(|v| v.stale_key) {
-        // Re-issuing under the new key needs the session's real expiry (and whether it exists).
+    // A moved session's cookie, or one re-issued under the new key, needs the session's real
+    // expiry (and whether it exists).
+    let reissue = match moved {
+        Some(Some(id)) => Some(*id),
+        _ => verified.filter(|v| v.stale_key).map(|v| v.id),
+    };
+    if reissue.is_some() {
         let _ = session.is_new().await;
     }
     // Asked before the commit: whatever the commit does, a destroy must reach the browser.
@@ -112,11 +170,11 @@ async fn finish<B: Default>(
                 } => Some(set_headers(settings, &id, expires, lifetime)),
                 CookieAction::Clear => Some(clear_headers(settings)),
                 _ if destroyed => Some(clear_headers(settings)),
-                // A cookie signed by an older key is re-issued under the current one.
-                CookieAction::Keep => verified
-                    .filter(|v| v.stale_key)
+                // A moved session's cookie is set; one signed by an older key is re-issued
+                // under the current one.
+                CookieAction::Keep => reissue
                     .zip(committed.expires)
-                    .map(|(v, expires)| set_headers(settings, &v.id, expires, committed.lifetime)),
+                    .map(|(id, expires)| set_headers(settings, &id, expires, committed.lifetime)),
                 _ => None,
             };
             let set_cookie = set_cookie.transpose().and_then(|headers| {
@@ -133,13 +191,9 @@ async fn finish<B: Default>(
                     for value in headers {
                         response.headers_mut().append(header::SET_COOKIE, value);
                     }
-                    if let (Some(upgrade), Some(old)) = (&settings.upgrade, read.upgrade_from) {
-                        // Moved, or logged out in this very request: the old key goes either way.
-                        let moved = matches!(committed.cookie, CookieAction::Set { .. });
-                        if upgraded.is_none() || moved || destroyed {
-                            upgrade_done(settings, upgrade, upgraded, &mut response).await;
-                        } else {
-                            tracing::debug!(?old, "upgraded session not stored; old pair kept");
+                    if let (Some(upgrade), Some(_)) = (&settings.upgrade, moved) {
+                        for value in clear_old_pair(settings, upgrade) {
+                            response.headers_mut().append(header::SET_COOKIE, value);
                         }
                     }
                     settings.metrics.request("ok");
@@ -175,25 +229,6 @@ async fn finish<B: Default>(
             }
             response
         }
-    }
-}
-
-/// After an upgrade's native session is stored (or when the seed pair named nothing to move):
-/// the old key is deleted and the old pair cleared. A failed delete keeps the pair's session
-/// readable by a later request (nothing is lost; that request moves it again).
-async fn upgrade_done<B>(
-    settings: &Settings,
-    upgrade: &Upgrade,
-    upgraded: Option<SessionId>,
-    response: &mut Response<B>,
-) {
-    if let Some(old) = upgraded {
-        if let Err(err) = koa::retire(upgrade, old).await {
-            tracing::warn!(error = %err, "upgraded a session but could not delete its old key");
-        }
-    }
-    for value in clear_old_pair(settings, upgrade) {
-        response.headers_mut().append(header::SET_COOKIE, value);
     }
 }
 
