@@ -194,6 +194,11 @@ impl<S: SessionStore> SessionStore for FaultStore<S> {
         self.inner.load(key).await
     }
 
+    async fn load_bound(&self, key: &str, index: &str) -> Result<Option<Fields>> {
+        self.count(&self.calls.load, false, "load")?;
+        self.inner.load_bound(key, index).await
+    }
+
     async fn create(&self, key: &str, fields: &[(String, Bytes)], ttl: Duration) -> Result<bool> {
         self.count(&self.calls.create, true, "create")?;
         self.inner.create(key, fields, ttl).await

@@ -49,10 +49,18 @@ impl Session {
         };
         let key = self.engine.key(&id);
         let config = &self.engine.inner.config;
-        let result = self
-            .engine
-            .timed("load", self.engine.inner.store.load(&key))
-            .await
+        let store = &self.engine.inner.store;
+        let read = match id.slot() {
+            // A logged-in session is served only while its user's index names it.
+            Some(slot) => {
+                let index = self.engine.inner.keys.index_key(&slot);
+                self.engine
+                    .timed("load", store.load_bound(&key, &index))
+                    .await
+            }
+            None => self.engine.timed("load", store.load(&key)).await,
+        };
+        let result = read
             .and_then(|fields| fields.map(|f| split_meta(f, config)).transpose())
             .and_then(|loaded| {
                 loaded

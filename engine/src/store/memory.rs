@@ -250,6 +250,17 @@ impl SessionStore for MemoryStore {
         Ok(live(&mut map, key, Instant::now()).map(|e| e.fields.clone()))
     }
 
+    async fn load_bound(&self, key: &str, index: &str) -> Result<Option<Fields>> {
+        let now = Instant::now();
+        let mut map = self.inner.map.lock();
+        let indexed = live(&mut map, index, now)
+            .is_some_and(|e| e.fields.values().any(|k| k.as_ref() == key.as_bytes()));
+        if !indexed {
+            return Ok(None);
+        }
+        Ok(live(&mut map, key, now).map(|e| e.fields.clone()))
+    }
+
     async fn create(&self, key: &str, fields: &[(String, Bytes)], ttl: Duration) -> Result<bool> {
         let now = Instant::now();
         let mut map = self.inner.map.lock();

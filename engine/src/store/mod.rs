@@ -48,6 +48,18 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
     /// All fields of `key`, or `None` when it does not exist (or has expired).
     async fn load(&self, key: &str) -> Result<Option<Fields>>;
 
+    /// The fields of `key`, a session bound to a user, served only while the user's index
+    /// `index` still names it: `None` also when no entry of the index holds `key`, so a session
+    /// whose index was evicted (`maxmemory`) or rebuilt without it fails closed instead of
+    /// escaping logout-everywhere and the cap. Read atomically with the session.
+    ///
+    /// The default is [`SessionStore::load`]: a store without per-user support has no bound
+    /// sessions.
+    async fn load_bound(&self, key: &str, index: &str) -> Result<Option<Fields>> {
+        let _ = index;
+        self.load(key).await
+    }
+
     /// Writes `fields` under `key` with `ttl` only if `key` does not exist. Returns whether it was
     /// written.
     async fn create(&self, key: &str, fields: &[(String, Bytes)], ttl: Duration) -> Result<bool>;
@@ -165,6 +177,10 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
 impl<T: SessionStore + ?Sized> SessionStore for std::sync::Arc<T> {
     async fn load(&self, key: &str) -> Result<Option<Fields>> {
         (**self).load(key).await
+    }
+
+    async fn load_bound(&self, key: &str, index: &str) -> Result<Option<Fields>> {
+        (**self).load_bound(key, index).await
     }
 
     async fn create(&self, key: &str, fields: &[(String, Bytes)], ttl: Duration) -> Result<bool> {

@@ -46,6 +46,7 @@ per_user_tests!(memory, standalone, cluster, sentinel; [
 ]);
 
 mod cases;
+mod eviction;
 mod topo;
 
 use cases::*;

@@ -98,3 +98,35 @@ async fn entries_expire() {
         .unwrap());
     assert!(s.is_empty());
 }
+
+#[tokio::test]
+async fn a_bound_load_needs_its_index_entry() {
+    let s = MemoryStore::new();
+    let fields = [f("a", "1")];
+    let request = BindRequest {
+        index: "idx",
+        key: "idx:k",
+        handle: "h",
+        fields: &fields,
+        ttl: Duration::from_secs(60),
+        cap: None,
+        old: None,
+    };
+    s.bind(&request).await.unwrap();
+    assert!(s.load_bound("idx:k", "idx").await.unwrap().is_some());
+    assert!(
+        s.load_bound("idx:k", "gone").await.unwrap().is_none(),
+        "no index: refused"
+    );
+    // An index rebuilt without the session (its entry names another key): refused, while the
+    // plain load still finds the record.
+    s.inner
+        .map
+        .lock()
+        .get_mut("idx")
+        .unwrap()
+        .fields
+        .insert("h".into(), Bytes::from_static(b"idx:other"));
+    assert!(s.load_bound("idx:k", "idx").await.unwrap().is_none());
+    assert!(s.load("idx:k").await.unwrap().is_some());
+}

@@ -84,12 +84,14 @@ impl RedisStore {
     }
 
     /// A load with the near cache on.
+    /// `keys[0]` is the session's key; the others are what `script` reads beside it (one slot).
     pub(super) async fn load_near(
         &self,
         near: &Arc<Near>,
         script: &Script,
-        key: &str,
+        keys: &[&str],
     ) -> Result<Option<Fields>> {
+        let key = keys[0];
         if let Some(fields) = near.get(key) {
             return Ok(Some(fields));
         }
@@ -98,7 +100,7 @@ impl RedisStore {
         let reply: Value = within_deadline!(
             self,
             deadline,
-            self.read_script(script, &[key], deadline, pinned.client.as_ref())
+            self.read_script(script, keys, deadline, pinned.client.as_ref())
         )?;
         let Value::Array(items) = reply else {
             return Err(malformed());
@@ -251,16 +253,16 @@ impl RedisStore {
     }
 }
 
-fn malformed() -> Error {
+pub(super) fn malformed() -> Error {
     Error::new(
         ErrorKind::Decode,
-        "a near-cache script answered something other than its table",
+        "a load or near-cache script answered something other than its table",
     )
 }
 
 /// `{pttl}` or `{pttl, {field, value, ...}}`: the TTL and the fields (`None`: no such session).
 /// Values stay slices of the read buffer.
-fn state(mut items: impl Iterator<Item = Value>) -> Result<(i64, Option<Fields>)> {
+pub(super) fn state(mut items: impl Iterator<Item = Value>) -> Result<(i64, Option<Fields>)> {
     let pttl = items
         .next()
         .and_then(|v| v.as_i64())

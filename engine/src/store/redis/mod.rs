@@ -344,7 +344,7 @@ fn field(name: Option<String>, value: Value) -> Result<(String, Bytes)> {
 impl SessionStore for RedisStore {
     async fn load(&self, key: &str) -> Result<Option<Fields>> {
         if let Some((near, scripts)) = &self.inner.near {
-            return self.load_near(near, &scripts.load, key).await;
+            return self.load_near(near, &scripts.load, &[key]).await;
         }
         // The typed command, not a raw one: fred flushes custom commands (and scripts) at once,
         // while typed ones share a write with whatever else is queued on the connection, which
@@ -365,6 +365,26 @@ impl SessionStore for RedisStore {
             }
         };
         hash_fields(value)
+    }
+
+    async fn load_bound(&self, key: &str, index: &str) -> Result<Option<Fields>> {
+        let script = &self.inner.scripts.load_bound;
+        let keys = [key, index];
+        if let Some((near, _)) = &self.inner.near {
+            // Eviction of the index is seen by the heartbeat (`evicted_keys`), which flushes
+            // the link's entries: the next load runs this script again.
+            return self.load_near(near, script, &keys).await;
+        }
+        let deadline = self.deadline();
+        let reply: Value = within_deadline!(
+            self,
+            deadline,
+            self.read_script(script, &keys, deadline, None)
+        )?;
+        let Value::Array(items) = reply else {
+            return Err(cached::malformed());
+        };
+        Ok(cached::state(items.into_iter())?.1)
     }
 
     async fn create(&self, key: &str, fields: &[(String, Bytes)], ttl: Duration) -> Result<bool> {

@@ -66,6 +66,20 @@ if t < 0 then return {t} end
 return {t, redis.call('HGETALL', KEYS[1])}
 ";
 
+/// The load of a session bound to a user. KEYS: the session, its user's index. Answers as
+/// [`LOAD_TRACKED_LUA`], and `{-2}` (missing) also when no entry of the index names the session:
+/// an index evicted under `maxmemory` (or rebuilt by a later login without it) must not leave
+/// its sessions alive beyond logout-everywhere and the cap. A read only: with the near cache it
+/// also tracks both keys.
+pub(super) const LOAD_BOUND_LUA: &str = r"
+local t = redis.call('PTTL', KEYS[1])
+if t < 0 then return {t} end
+for _, k in ipairs(redis.call('HVALS', KEYS[2])) do
+  if k == KEYS[1] then return {t, redis.call('HGETALL', KEYS[1])} end
+end
+return {-2}
+";
+
 /// The ending of a tracked write: the write's status, then the state it left (re-reading the
 /// hash re-tracks it, since `NOLOOP` untracked it for this connection), other writers' fields
 /// included.
@@ -175,6 +189,8 @@ pub(super) struct Scripts {
     pub(super) create: Script,
     pub(super) update: Script,
     pub(super) regenerate: Script,
+    /// The load of a session bound to a user ([`LOAD_BOUND_LUA`]).
+    pub(super) load_bound: Script,
 }
 
 impl Scripts {
@@ -183,6 +199,7 @@ impl Scripts {
             create: Script::create(),
             update: Script::update(),
             regenerate: Script::regenerate(),
+            load_bound: Script::new(LOAD_BOUND_LUA, Reapply::TakeLatest),
         }
     }
 }
@@ -216,7 +233,7 @@ impl TrackedScripts {
 }
 
 /// Every script source, for preloading on each primary.
-pub(super) const ALL: [&str; 3] = [CREATE_LUA, UPDATE_LUA, REGENERATE_LUA];
+pub(super) const ALL: [&str; 4] = [CREATE_LUA, UPDATE_LUA, REGENERATE_LUA, LOAD_BOUND_LUA];
 
 #[cfg(test)]
 mod tests {
