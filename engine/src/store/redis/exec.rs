@@ -1,5 +1,5 @@
 //! How one store call runs: its deadline, the client that serves its key (pinned for the near
-//! cache), the sentinel write gate, `EVALSHA` with its `EVAL` fallback and re-apply rule, and
+//! cache), the sentinel write gate, `EVALSHA` with its NOSCRIPT fallback and re-apply rule, and
 //! `WAIT` durability.
 
 use std::{future::Future, time::Duration};
@@ -229,9 +229,11 @@ impl RedisStore {
     }
 }
 
-/// `EVALSHA`, falling back to `EVAL` (which also caches the script) on a node that has not seen
-/// it yet, e.g. after a restart or failover. Arguments are copied per attempt (values are
-/// reference-counted bytes), since fred takes them by value.
+/// `EVALSHA`; on a node that has not seen the script yet (a restart, a failover, a new node),
+/// `SCRIPT LOAD` and `EVALSHA` again. Not `EVAL`: on an ASK target only the first command after
+/// `ASKING` may touch the migrating slot, and SCRIPT LOAD names no key, so the second EVALSHA
+/// is redirected back and the router's next `ASKING` finds the script. Arguments are copied per
+/// attempt (values are reference-counted bytes), since fred takes them by value.
 ///
 /// The deadline: the first command carries fred's command timeout, which is the call's own
 /// and started with it; the fallback gets only what is left. So a call is bounded by its
@@ -250,8 +252,11 @@ pub(super) async fn eval<R: fred::types::FromValue>(
         .await
     {
         Err(err) if err.details().starts_with("NOSCRIPT") => {
+            let _: Value = within_left(client, deadline)
+                .script_load(script.source.clone())
+                .await?;
             within_left(client, deadline)
-                .eval(script.source.clone(), keys_of(), args.to_vec())
+                .evalsha(script.sha1.clone(), keys_of(), args.to_vec())
                 .await
         }
         other => other,
@@ -260,7 +265,10 @@ pub(super) async fn eval<R: fred::types::FromValue>(
 
 /// `client` with fred's timeout for its next commands set to what is left until `deadline`
 /// (at least a millisecond, so an expired call fails at once rather than never).
-fn within_left(client: &Client, deadline: Instant) -> fred::clients::WithOptions<Client> {
+pub(super) fn within_left(
+    client: &Client,
+    deadline: Instant,
+) -> fred::clients::WithOptions<Client> {
     let left = deadline.saturating_duration_since(Instant::now());
     client.with_options(&fred::types::config::Options {
         timeout: Some(left.max(Duration::from_millis(1))),

@@ -150,7 +150,7 @@ impl Answer for fred::types::Value {
     }
 }
 
-/// One Lua script: its source (for EVAL after NOSCRIPT), its SHA1 (for EVALSHA) and its re-apply
+/// One Lua script: its source (for SCRIPT LOAD after NOSCRIPT), its SHA1 (for EVALSHA) and its re-apply
 /// rule.
 #[derive(Debug)]
 pub(super) struct Script {

@@ -3,16 +3,27 @@
 //! and fails the whole sync (blocking every slot) while one listed primary is unreachable; here a
 //! failed node only fails the commands routed to it, and a background task re-reads CLUSTER SLOTS
 //! from any live node until the promoted replica shows up. MOVED is followed directly; ASK (slot
-//! migration) is handed to a regular fred cluster pool, which sends ASKING for us. Every call
-//! carries its caller's deadline; no wait or redirection here outlasts it.
+//! migration) too, on a connection of the target held exclusively for `ASKING` and the command
+//! (fred 10.1's own cluster client sends ASKING to the target, then the command back to the slot
+//! owner, and ends its connection task when its attempts run out, leaving a client that reports
+//! itself connected and never answers). Every call carries its caller's deadline; no wait or
+//! redirection here outlasts it.
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use fred::{
-    clients::Pool,
+    clients::{ExclusivePool, Pool},
     interfaces::ClientLike,
     prelude::{Client, Config, ServerConfig},
-    types::{cluster::ClusterRouting, config::Server},
+    types::{cluster::ClusterRouting, config::Server, Value},
 };
 use parking_lot::{Mutex, RwLock};
 use tokio::{sync::Notify, time::Instant};
@@ -21,6 +32,7 @@ use self::parse::{classify, Redirect};
 use super::{
     connect::{connected, FredSettings},
     epoch::TopologyEpoch,
+    exec::within_left,
 };
 use crate::error::{Error, ErrorKind, Result};
 
@@ -46,6 +58,26 @@ struct Topology {
 /// sent the MOVED. Older strays are quit, so at most one per address lingers, this long.
 const STRAY_GRACE: Duration = Duration::from_secs(5);
 
+/// How long an ASK target's connections are kept unused before a refresh quits them. Not tied to
+/// the slot map: the target of a migration to a new node owns no slot yet.
+const ASK_IDLE: Duration = Duration::from_secs(60);
+
+/// Connections to one ASK target, each taken exclusively for `ASKING` and the command after it
+/// (the flag holds for one command on one connection, so nothing else may be sent in between).
+struct AskPool {
+    pool: ExclusivePool,
+    last_used: Mutex<std::time::Instant>,
+    /// Set before the pool is quit: a caller that acquired one of its clients afterwards (quit
+    /// waits for the lock, then the client never answers) takes a fresh pool instead.
+    retired: AtomicBool,
+}
+
+/// Where the next attempt of a command goes.
+enum Via {
+    Node(Client),
+    Asking(Server),
+}
+
 /// A pool for a node met through MOVED before the slot map named it.
 struct Stray {
     pool: Pool,
@@ -61,11 +93,9 @@ pub(super) struct ClusterRouter {
     /// replica before the next refresh). Cached so each such node gets one pool, however many
     /// redirections point at it; a refresh adopts it into the topology or quits it.
     strays: Mutex<HashMap<Server, Stray>>,
-    /// For ASK redirections during slot migration. Started at connect when the cluster has more
-    /// than one primary, else at the first ASK: fred's cluster client reads CLUSTER SLOTS
-    /// itself, and on a lone node that lists its own host as empty it would retry its
-    /// connection for as long as the store lives (a lone node has no peer to migrate to).
-    fallback: std::sync::OnceLock<Pool>,
+    /// Connections for ASK redirections during slot migration, per target, made at its first
+    /// ASK and quit after [`ASK_IDLE`] unused.
+    asking: Mutex<HashMap<Server, Arc<AskPool>>>,
     /// Its own Arc, so the refresh task can wait on it without keeping the router alive.
     wake: Arc<Notify>,
     /// Bumped whenever the slot map gives some slot a new owner.
@@ -116,7 +146,7 @@ impl ClusterRouter {
                 nodes: HashMap::new(),
             })),
             strays: Mutex::new(HashMap::new()),
-            fallback: std::sync::OnceLock::new(),
+            asking: Mutex::new(HashMap::new()),
             wake: Arc::new(Notify::new()),
             epoch,
         });
@@ -143,44 +173,103 @@ impl ClusterRouter {
                 })?
                 .map_err(Error::from)?;
         }
-        if router.topology.read().nodes.len() > 1 {
-            router.fallback_pool();
-        }
         tokio::spawn(refresh::refresh_loop(Arc::downgrade(&router)));
         Ok(router)
     }
 
-    /// The fred cluster pool that follows ASK redirections (it sends ASKING), built and
-    /// connecting in the background on first use.
-    fn fallback_pool(&self) -> &Pool {
-        self.fallback.get_or_init(|| {
+    /// The ASK connections to `server`, made (and connecting in the background) at first use.
+    fn ask_pool(&self, server: &Server) -> Arc<AskPool> {
+        let mut asking = self.asking.lock();
+        let ask = asking.entry(server.clone()).or_insert_with(|| {
             let pool = self
-                .settings
-                .fred_builder(self.config.clone())
-                .build_pool(self.settings.pool_size)
-                .expect("the cluster config was checked when the router was built");
-            pool.connect_pool();
-            pool
-        })
+                .node_builder(server)
+                .build_exclusive_pool(self.settings.pool_size)
+                .expect("a centralized copy of a valid cluster config is valid");
+            for client in pool.clients() {
+                // Nobody else holds the new pool's clients yet.
+                if let Ok(client) = client.try_lock() {
+                    client.connect();
+                }
+            }
+            Arc::new(AskPool {
+                pool,
+                last_used: Mutex::new(std::time::Instant::now()),
+                retired: AtomicBool::new(false),
+            })
+        });
+        *ask.last_used.lock() = std::time::Instant::now();
+        ask.clone()
     }
 
-    /// A connected client of the ASK pool: a command sent before fred's cluster client has
-    /// read its slot map fails ("missing cluster routing state"), so the first ASK waits for
-    /// the connection, within `deadline`.
-    async fn fallback(&self, deadline: Instant) -> Result<Client> {
-        let pool = self.fallback_pool();
-        if !pool.clients().iter().all(ClientLike::is_connected) {
-            tokio::time::timeout_at(deadline, connected(pool.clients()))
+    /// Runs `f` on the ASK target `server`: `ASKING`, then `f`'s command, on a connection no one
+    /// else sends on meanwhile, within `deadline`. Only `f`'s first command carries the flag; a
+    /// later one the target answers with MOVED (back to the slot owner), which `call` follows.
+    async fn asking<R, F, Fut>(
+        &self,
+        server: &Server,
+        deadline: Instant,
+        f: &F,
+    ) -> Result<std::result::Result<R, fred::error::Error>>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<R, fred::error::Error>>,
+    {
+        let timed_out = || {
+            Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "no connection to the slot migration target {server} was free or connected \
+                     within the command timeout"
+                ),
+            )
+        };
+        let client = loop {
+            let ask = self.ask_pool(server);
+            let client = tokio::time::timeout_at(deadline, ask.pool.acquire())
                 .await
-                .map_err(|_| {
-                    Error::new(
-                        ErrorKind::Timeout,
-                        "the cluster client for ASK redirections did not connect in time",
-                    )
-                })?
+                .map_err(|_| timed_out())?;
+            if !ask.retired.load(Ordering::SeqCst) {
+                break client;
+            }
+        };
+        if !client.is_connected() {
+            // A new pool, or fred reconnecting: commands would queue for fred's timeout.
+            tokio::time::timeout_at(deadline, connected(std::slice::from_ref(&*client)))
+                .await
+                .map_err(|_| timed_out())?
                 .map_err(Error::from)?;
         }
-        Ok(pool.next().clone())
+        let asked: std::result::Result<Value, _> = within_left(&client, deadline)
+            .custom(fred::cmd!("ASKING"), Vec::<Value>::new())
+            .await;
+        if let Err(err) = asked {
+            return Ok(Err(err));
+        }
+        Ok(f(client.clone()).await)
+    }
+
+    /// Quits the ASK connections unused for [`ASK_IDLE`] (a migration target that is done or
+    /// left the cluster), once whoever holds one of their clients lets go.
+    fn retire_idle_ask_pools(&self) {
+        let now = std::time::Instant::now();
+        let idle: Vec<Arc<AskPool>> = {
+            let mut asking = self.asking.lock();
+            let servers: Vec<Server> = asking
+                .iter()
+                .filter(|(_, ask)| now.duration_since(*ask.last_used.lock()) >= ASK_IDLE)
+                .map(|(server, _)| server.clone())
+                .collect();
+            servers
+                .iter()
+                .filter_map(|server| asking.remove(server))
+                .collect()
+        };
+        for ask in idle {
+            ask.retired.store(true, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let _ = ask.pool.quit().await;
+            });
+        }
     }
 
     /// A fred builder for one node of the cluster (a centralized copy of the cluster config).
@@ -284,30 +373,36 @@ impl ClusterRouter {
         Fut: Future<Output = std::result::Result<R, fred::error::Error>>,
     {
         let slot = fred::util::redis_keyslot(key.as_bytes());
-        let mut client = self.client_for(slot, deadline).await?;
+        let mut via = Via::Node(self.client_for(slot, deadline).await?);
         // During a slot migration one command may meet MOVED and then ASK (or the reverse):
         // follow a few redirections before giving up.
         let mut attempts = 0;
         loop {
-            let err = match f(client).await {
+            let result = match via {
+                Via::Node(client) => f(client).await,
+                Via::Asking(server) => self.asking(&server, deadline, &f).await?,
+            };
+            let err = match result {
                 Ok(v) => return Ok(v),
                 Err(err) => err,
             };
             attempts += 1;
-            client = match classify(&err) {
+            via = match classify(&err) {
                 _ if attempts > MAX_REDIRECTIONS || Instant::now() >= deadline => {
                     return Err(err.into())
                 }
                 Redirect::Moved(server) => {
                     self.refresh_soon();
-                    self.pool_at(&server).next().clone()
+                    Via::Node(self.pool_at(&server).next().clone())
                 }
-                Redirect::Ask => self.fallback(deadline).await?,
+                // Not a slot-map change: the slot's owner keeps the rest of its keys until the
+                // migration ends.
+                Redirect::Ask(server) => Via::Asking(server),
                 Redirect::Reroute => {
                     self.refresh_soon();
                     tokio::time::sleep(Duration::from_millis(5)).await;
                     match self.pool_for(slot) {
-                        Some(pool) => pool.next().clone(),
+                        Some(pool) => Via::Node(pool.next().clone()),
                         None => return Err(err.into()),
                     }
                 }
@@ -362,8 +457,10 @@ impl ClusterRouter {
         for pool in pools {
             let _ = pool.quit().await;
         }
-        if let Some(fallback) = self.fallback.get() {
-            let _ = fallback.quit().await;
+        let asking: Vec<Arc<AskPool>> = self.asking.lock().drain().map(|(_, a)| a).collect();
+        for ask in asking {
+            ask.retired.store(true, Ordering::SeqCst);
+            let _ = ask.pool.quit().await;
         }
     }
 }

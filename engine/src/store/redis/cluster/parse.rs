@@ -10,9 +10,10 @@ use fred::{
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Redirect {
     Moved(Server),
-    Ask,
-    /// fred gave up following redirections for us (a slot moved again while it followed ASK,
-    /// or it could not send ASKING to the target): route afresh from our own slot map.
+    /// The key has moved to this node mid-migration: send the command there after `ASKING`.
+    Ask(Server),
+    /// fred gave up on the command without an answer from the node (its write attempts ran out
+    /// over reconnections, or it could not route it): route afresh from our own slot map.
     Reroute,
     /// The node may be gone or demoted: refresh the topology in the background.
     Refresh,
@@ -31,15 +32,22 @@ pub(super) fn classify(err: &fred::error::Error) -> Redirect {
         }
         return Redirect::Refresh;
     }
-    if details.starts_with("ASK ") {
-        return Redirect::Ask;
+    if let Some(rest) = details.strip_prefix("ASK ") {
+        if let Some(server) = rest
+            .split(' ')
+            .nth(1)
+            .and_then(|a| Server::try_from(a).ok())
+        {
+            return Redirect::Ask(server);
+        }
+        return Redirect::Refresh;
     }
     if details.contains("Too many failed write attempts") {
         return Redirect::Reroute;
     }
     use fred::error::ErrorKind as F;
-    // fred's ASK path could not send ASKING to the target (no connection to it yet in the
-    // fallback pool's map): the command itself was never sent, so routing afresh is safe.
+    // fred could not route or send the command (met with its own cluster client's ASK path, no
+    // longer used): it was never sent, so routing afresh is safe.
     if err.kind() == &F::Routing
         && (details == "Max attempts reached." || details.starts_with("Unable to route command"))
     {
@@ -128,8 +136,9 @@ mod tests {
         assert_eq!(classify(&err(F::Unknown, "MOVED 3999")), Redirect::Refresh);
         assert_eq!(
             classify(&err(F::Unknown, "ASK 3999 127.0.0.1:6381")),
-            Redirect::Ask
+            Redirect::Ask(Server::new("127.0.0.1", 6381))
         );
+        assert_eq!(classify(&err(F::Unknown, "ASK 3999")), Redirect::Refresh);
         assert_eq!(
             classify(&err(F::Unknown, "Too many failed write attempts.")),
             Redirect::Reroute

@@ -130,6 +130,7 @@ impl ClusterRouter {
                 let _ = pool.quit().await;
             });
         }
+        self.retire_idle_ask_pools();
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ async fn a_moved_target_gets_one_cached_pool() {
             nodes: HashMap::new(),
         })),
         strays: Mutex::new(HashMap::new()),
-        fallback: std::sync::OnceLock::new(),
+        asking: Mutex::new(HashMap::new()),
         wake: Arc::new(Notify::new()),
         epoch: Default::default(),
     };
