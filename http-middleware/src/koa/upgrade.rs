@@ -265,7 +265,94 @@ async fn retire(seed: &SessionEngine, old: SessionId) -> tessera_engine::Result<
 
 #[cfg(test)]
 mod tests {
+    use tessera_engine::{store::MemoryStringStore, MemoryStore, SessionConfig};
+
     use super::*;
+    use crate::koa::KoaCompat;
+
+    fn setup() -> (Arc<MemoryStringStore>, Upgrade, SessionEngine) {
+        let strings = Arc::new(MemoryStringStore::new());
+        let compat = KoaCompat::new(["a seed key that is long enough"])
+            .unwrap()
+            .with_key_schema("s");
+        let upgrade = Upgrade {
+            engine: compat.upgrade_engine(strings.clone()).unwrap(),
+            cookies: compat.cookies(),
+            strings: strings.clone(),
+            forward: DEFAULT_FORWARD,
+            seed_form: None,
+        };
+        let native = SessionEngine::new(MemoryStore::new(), SessionConfig::default()).unwrap();
+        (strings, upgrade, native)
+    }
+
+    async fn seed(strings: &MemoryStringStore, upgrade: &Upgrade, doc: String) -> SessionId {
+        let sid = SessionId::from_foreign("mx5kckqa0ohc9584335n0001").unwrap();
+        let key = upgrade.engine.key(&sid);
+        let ttl = Duration::from_secs(60);
+        assert!(strings.set_new(&key, doc.into(), ttl).await.unwrap());
+        sid
+    }
+
+    #[tokio::test]
+    async fn a_claim_left_by_a_request_that_died_lapses_and_the_next_request_moves() {
+        let (strings, upgrade, native) = setup();
+        let sid = seed(&strings, &upgrade, r#"{"views":2}"#.to_owned()).await;
+        let claim = format!("{}:upgrade", upgrade.engine.key(&sid));
+        let lease = Duration::from_millis(300);
+        strings
+            .set_new(&claim, Bytes::from_static(CLAIMED), lease)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let policy = FailurePolicy::FailClosed;
+        let resolved = upgrade.resolve(sid, &native, policy).await.unwrap();
+        assert!(started.elapsed() >= lease - Duration::from_millis(50));
+        let Resolved::Native {
+            session,
+            id,
+            joined: false,
+        } = resolved
+        else {
+            panic!("moved by this request: {resolved:?}")
+        };
+        assert_eq!(session.get::<u64>("views").await.unwrap(), Some(2));
+        assert!(
+            strings
+                .get(&upgrade.engine.key(&sid))
+                .await
+                .unwrap()
+                .is_none(),
+            "the seed key is retired"
+        );
+        // Within the forward window the old pair joins the moved session.
+        match upgrade.resolve(sid, &native, policy).await.unwrap() {
+            Resolved::Native {
+                id: joined,
+                joined: true,
+                ..
+            } => assert_eq!(joined, id),
+            other => panic!("joined: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_seed_session_over_the_native_limits_is_kept_and_not_retried_meanwhile() {
+        let (strings, upgrade, native) = setup();
+        let big = "x".repeat(70_000);
+        let sid = seed(&strings, &upgrade, format!(r#"{{"cart":"{big}"}}"#)).await;
+        let policy = FailurePolicy::FailClosed;
+        for _ in 0..2 {
+            let resolved = upgrade.resolve(sid, &native, policy).await.unwrap();
+            let Resolved::Kept(session) = resolved else {
+                panic!("kept: {resolved:?}")
+            };
+            let cart = session.get::<String>("cart").await.unwrap();
+            assert_eq!(cart.map(|c| c.len()), Some(70_000));
+        }
+        let claim = format!("{}:upgrade", upgrade.engine.key(&sid));
+        assert_eq!(strings.get(&claim).await.unwrap().as_deref(), Some(KEPT));
+    }
 
     #[test]
     fn claims_parse_and_unknown_values_keep_the_seed() {
