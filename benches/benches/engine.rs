@@ -304,28 +304,51 @@ async fn handler(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Inf
     })
 }
 
-fn request(path: &str, cookie: &str) -> Request<Full<Bytes>> {
-    Request::builder()
-        .uri(path)
-        .header(header::COOKIE, cookie)
-        .body(Full::default())
-        .unwrap()
+/// The same view counter on a tower-sessions session.
+async fn tower_sessions_handler(
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let session = req
+        .extensions()
+        .get::<tower_sessions::Session>()
+        .cloned()
+        .expect("the tower-sessions layer");
+    let views = match req.uri().path() {
+        "/" => match session.get::<u64>("views").await {
+            Ok(v) => {
+                let n = v.unwrap_or(0) + 1;
+                session.insert("views", n).await.map(|()| n)
+            }
+            Err(err) => Err(err),
+        },
+        _ => session.get::<u64>("views").await.map(|v| v.unwrap_or(0)),
+    };
+    Ok(match views {
+        Ok(views) => Response::new(Full::new(Bytes::from(format!("{views} views")))),
+        Err(_) => {
+            let mut response = Response::new(Full::default());
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            response
+        }
+    })
 }
 
-fn middleware(c: &mut Criterion) {
-    let rt = runtime();
-    let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default()).unwrap();
-    let layer = SessionLayer::builder(engine, SigningKeys::new([SECRET]).unwrap())
-        .with_secure(false)
-        .build()
-        .unwrap();
-    let bare = tower::service_fn(handler);
-    let layered = layer.layer(tower::service_fn(handler));
+fn request(path: &str, cookie: Option<&str>) -> Request<Full<Bytes>> {
+    let mut builder = Request::builder().uri(path);
+    if let Some(cookie) = cookie {
+        builder = builder.header(header::COOKIE, cookie);
+    }
+    builder.body(Full::default()).unwrap()
+}
 
-    // An established session: one request without a cookie, keep what it sets.
-    let cookie = rt.block_on(async {
-        let req = Request::builder().uri("/").body(Full::default()).unwrap();
-        let response = layered.clone().oneshot(req).await.unwrap();
+/// The `name=value` of the session cookie a first request to `service` sets.
+fn first_cookie<S>(rt: &tokio::runtime::Runtime, service: &S) -> String
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>
+        + Clone,
+{
+    rt.block_on(async {
+        let response = service.clone().oneshot(request("/", None)).await.unwrap();
         let raw = response
             .headers()
             .get(header::SET_COOKIE)
@@ -333,28 +356,71 @@ fn middleware(c: &mut Criterion) {
             .to_str()
             .unwrap();
         raw.split(';').next().unwrap().to_owned()
-    });
-    assert!(cookie.starts_with(COOKIE));
+    })
+}
 
-    for (scenario, path) in [("read", "/views"), ("write", "/")] {
+/// One request through `service`, answered 200.
+async fn serve<S>(service: &S, path: &str, cookie: Option<&str>) -> Response<Full<Bytes>>
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<Full<Bytes>>, Error = Infallible>
+        + Clone,
+{
+    let response = service
+        .clone()
+        .oneshot(request(path, cookie))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response
+}
+
+/// Tessera's layer and tower-sessions' side by side on their memory stores, with the handler
+/// alone as the baseline: `middleware/{read,write,new}/{without_layer,tessera,tower-sessions}`.
+/// Both sign their cookie; tower-sessions as the load benchmark runs it (idle expiry, so it
+/// saves the session on every request).
+fn middleware(c: &mut Criterion) {
+    use tower_sessions::{cookie::Key, Expiry, SessionManagerLayer};
+
+    let rt = runtime();
+    let engine = SessionEngine::new(MemoryStore::new(), SessionConfig::default()).unwrap();
+    let layer = SessionLayer::builder(engine, SigningKeys::new([SECRET]).unwrap())
+        .with_secure(false)
+        .build()
+        .unwrap();
+    let bare = tower::service_fn(handler);
+    let tessera = layer.layer(tower::service_fn(handler));
+    let peer = SessionManagerLayer::new(tower_sessions::MemoryStore::default())
+        .with_secure(false)
+        .with_expiry(Expiry::OnInactivity(
+            tower_sessions::cookie::time::Duration::seconds(3600),
+        ))
+        .with_signed(Key::from(&[7u8; 64]))
+        .layer(tower::service_fn(tower_sessions_handler));
+
+    // An established session each: one request without a cookie, keep what it sets.
+    let tessera_cookie = first_cookie(&rt, &tessera);
+    assert!(tessera_cookie.starts_with(COOKIE));
+    let peer_cookie = first_cookie(&rt, &peer);
+
+    for (scenario, path, with_cookie) in [
+        ("read", "/views", true),
+        ("write", "/", true),
+        ("new", "/", false),
+    ] {
         let mut group = c.benchmark_group(format!("middleware/{scenario}"));
+        let cookie = |c: &str| with_cookie.then(|| c.to_owned());
+        let (tessera_cookie, peer_cookie) = (cookie(&tessera_cookie), cookie(&peer_cookie));
         group.bench_function("without_layer", |b| {
-            b.to_async(&rt).iter(|| async {
-                let response = bare.oneshot(request(path, &cookie)).await.unwrap();
-                assert_eq!(response.status(), StatusCode::OK);
-                response
-            })
+            b.to_async(&rt)
+                .iter(|| serve(&bare, path, tessera_cookie.as_deref()))
         });
-        group.bench_function("with_layer", |b| {
-            b.to_async(&rt).iter(|| async {
-                let response = layered
-                    .clone()
-                    .oneshot(request(path, &cookie))
-                    .await
-                    .unwrap();
-                assert_eq!(response.status(), StatusCode::OK);
-                response
-            })
+        group.bench_function("tessera", |b| {
+            b.to_async(&rt)
+                .iter(|| serve(&tessera, path, tessera_cookie.as_deref()))
+        });
+        group.bench_function("tower-sessions", |b| {
+            b.to_async(&rt)
+                .iter(|| serve(&peer, path, peer_cookie.as_deref()))
         });
         group.finish();
     }

@@ -1,5 +1,6 @@
-//! Session ids: 128 bits from the operating system's CSPRNG, written as 22 characters of
-//! unpadded base64url. Parsing is strict so a malformed cookie never reaches the store.
+//! Session ids: 128 bits from a thread-local ChaCha12 CSPRNG seeded (and periodically
+//! reseeded) from the operating system's random source, written as 22 characters of unpadded
+//! base64url. Parsing is strict so a malformed cookie never reaches the store.
 
 use std::{fmt, str::FromStr};
 

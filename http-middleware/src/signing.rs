@@ -15,6 +15,62 @@ type HmacSha256 = Hmac<Sha256>;
 pub(crate) const MIN_SECRET_LEN: usize = 16;
 /// Secrets shorter than this many bytes are accepted with a warning.
 pub(crate) const GOOD_SECRET_LEN: usize = 32;
+/// How a list of secrets is named in messages, and what to do about a short one.
+pub(crate) struct SecretRule {
+    /// "cookie secret", "app key".
+    pub(crate) name: &'static str,
+    /// Follows "use at least 16" in the refusal.
+    pub(crate) advice: &'static str,
+    /// The refusal of an empty list.
+    pub(crate) missing: &'static str,
+}
+
+/// The secrets as MAC keys, in order: each at least [`MIN_SECRET_LEN`] bytes (a warning under
+/// [`GOOD_SECRET_LEN`]), and at least one.
+pub(crate) fn mac_keys<M, I, K>(secrets: I, rule: &SecretRule) -> Result<Vec<M>, ConfigError>
+where
+    M: Mac + hmac::digest::KeyInit,
+    I: IntoIterator<Item = K>,
+    K: AsRef<[u8]>,
+{
+    let mut keys = Vec::new();
+    for (i, secret) in secrets.into_iter().enumerate() {
+        let secret = secret.as_ref();
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(ConfigError::new(
+                ConfigErrorKind::InvalidOption,
+                format!(
+                    "{} #{} is {} bytes; use at least {MIN_SECRET_LEN}{}",
+                    rule.name,
+                    i + 1,
+                    secret.len(),
+                    rule.advice
+                ),
+            ));
+        }
+        if secret.len() < GOOD_SECRET_LEN {
+            tracing::warn!(
+                secret = i + 1,
+                len = secret.len(),
+                "short {}: use at least {GOOD_SECRET_LEN} random bytes (e.g. `openssl rand \
+                 -base64 48`)",
+                rule.name
+            );
+        }
+        keys.push(
+            <M as hmac::digest::KeyInit>::new_from_slice(secret)
+                .expect("HMAC takes any key length"),
+        );
+    }
+    if keys.is_empty() {
+        return Err(ConfigError::new(
+            ConfigErrorKind::InvalidOption,
+            rule.missing,
+        ));
+    }
+    Ok(keys)
+}
+
 /// Length of the encoded signature (32 bytes of base64url).
 const SIG_LEN: usize = 43;
 /// Length of a signed cookie value.
@@ -104,36 +160,15 @@ impl SigningKeys {
         I: IntoIterator<Item = K>,
         K: AsRef<[u8]>,
     {
-        let mut keys = Vec::new();
-        for (i, secret) in secrets.into_iter().enumerate() {
-            let secret = secret.as_ref();
-            if secret.len() < MIN_SECRET_LEN {
-                return Err(ConfigError::new(
-                    ConfigErrorKind::InvalidOption,
-                    format!(
-                        "cookie secret #{} is {} bytes; use at least {MIN_SECRET_LEN}, ideally \
-                         {GOOD_SECRET_LEN}+ random bytes (openssl rand -base64 48)",
-                        i + 1,
-                        secret.len()
-                    ),
-                ));
-            }
-            if secret.len() < GOOD_SECRET_LEN {
-                tracing::warn!(
-                    secret = i + 1,
-                    len = secret.len(),
-                    "short cookie secret: use at least {GOOD_SECRET_LEN} random bytes \
-                     (e.g. `openssl rand -base64 48`)"
-                );
-            }
-            keys.push(HmacSha256::new_from_slice(secret).expect("HMAC takes any key length"));
-        }
-        if keys.is_empty() {
-            return Err(ConfigError::new(
-                ConfigErrorKind::InvalidOption,
-                "at least one cookie secret is required (or opt out with SigningKeys::unsigned())",
-            ));
-        }
+        let keys = mac_keys(
+            secrets,
+            &SecretRule {
+                name: "cookie secret",
+                advice: ", ideally 32+ random bytes (openssl rand -base64 48)",
+                missing: "at least one cookie secret is required (or opt out with \
+                          SigningKeys::unsigned())",
+            },
+        )?;
         Ok(SigningKeys {
             keys,
             unsigned: false,

@@ -40,7 +40,10 @@ pub enum Regenerated {
 
 /// Persistence for session hashes.
 ///
-/// Every method but `regenerate` acts on one key, so in a cluster those calls stay in one slot. Implementations
+/// The session methods act on one key, except `regenerate` (two) and `load_bound` (the session
+/// and its user's index, under one hash tag); the per-user methods name a user's index and its
+/// sessions, all under that user's hash tag. So in a cluster every call but `regenerate` stays in
+/// one slot. Implementations
 /// must make `create` and `update` atomic check-and-write steps: they are what keeps a create
 /// from overwriting another session and a late save from resurrecting a destroyed one.
 #[async_trait]

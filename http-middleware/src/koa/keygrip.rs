@@ -7,8 +7,8 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 use crate::{
-    error::{ConfigError, ConfigErrorKind},
-    signing::{GOOD_SECRET_LEN, MIN_SECRET_LEN},
+    error::ConfigError,
+    signing::{mac_keys, SecretRule},
 };
 
 type HmacSha1 = Hmac<Sha1>;
@@ -51,31 +51,15 @@ impl Keygrip {
         I: IntoIterator<Item = K>,
         K: AsRef<[u8]>,
     {
-        let mut keys = Vec::new();
-        for (i, secret) in secrets.into_iter().enumerate() {
-            let secret = secret.as_ref();
-            if secret.len() < MIN_SECRET_LEN {
-                return Err(ConfigError::new(
-                    ConfigErrorKind::InvalidOption,
-                    format!(
-                        "app key #{} is {} bytes; use at least {MIN_SECRET_LEN} (add a long key in \
-                         front, keep the old one after it until its cookies are gone)",
-                        i + 1,
-                        secret.len()
-                    ),
-                ));
-            }
-            if secret.len() < GOOD_SECRET_LEN {
-                tracing::warn!(key = i + 1, len = secret.len(), "short app key");
-            }
-            keys.push(HmacSha1::new_from_slice(secret).expect("HMAC takes any key length"));
-        }
-        if keys.is_empty() {
-            return Err(ConfigError::new(
-                ConfigErrorKind::InvalidOption,
-                "at least one app key is required",
-            ));
-        }
+        let keys = mac_keys(
+            secrets,
+            &SecretRule {
+                name: "app key",
+                advice: " (add a long key in front, keep the old one after it until its cookies \
+                         are gone)",
+                missing: "at least one app key is required",
+            },
+        )?;
         Ok(Keygrip { keys })
     }
 
