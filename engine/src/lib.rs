@@ -31,6 +31,7 @@ mod session;
 pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
+mod time;
 mod users;
 
 pub use crate::{

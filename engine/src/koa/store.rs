@@ -9,7 +9,7 @@ use std::{
     collections::HashSet,
     hash::{BuildHasher, RandomState},
     sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ use crate::{
     error::{Error, ErrorKind, Result},
     record::{Meta, FORMAT_VERSION, META_FIELD},
     store::{Fields, Regenerated, Renamed, Replaced, SessionStore, StringStore},
+    time::now_ms,
 };
 
 /// How often a save re-reads and re-merges after losing a compare-and-set to another writer
@@ -155,12 +156,6 @@ impl<S: StringStore> KoaJsonStore<S> {
     pub fn strings(&self) -> &S {
         &self.strings
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The stored document as an object, or `None` for what the seed treats as no session

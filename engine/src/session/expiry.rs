@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::plan::{epoch_ms, from_epoch_ms};
+use crate::time::{epoch_ms, from_epoch_ms, ms};
 use crate::{
     config::{SessionConfig, MAX_TTL},
     error::{Error, ErrorKind, Result},
@@ -111,10 +111,6 @@ pub(crate) fn cookie_lifetime(rule: Option<StoredExpiry>) -> CookieLifetime {
         Some(StoredExpiry::BrowserSession) => CookieLifetime::BrowserSession,
         Some(StoredExpiry::Idle(_) | StoredExpiry::At(_)) => CookieLifetime::Persistent,
     }
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

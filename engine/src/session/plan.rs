@@ -4,7 +4,7 @@
 
 use std::{
     collections::HashMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
@@ -117,24 +117,8 @@ impl Plan {
     }
 }
 
-/// Milliseconds since the epoch (saturating; the stored format counts in milliseconds).
-pub(crate) fn epoch_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The latest time an expiry may name: 9999-12-31T23:59:59Z, the last second HTTP dates can
-/// express. A stored record (foreign, corrupt or from a far-future clock) may claim more.
-pub(crate) const LATEST_EXPIRY: Duration = Duration::from_secs(253_402_300_799);
-
-/// The instant `ms` milliseconds after the epoch, clamped to [`LATEST_EXPIRY`].
-pub(crate) fn from_epoch_ms(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms).min(LATEST_EXPIRY)
-}
-
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
+use crate::time::ms;
+pub(crate) use crate::time::{epoch_ms, from_epoch_ms};
 
 /// Decides the commit of `state` at `now`.
 pub(crate) fn plan(state: &State, config: &SessionConfig, now: SystemTime) -> Plan {

@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -22,9 +22,12 @@ use crate::{
     record::{LISTED_FIELDS, SEEN_FIELD},
 };
 
-/// Sweep expired entries every this many writes, so memory stays bounded without a background
-/// task (which would tie the store to a runtime).
-const SWEEP_EVERY: u64 = 1024;
+/// The smallest map that is swept. Expired entries are swept out once the map has doubled since
+/// the last sweep, so memory stays within twice the live entries (plus this) without a
+/// background task (which would tie the store to a runtime), and a sweep's cost per write stays
+/// constant however large the store grows. A sweep every fixed number of writes cost each write
+/// a share of the whole map: a third of a new session's time at a million entries.
+const SWEEP_MIN: usize = 1024;
 
 struct Entry {
     fields: Fields,
@@ -56,7 +59,8 @@ impl std::fmt::Debug for MemoryStore {
 #[derive(Default)]
 struct Inner {
     map: Mutex<HashMap<String, Entry>>,
-    writes: AtomicU64,
+    /// The map size that starts the next sweep; read and written under the map's lock.
+    next_sweep: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -92,9 +96,11 @@ impl MemoryStore {
     }
 
     fn after_write(&self, map: &mut HashMap<String, Entry>) {
-        if self.inner.writes.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+        let next = &self.inner.next_sweep;
+        if map.len() >= next.load(Ordering::Relaxed).max(SWEEP_MIN) {
             let now = Instant::now();
             map.retain(|_, e| e.expires_at > now);
+            next.store(map.len().saturating_mul(2), Ordering::Relaxed);
         }
     }
 }

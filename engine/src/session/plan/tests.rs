@@ -4,6 +4,9 @@ use super::{
     super::state::{DestroyedKey, OnLoadError},
     *,
 };
+use std::time::UNIX_EPOCH;
+
+use crate::time::LATEST_EXPIRY;
 
 const HOUR: u64 = 3_600_000;
 /// A fixed "now": 2026-01-01T00:00:00Z.

@@ -130,3 +130,27 @@ async fn a_bound_load_needs_its_index_entry() {
     assert!(s.load_bound("idx:k", "idx").await.unwrap().is_none());
     assert!(s.load("idx:k").await.unwrap().is_some());
 }
+
+#[tokio::test]
+async fn expired_entries_are_swept_once_the_map_doubles() {
+    let s = MemoryStore::new();
+    let short = Duration::from_millis(1);
+    let long = Duration::from_secs(60);
+    let mut peak = 0;
+    for round in 0..4 {
+        for i in 0..3_000 {
+            let key = format!("k{round}:{i}");
+            // One in ten outlives the test; the rest expire at once.
+            let ttl = if i % 10 == 0 { long } else { short };
+            assert!(s.create(&key, &[f("a", "1")], ttl).await.unwrap());
+            peak = peak.max(s.inner.map.lock().len());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let live = s.len();
+    assert_eq!(live, 1_200);
+    assert!(
+        peak <= 2 * live + SWEEP_MIN + 1,
+        "{peak} entries held for {live} live"
+    );
+}
