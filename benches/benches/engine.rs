@@ -304,35 +304,6 @@ async fn handler(req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Inf
     })
 }
 
-/// The same view counter on a tower-sessions session.
-async fn tower_sessions_handler(
-    req: Request<Full<Bytes>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let session = req
-        .extensions()
-        .get::<tower_sessions::Session>()
-        .cloned()
-        .expect("the tower-sessions layer");
-    let views = match req.uri().path() {
-        "/" => match session.get::<u64>("views").await {
-            Ok(v) => {
-                let n = v.unwrap_or(0) + 1;
-                session.insert("views", n).await.map(|()| n)
-            }
-            Err(err) => Err(err),
-        },
-        _ => session.get::<u64>("views").await.map(|v| v.unwrap_or(0)),
-    };
-    Ok(match views {
-        Ok(views) => Response::new(Full::new(Bytes::from(format!("{views} views")))),
-        Err(_) => {
-            let mut response = Response::new(Full::default());
-            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            response
-        }
-    })
-}
-
 fn request(path: &str, cookie: Option<&str>) -> Request<Full<Bytes>> {
     let mut builder = Request::builder().uri(path);
     if let Some(cookie) = cookie {
@@ -395,7 +366,9 @@ fn middleware(c: &mut Criterion) {
             tower_sessions::cookie::time::Duration::seconds(3600),
         ))
         .with_signed(Key::from(&[7u8; 64]))
-        .layer(tower::service_fn(tower_sessions_handler));
+        .layer(tower::service_fn(|req: Request<Full<Bytes>>| async move {
+            Ok::<_, Infallible>(tessera_benches::loadtest::tower_sessions_handler(&req).await)
+        }));
 
     // An established session each: one request without a cookie, keep what it sets.
     let tessera_cookie = first_cookie(&rt, &tessera);

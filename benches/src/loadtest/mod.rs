@@ -30,6 +30,8 @@ mod redis;
 mod report;
 mod systems;
 
+pub use systems::tower_sessions_handler;
+
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},

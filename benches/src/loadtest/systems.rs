@@ -227,8 +227,8 @@ fn hello<B>(req: &Request<B>) -> Response<Full<Bytes>> {
     response
 }
 
-/// The demo's `/` and `/views` on a tower-sessions session.
-async fn tower_sessions_handler<B>(req: &Request<B>) -> Response<Full<Bytes>> {
+/// The demo's `/` and `/views` on a tower-sessions session (also the criterion benches').
+pub async fn tower_sessions_handler<B>(req: &Request<B>) -> Response<Full<Bytes>> {
     let Some(session) = req.extensions().get::<tower_sessions::Session>().cloned() else {
         return text(
             StatusCode::INTERNAL_SERVER_ERROR,
